@@ -1,0 +1,27 @@
+//! raftkv's wire API, shared by the server, the embedded node and the clients.
+//!
+//! Layout:
+//! - [`etcdserverpb`], [`mvccpb`]: generated from our own `.proto` files, which describe the etcd
+//!   v3 API with etcd's package, service, message names and field numbers, plus raftkv extension
+//!   fields numbered from 1000 (stock clients skip them).
+//! - [`error`]: every etcd error raftkv can return, with etcd's exact text and gRPC code — the one
+//!   table that maps errors to the wire.
+//! - [`Consistency`]: the read consistency levels (the generated wire enum).
+//!
+//! This crate depends on nothing internal.
+
+pub mod error;
+
+/// etcd's `mvccpb` package: keys, values and their revisions.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd's `etcdserverpb` package: the KV, Cluster and Maintenance services.
+pub mod etcdserverpb {
+    #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub use error::EtcdError;
+pub use etcdserverpb::Consistency;

@@ -1,0 +1,203 @@
+//! The storage engine boundary: the few operations the Raft log store and the MVCC state machine
+//! need (named trees, point reads, ordered scans, atomic multi-tree batches, a durable flush).
+//!
+//! Everything above this trait is written once. Two engines implement it:
+//! - [`SledEngine`]: the real one, sled 0.34.7 plus the fsyncs sled does not do itself;
+//! - [`MemEngine`]: an in-memory engine for deterministic simulation whose simulated crash
+//!   drops everything written after the last [`Engine::flush`].
+
+mod mem;
+mod sled_engine;
+
+use std::ops::Bound;
+
+pub use mem::MemEngine;
+pub use sled_engine::{SledEngine, SyncStats};
+
+/// A named keyspace. Every tree of a node lives in one engine so one batch can span several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tree {
+    /// Raft log entries keyed by big-endian index.
+    RaftLog,
+    /// Vote, last purged log id, committed log id.
+    RaftMeta,
+    /// Latest live version of every key: user key -> encoded record.
+    Kv,
+    /// Every retained version: memcomparable(user key) ‖ revision -> encoded record.
+    KvHistory,
+    /// Revision order of the history: revision ‖ sub-revision -> user key (watch replay, compaction).
+    KvRevs,
+    /// State-machine meta: last applied, membership, revisions, cluster id.
+    SmMeta,
+    /// Published member attributes (name, client URLs) keyed by member id.
+    Members,
+    /// The current snapshot (meta and data) so a restart can serve it again.
+    Snapshot,
+}
+
+impl Tree {
+    /// All trees, in a fixed order (used to open them and to span batches).
+    pub const ALL: [Tree; 8] = [
+        Tree::RaftLog,
+        Tree::RaftMeta,
+        Tree::Kv,
+        Tree::KvHistory,
+        Tree::KvRevs,
+        Tree::SmMeta,
+        Tree::Members,
+        Tree::Snapshot,
+    ];
+
+    /// The on-disk name of the tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::RaftLog => "raft_log",
+            Tree::RaftMeta => "raft_meta",
+            Tree::Kv => "kv",
+            Tree::KvHistory => "kv_history",
+            Tree::KvRevs => "kv_revs",
+            Tree::SmMeta => "sm_meta",
+            Tree::Members => "members",
+            Tree::Snapshot => "snapshot",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Errors of an engine. Any of them is fatal for the node: storage that fails cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The engine's result type.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// A key-value pair as returned by scans.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// A lazy ordered scan. Items are owned so no engine lock is held between `next` calls.
+pub type Scan<'a> = Box<dyn Iterator<Item = Result<Pair>> + Send + 'a>;
+
+/// One write of a batch: `None` deletes the key.
+#[derive(Clone, Debug)]
+pub struct Op {
+    pub tree: Tree,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes applied all-or-nothing by [`Engine::write`], in order (a later op on the same key wins).
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op { tree, key: key.into(), value: Some(value.into()) });
+    }
+
+    pub fn delete(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op { tree, key: key.into(), value: None });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes of keys and values, to bound batch sizes.
+    pub fn encoded_len(&self) -> usize {
+        self.ops.iter().map(|o| o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum()
+    }
+}
+
+/// The storage operations raftkv needs. Implementations must make [`Engine::write`] atomic
+/// (after a crash either every op of a batch is visible or none) and [`Engine::flush`] durable
+/// (everything written before it survives power loss once it returns).
+pub trait Engine: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Scans `[lower, upper)`-style bounds in key order, or in reverse order.
+    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_>;
+
+    /// Applies a batch atomically. Not durable until [`Engine::flush`] returns.
+    fn write(&self, batch: Batch) -> Result<()>;
+
+    /// Makes every earlier write durable. The only point where data may be acknowledged.
+    fn flush(&self) -> Result<()>;
+
+    /// Approximate bytes the engine occupies (Status.dbSize).
+    fn size_on_disk(&self) -> u64;
+}
+
+/// Convenience scans over an [`Engine`].
+pub trait EngineExt: Engine {
+    /// Every pair whose key starts with `prefix`.
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Scan<'_> {
+        match prefix_end(prefix) {
+            Some(end) => self.scan(tree, Bound::Included(prefix), Bound::Excluded(&end), false),
+            None => self.scan(tree, Bound::Included(prefix), Bound::Unbounded, false),
+        }
+    }
+
+    /// The last pair of the whole tree.
+    fn last(&self, tree: Tree) -> Result<Option<Pair>> {
+        self.scan(tree, Bound::Unbounded, Bound::Unbounded, true).next().transpose()
+    }
+}
+
+impl<E: Engine + ?Sized> EngineExt for E {}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` if there is none
+/// (the prefix is empty or all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last != 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// True when the bounds select nothing; ordered maps panic on such ranges.
+pub(crate) fn owned_range_is_empty(lower: Bound<&[u8]>, upper: Bound<&[u8]>) -> bool {
+    use Bound::*;
+    match (lower, upper) {
+        (Included(a), Included(b)) => a > b,
+        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => a >= b,
+        _ => false,
+    }
+}
+
+/// Owned copy of a borrowed bound.
+pub(crate) fn owned_bound(b: Bound<&[u8]>) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.to_vec()),
+        Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_skips_trailing_ff() {
+        assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! The sled 0.34.7 engine, made durable.
+//!
+//! sled's `flush()` writes its buffers with `pwrite` + `sync_file_range`, which survives a process
+//! crash but not power loss. So [`SledEngine::flush`] follows it with an fsync of sled's data
+//! file `<dir>/db`, and of every file sled wrote under `<dir>/blobs/` (large pages go there,
+//! written with plain `write()` and never synced) plus the `blobs/` directory itself.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use super::{owned_bound, Batch, Engine, EngineError, Result, Scan, Tree};
+
+/// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Completed `flush()` calls (each is one durable point).
+    pub flushes: AtomicU64,
+    /// fsyncs of `<dir>/db`.
+    pub db_fsyncs: AtomicU64,
+    /// fsyncs of individual files under `<dir>/blobs/`.
+    pub blob_file_fsyncs: AtomicU64,
+    /// fsyncs of the `<dir>/blobs/` directory.
+    pub blob_dir_fsyncs: AtomicU64,
+}
+
+impl SyncStats {
+    /// A plain copy of the counters: (flushes, db, blob files, blob dir).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.flushes.load(Ordering::SeqCst),
+            self.db_fsyncs.load(Ordering::SeqCst),
+            self.blob_file_fsyncs.load(Ordering::SeqCst),
+            self.blob_dir_fsyncs.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Which blob files are already durable, and the directory state when we last looked.
+#[derive(Default)]
+struct BlobState {
+    synced: HashSet<PathBuf>,
+    dir_mtime: Option<SystemTime>,
+}
+
+/// sled-backed [`Engine`].
+pub struct SledEngine {
+    db: sled::Db,
+    /// One handle per [`Tree`], indexed by `Tree::index`.
+    trees: Vec<sled::Tree>,
+    /// A second handle on sled's data file: fsync acts on the file, whichever descriptor asks.
+    data_file: File,
+    blobs_dir: PathBuf,
+    /// Held across a flush so concurrent flushers do not interleave their fsync bookkeeping.
+    blobs: Mutex<BlobState>,
+    /// Set by a write carrying a value large enough that sled may store it as a blob file; the
+    /// next flush then lists `blobs/` even if the directory's (coarse) mtime looks unchanged.
+    large_write: AtomicBool,
+    stats: SyncStats,
+}
+
+/// Values from this size on may end up in blob files (sled's threshold is a quarter of its
+/// 512 KiB segment; being conservative only costs a directory listing).
+const LARGE_VALUE: usize = 16 * 1024;
+
+impl SledEngine {
+    /// Opens (or creates) the engine in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)?;
+        // Durability comes from our explicit flush; sled's timer flush would only add noise.
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
+        let data_file = File::open(dir.join("db"))?;
+        let engine = SledEngine {
+            db,
+            trees,
+            data_file,
+            blobs_dir: dir.join("blobs"),
+            blobs: Mutex::new(BlobState::default()),
+            large_write: AtomicBool::new(false),
+            stats: SyncStats::default(),
+        };
+        // Files left by an earlier run may never have been synced: sync them once now.
+        engine.sync_blobs(true)?;
+        Ok(engine)
+    }
+
+    /// The fsync counters of this engine.
+    pub fn sync_stats(&self) -> &SyncStats {
+        &self.stats
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        &self.trees[t.index()]
+    }
+
+    /// fsyncs blob files not yet synced and then the directory, when the directory changed or
+    /// `force` says a blob may have been written.
+    fn sync_blobs(&self, force: bool) -> Result<()> {
+        let mut st = self.blobs.lock();
+        let mtime = match std::fs::metadata(&self.blobs_dir) {
+            Ok(m) => m.modified().ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if !force && mtime.is_some() && mtime == st.dir_mtime {
+            return Ok(());
+        }
+        let mut present = HashSet::new();
+        let mut synced_any = false;
+        for entry in std::fs::read_dir(&self.blobs_dir)? {
+            let path = entry?.path();
+            if !st.synced.contains(&path) {
+                match File::open(&path) {
+                    Ok(f) => {
+                        f.sync_all()?;
+                        self.stats.blob_file_fsyncs.fetch_add(1, Ordering::SeqCst);
+                        synced_any = true;
+                    }
+                    // sled may garbage-collect a blob between listing and opening it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            present.insert(path);
+        }
+        // Creations and removals are directory updates: make them durable too.
+        if synced_any || present.len() != st.synced.len() {
+            File::open(&self.blobs_dir)?.sync_all()?;
+            self.stats.blob_dir_fsyncs.fetch_add(1, Ordering::SeqCst);
+        }
+        st.synced = present;
+        st.dir_mtime = mtime;
+        Ok(())
+    }
+}
+
+impl Engine for SledEngine {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
+        let range = (owned_bound(lower), owned_bound(upper));
+        // sled panics on an inverted range; an empty scan is the right answer.
+        if is_empty_range(&range) {
+            return Box::new(std::iter::empty());
+        }
+        let iter = self.tree(tree).range::<Vec<u8>, _>(range);
+        let map = |r: sled::Result<(sled::IVec, sled::IVec)>| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(EngineError::from)
+        };
+        if reverse {
+            Box::new(iter.rev().map(map))
+        } else {
+            Box::new(iter.map(map))
+        }
+    }
+
+    fn write(&self, batch: Batch) -> Result<()> {
+        if batch.ops.iter().any(|o| o.value.as_ref().is_some_and(|v| v.len() >= LARGE_VALUE)) {
+            self.large_write.store(true, Ordering::SeqCst);
+        }
+        let mut per_tree: Vec<Option<sled::Batch>> = vec![None; Tree::ALL.len()];
+        for op in batch.ops {
+            let b = per_tree[op.tree.index()].get_or_insert_with(sled::Batch::default);
+            match op.value {
+                Some(v) => b.insert(op.key, v),
+                None => b.remove(op.key),
+            }
+        }
+        let used: Vec<(usize, sled::Batch)> =
+            per_tree.into_iter().enumerate().filter_map(|(i, b)| b.map(|b| (i, b))).collect();
+        match used.len() {
+            0 => Ok(()),
+            1 => Ok(self.trees[used[0].0].apply_batch(used[0].1.clone())?),
+            _ => {
+                let trees: Vec<&sled::Tree> = used.iter().map(|(i, _)| &self.trees[*i]).collect();
+                trees
+                    .as_slice()
+                    .transaction(|tx| {
+                        for (t, (_, b)) in tx.iter().zip(&used) {
+                            t.apply_batch(b)?;
+                        }
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| match e {
+                        TransactionError::Storage(e) => EngineError::Sled(e),
+                        TransactionError::Abort(()) => unreachable!("the batch closure never aborts"),
+                    })
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        let large = self.large_write.swap(false, Ordering::SeqCst);
+        self.db.flush()?;
+        self.data_file.sync_all()?;
+        self.stats.db_fsyncs.fetch_add(1, Ordering::SeqCst);
+        self.sync_blobs(large)?;
+        self.stats.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+fn is_empty_range(r: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
+    use Bound::*;
+    match r {
+        (Included(a), Included(b)) => a > b,
+        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => a >= b,
+        _ => false,
+    }
+}

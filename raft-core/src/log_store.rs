@@ -1,0 +1,172 @@
+//! The Raft log and vote, stored in an [`Engine`].
+//!
+//! Every append, vote, truncation and purge is flushed durably before openraft hears it is done:
+//! an entry acknowledged to the leader (and so counted towards a quorum) survives power loss.
+//! One append is one flush, so a batched entry costs one fsync for all its requests.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+
+use crate::engine::{Batch, Engine, EngineExt, Tree};
+use crate::typ::{Entry, LogFlushed, LogId, StorageError, TypeConfig, Vote};
+
+const VOTE: &[u8] = b"vote";
+const LAST_PURGED: &[u8] = b"last_purged";
+const COMMITTED: &[u8] = b"committed";
+
+/// Log storage over an engine. Cheap to clone: clones share the engine.
+pub struct LogStore<E: Engine> {
+    engine: Arc<E>,
+}
+
+impl<E: Engine> Clone for LogStore<E> {
+    fn clone(&self) -> Self {
+        LogStore { engine: self.engine.clone() }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn as_slice(b: &Bound<[u8; 8]>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl<E: Engine> LogStore<E> {
+    pub fn new(engine: Arc<E>) -> Self {
+        LogStore { engine }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.engine.get(Tree::RaftMeta, key).map_err(read_err)? {
+            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(|e| read_err(*e))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a batch and makes it durable.
+    fn write_durably(&self, batch: Batch) -> Result<(), StorageError> {
+        self.engine.write(batch).map_err(write_err)?;
+        self.engine.flush().map_err(write_err)
+    }
+}
+
+impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let lower = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let upper = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.engine.scan(Tree::RaftLog, as_slice(&lower), as_slice(&upper), false) {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(bincode::deserialize(&v).map_err(|e| read_err(*e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
+        let last = match self.engine.last(Tree::RaftLog).map_err(read_err)? {
+            Some((_, v)) => Some(bincode::deserialize::<Entry>(&v).map_err(|e| read_err(*e))?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut b = Batch::default();
+        b.put(Tree::RaftMeta, VOTE, bincode::serialize(vote).map_err(|e| StorageIOError::write_vote(&*e))?);
+        self.engine.write(b).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.engine.flush().map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.meta(VOTE)
+    }
+
+    /// Recorded so a restart re-applies committed entries the state machine had not yet made
+    /// durable. Not flushed on its own: losing it only means re-applying later.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut b = Batch::default();
+        b.put(Tree::RaftMeta, COMMITTED, bincode::serialize(&committed).map_err(|e| write_err(*e))?);
+        self.engine.write(b).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut b = Batch::default();
+        for e in entries {
+            b.put(Tree::RaftLog, index_key(e.log_id.index), bincode::serialize(&e).map_err(|e| write_err(*e))?);
+        }
+        self.engine.write(b).map_err(write_err)?;
+        // The ack below is what lets openraft count this entry towards a quorum: only after fsync.
+        let flushed = self.engine.flush().map_err(std::io::Error::other);
+        let failed = flushed.as_ref().err().map(|e| write_err(std::io::Error::other(e.to_string())));
+        callback.log_io_completed(flushed);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = Batch::default();
+        let from = index_key(log_id.index);
+        for item in self.engine.scan(Tree::RaftLog, Bound::Included(&from), Bound::Unbounded, false) {
+            b.delete(Tree::RaftLog, item.map_err(read_err)?.0);
+        }
+        self.write_durably(b)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut b = Batch::default();
+        b.put(Tree::RaftMeta, LAST_PURGED, bincode::serialize(&log_id).map_err(|e| write_err(*e))?);
+        let to = index_key(log_id.index);
+        for item in self.engine.scan(Tree::RaftLog, Bound::Unbounded, Bound::Included(&to), false) {
+            b.delete(Tree::RaftLog, item.map_err(read_err)?.0);
+        }
+        self.write_durably(b)
+    }
+}

@@ -1,0 +1,141 @@
+//! On-disk layout of the MVCC data.
+//!
+//! - `Kv`: user key -> [`Record`] of its live version (fast reads at the current revision).
+//! - `KvHistory`: `memcomparable(user key) ‖ revision` -> [`Record`] of every retained version,
+//!   tombstones included. The escaping keeps user-key order, so a key range maps to one
+//!   contiguous history range, and a key's versions are adjacent and sorted by revision.
+//! - `KvRevs`: `revision ‖ sub-revision` -> user key: the history in revision order (watch replay
+//!   from a revision; compaction visits only revisions it removes).
+
+use serde::{Deserialize, Serialize};
+
+/// One version of a key. `version == 0` marks a tombstone (the key was deleted at `mod_revision`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// Position of this write inside its revision (a txn writes several keys at one revision).
+    pub sub: i64,
+    pub version: i64,
+    pub lease: i64,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    pub fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("records always serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record, bincode::Error> {
+        bincode::deserialize(bytes)
+    }
+
+    pub fn to_kv(&self, key: &[u8], keys_only: bool) -> kv_api::mvccpb::KeyValue {
+        kv_api::mvccpb::KeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: if keys_only { Vec::new() } else { self.value.clone() },
+            lease: self.lease,
+        }
+    }
+}
+
+/// Order-preserving encoding of a user key: 0x00 becomes 0x00 0xff, and 0x00 0x01 terminates.
+/// For keys a < b, enc(a) < enc(b), and no enc(a) is a prefix of another key's encoding.
+pub fn encode_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 10);
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+    out
+}
+
+/// History key of `key` at `revision`.
+pub fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
+    let mut k = encode_key(key);
+    k.extend_from_slice(&(revision as u64).to_be_bytes());
+    k
+}
+
+/// The smallest history key above every version of the key whose encoding is `encoded`.
+pub fn after_all_versions(encoded: &[u8]) -> Vec<u8> {
+    let mut k = encoded.to_vec();
+    k.extend_from_slice(&[0xff; 8]);
+    k
+}
+
+/// Splits a history key into (user key, revision).
+pub fn decode_history_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
+    if k.len() < 10 {
+        return None;
+    }
+    let (enc, rev) = k.split_at(k.len() - 8);
+    let mut user = Vec::with_capacity(enc.len());
+    let mut i = 0;
+    while i < enc.len() {
+        match (enc[i], enc.get(i + 1)) {
+            (0, Some(0xff)) => {
+                user.push(0);
+                i += 2;
+            }
+            (0, Some(1)) if i + 2 == enc.len() => {
+                let rev = i64::from_be_bytes(rev.try_into().ok()?);
+                return Some((user, rev));
+            }
+            (0, _) => return None,
+            (b, _) => {
+                user.push(b);
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+/// `KvRevs` key of a write.
+pub fn revs_key(revision: i64, sub: i64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&(revision as u64).to_be_bytes());
+    k[8..].copy_from_slice(&(sub as u64).to_be_bytes());
+    k
+}
+
+/// Revision of a `KvRevs` key.
+pub fn revs_key_revision(k: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[..8]);
+    u64::from_be_bytes(b) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn encoding_preserves_order_and_round_trips(a in proptest::collection::vec(any::<u8>(), 0..8),
+                                                    b in proptest::collection::vec(any::<u8>(), 0..8),
+                                                    ra in 1i64..1000, rb in 1i64..1000) {
+            let (ka, kb) = (history_key(&a, ra), history_key(&b, rb));
+            prop_assert_eq!(decode_history_key(&ka), Some((a.clone(), ra)));
+            if a != b {
+                prop_assert_eq!(a < b, ka < kb);
+                prop_assert_eq!(a < b, after_all_versions(&encode_key(&a)) < kb);
+            } else {
+                prop_assert_eq!(ra < rb, ka < kb);
+            }
+        }
+    }
+}

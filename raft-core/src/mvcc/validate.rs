@@ -1,0 +1,179 @@
+//! Checks etcd makes on a request before it is proposed: they need no state, so a bad request
+//! is refused at once, never reaches the log, and costs the cluster nothing.
+
+use std::collections::BTreeSet;
+
+use kv_api::etcdserverpb::request_op::Request;
+use kv_api::etcdserverpb::{
+    range_request::{SortOrder, SortTarget},
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use kv_api::EtcdError;
+
+use super::read::KeyRange;
+
+/// Size limits from the server's flags (etcd's `--max-request-bytes`, `--max-txn-ops`).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_request_bytes: 1536 * 1024, max_txn_ops: 128 }
+    }
+}
+
+/// The encoded size of a request must fit `max_request_bytes`.
+pub fn size(encoded_len: usize, limits: &Limits) -> Result<(), EtcdError> {
+    if encoded_len > limits.max_request_bytes {
+        return Err(EtcdError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+pub fn range(r: &RangeRequest) -> Result<(), EtcdError> {
+    if r.key.is_empty() {
+        return Err(EtcdError::KeyNotProvided);
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(EtcdError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+pub fn put(r: &PutRequest) -> Result<(), EtcdError> {
+    if r.key.is_empty() {
+        return Err(EtcdError::KeyNotProvided);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), EtcdError> {
+    if r.key.is_empty() {
+        return Err(EtcdError::KeyNotProvided);
+    }
+    Ok(())
+}
+
+/// etcd's txn checks: op count against the limit (nested txns count against what is left),
+/// each op valid, and no key written twice (two puts of a key, or a put inside a deleted range)
+/// within a branch, nested txns included.
+pub fn txn(t: &TxnRequest, limits: &Limits) -> Result<(), EtcdError> {
+    txn_budget(t, limits.max_txn_ops)?;
+    for c in &t.compare {
+        if c.key.is_empty() {
+            return Err(EtcdError::KeyNotProvided);
+        }
+    }
+    for ops in [&t.success, &t.failure] {
+        for op in ops.iter() {
+            op_valid(op, limits)?;
+        }
+        branch_writes(ops)?;
+    }
+    Ok(())
+}
+
+fn txn_budget(t: &TxnRequest, budget: usize) -> Result<(), EtcdError> {
+    let n = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if n > budget {
+        return Err(EtcdError::TooManyTxnOps);
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        if let Some(Request::RequestTxn(inner)) = &op.request {
+            txn_budget(inner, budget - n)?;
+        }
+    }
+    Ok(())
+}
+
+fn op_valid(op: &RequestOp, limits: &Limits) -> Result<(), EtcdError> {
+    match &op.request {
+        Some(Request::RequestRange(r)) => range(r),
+        Some(Request::RequestPut(r)) => put(r),
+        Some(Request::RequestDeleteRange(r)) => delete_range(r),
+        Some(Request::RequestTxn(t)) => txn(t, limits),
+        None => Err(EtcdError::KeyNotFound),
+    }
+}
+
+/// The keys put and ranges deleted by a branch, nested txns folded in (both of their branches,
+/// since either may run), failing on a duplicate.
+fn branch_writes(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), EtcdError> {
+    let mut puts = BTreeSet::new();
+    let mut dels = Vec::new();
+    for op in ops {
+        match &op.request {
+            Some(Request::RequestPut(p)) => {
+                if !puts.insert(p.key.clone()) {
+                    return Err(EtcdError::DuplicateKey);
+                }
+            }
+            Some(Request::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
+            Some(Request::RequestTxn(t)) => {
+                let (sp, sd) = branch_writes(&t.success)?;
+                let (fp, fd) = branch_writes(&t.failure)?;
+                let nested: BTreeSet<Vec<u8>> = sp.union(&fp).cloned().collect();
+                if nested.iter().any(|k| puts.contains(k)) {
+                    return Err(EtcdError::DuplicateKey);
+                }
+                puts.extend(nested);
+                dels.extend(sd);
+                dels.extend(fd);
+            }
+            _ => {}
+        }
+    }
+    if puts.iter().any(|k| dels.iter().any(|d| d.contains(k))) {
+        return Err(EtcdError::DuplicateKey);
+    }
+    Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp { request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
+    }
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: k.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_like_etcd() {
+        let l = Limits::default();
+        let t = |success| TxnRequest { success, ..Default::default() };
+        assert_eq!(txn(&t(vec![put_op("a"), put_op("a")]), &l), Err(EtcdError::DuplicateKey));
+        assert_eq!(txn(&t(vec![put_op("b"), del_op("a", "c")]), &l), Err(EtcdError::DuplicateKey));
+        assert_eq!(txn(&t(vec![del_op("a", "c"), del_op("b", "d")]), &l), Ok(()));
+        let nested = TxnRequest { success: vec![put_op("x")], failure: vec![put_op("x")], ..Default::default() };
+        let with_nested =
+            |outer: RequestOp| t(vec![outer, RequestOp { request: Some(Request::RequestTxn(nested.clone())) }]);
+        assert_eq!(txn(&with_nested(put_op("y")), &l), Ok(()));
+        assert_eq!(txn(&with_nested(put_op("x")), &l), Err(EtcdError::DuplicateKey));
+    }
+
+    #[test]
+    fn op_count_is_limited_including_nested() {
+        let l = Limits { max_txn_ops: 3, ..Limits::default() };
+        let ops = |n| (0..n).map(|i| put_op(&format!("k{i}"))).collect::<Vec<_>>();
+        assert!(txn(&TxnRequest { success: ops(3), ..Default::default() }, &l).is_ok());
+        assert_eq!(txn(&TxnRequest { failure: ops(4), ..Default::default() }, &l), Err(EtcdError::TooManyTxnOps));
+    }
+}

@@ -1,0 +1,146 @@
+//! The openraft async runtime: openraft's own tokio runtime normally, and under `cfg(madsim)` an
+//! adapter onto madsim's simulated tasks, clock and seeded randomness (openraft's
+//! `TokioRuntime` would use real tokio and break determinism).
+
+#[cfg(not(madsim))]
+pub type Runtime = openraft::TokioRuntime;
+
+#[cfg(madsim)]
+pub use sim::SimRuntime as Runtime;
+
+#[cfg(madsim)]
+mod sim {
+    use std::fmt;
+    use std::future::Future;
+    use std::ops::{Add, AddAssign, Sub, SubAssign};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use openraft::async_runtime::TokioOneShotSender;
+    use openraft::{AsyncRuntime, OptionalSend};
+
+    /// madsim virtualises `std::time::Instant`; openraft wants its own `Instant` trait on it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct SimInstant(std::time::Instant);
+
+    impl Add<Duration> for SimInstant {
+        type Output = Self;
+        fn add(self, d: Duration) -> Self {
+            SimInstant(self.0 + d)
+        }
+    }
+    impl AddAssign<Duration> for SimInstant {
+        fn add_assign(&mut self, d: Duration) {
+            self.0 += d;
+        }
+    }
+    impl Sub<Duration> for SimInstant {
+        type Output = Self;
+        fn sub(self, d: Duration) -> Self {
+            SimInstant(self.0 - d)
+        }
+    }
+    impl Sub<SimInstant> for SimInstant {
+        type Output = Duration;
+        fn sub(self, other: SimInstant) -> Duration {
+            self.0 - other.0
+        }
+    }
+    impl SubAssign<Duration> for SimInstant {
+        fn sub_assign(&mut self, d: Duration) {
+            self.0 -= d;
+        }
+    }
+    impl openraft::Instant for SimInstant {
+        fn now() -> Self {
+            SimInstant(madsim::time::Instant::now())
+        }
+    }
+
+    /// The error of an expired [`SimTimeout`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Elapsed;
+
+    impl fmt::Display for Elapsed {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("deadline has elapsed")
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        /// A nameable timeout future (openraft needs the type; madsim's is `impl Future`).
+        pub struct SimTimeout<F> {
+            #[pin]
+            inner: F,
+            #[pin]
+            deadline: madsim::time::Sleep,
+        }
+    }
+
+    impl<F: Future> Future for SimTimeout<F> {
+        type Output = Result<F::Output, Elapsed>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let me = self.project();
+            match me.inner.poll(cx) {
+                Poll::Ready(v) => Poll::Ready(Ok(v)),
+                Poll::Pending => me.deadline.poll(cx).map(|()| Err(Elapsed)),
+            }
+        }
+    }
+
+    /// openraft's runtime on madsim.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    pub struct SimRuntime;
+
+    impl AsyncRuntime for SimRuntime {
+        type JoinError = madsim::task::JoinError;
+        type JoinHandle<T: OptionalSend + 'static> = madsim::task::JoinHandle<T>;
+        type Sleep = madsim::time::Sleep;
+        type Instant = SimInstant;
+        type TimeoutError = Elapsed;
+        type Timeout<R, T: Future<Output = R> + OptionalSend> = SimTimeout<T>;
+        type ThreadLocalRng = madsim::rand::GlobalRng;
+        // tokio::sync channels do not depend on the runtime, so openraft's wrapper serves.
+        type OneshotSender<T: OptionalSend> = TokioOneShotSender<T>;
+        type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
+        type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
+
+        fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
+        where
+            T: Future + OptionalSend + 'static,
+            T::Output: OptionalSend + 'static,
+        {
+            madsim::task::spawn(future)
+        }
+
+        fn sleep(d: Duration) -> Self::Sleep {
+            madsim::time::sleep(d)
+        }
+
+        fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+            madsim::time::sleep_until(deadline.0)
+        }
+
+        fn timeout<R, F: Future<Output = R> + OptionalSend>(d: Duration, f: F) -> Self::Timeout<R, F> {
+            SimTimeout { inner: f, deadline: madsim::time::sleep(d) }
+        }
+
+        fn timeout_at<R, F: Future<Output = R> + OptionalSend>(at: Self::Instant, f: F) -> Self::Timeout<R, F> {
+            SimTimeout { inner: f, deadline: madsim::time::sleep_until(at.0) }
+        }
+
+        fn is_panic(e: &Self::JoinError) -> bool {
+            e.is_panic()
+        }
+
+        fn thread_rng() -> Self::ThreadLocalRng {
+            madsim::rand::thread_rng()
+        }
+
+        fn oneshot<T: OptionalSend>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (TokioOneShotSender(tx), rx)
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The replicated state machine: the MVCC store plus the meta that must move with it.
+//!
+//! Each `apply` call lands as one atomic engine batch holding the kv changes of its entries and
+//! the meta they produced (revision, compact revision, last applied log id, membership), so a
+//! crash never separates data from the position it corresponds to. Apply does not flush: the
+//! log store records the committed index and a restart re-applies what the engine lost.
+//!
+//! Readers take the gate shared for a consistent multi-key view; apply takes it exclusively only
+//! while its finished batch lands, never while computing it.
+
+use std::io::Cursor;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use kv_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Batch, Engine, Tree};
+use crate::mvcc::read::{self, Revisions};
+use crate::mvcc::view::Overlay;
+use crate::mvcc::write::Writer;
+use crate::mvcc::MvccError;
+use crate::request::{MemberAttrs, ResponseBatch, WriteRequest, WriteResponse, WriteResult};
+use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const REVISION: &[u8] = b"revision";
+const COMPACTED: &[u8] = b"compacted";
+const LAST_APPLIED: &[u8] = b"last_applied";
+const MEMBERSHIP: &[u8] = b"membership";
+const CLUSTER_ID: &[u8] = b"cluster_id";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+/// Trees that make up the state machine (what a snapshot carries).
+const SM_TREES: [Tree; 5] = [Tree::Kv, Tree::KvHistory, Tree::KvRevs, Tree::SmMeta, Tree::Members];
+
+/// The state-machine meta, cached in memory and written with every apply.
+#[derive(Clone, Debug, Default)]
+pub struct SmMeta {
+    /// etcd's current revision. A fresh store is at 1, like etcd.
+    pub revision: i64,
+    /// Highest compacted revision (0 = never compacted).
+    pub compacted: i64,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    /// 0 until set at bootstrap.
+    pub cluster_id: u64,
+}
+
+impl SmMeta {
+    pub fn revisions(&self) -> Revisions {
+        Revisions { current: self.revision, compacted: self.compacted }
+    }
+}
+
+/// What a snapshot's data holds: every pair of every state-machine tree.
+#[derive(Serialize, Deserialize)]
+struct SnapshotContent {
+    trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+}
+
+struct Shared<E> {
+    engine: Arc<E>,
+    gate: RwLock<SmMeta>,
+}
+
+/// The state machine. Clones share it: openraft owns one, the server reads through another.
+pub struct KvStore<E: Engine> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E: Engine> Clone for KvStore<E> {
+    fn clone(&self) -> Self {
+        KvStore { shared: self.shared.clone() }
+    }
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StorageError> {
+    bincode::deserialize(v).map_err(|e| sm_read_err(*e))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).expect("in-memory serialization cannot fail")
+}
+
+fn i64_at(engine: &impl Engine, key: &[u8]) -> Result<Option<i64>, StorageError> {
+    Ok(engine.get(Tree::SmMeta, key).map_err(sm_read_err)?.map(|v| decode::<i64>(&v)).transpose()?)
+}
+
+fn load_meta<E: Engine>(engine: &E) -> Result<SmMeta, StorageError> {
+    let get = |k: &[u8]| engine.get(Tree::SmMeta, k).map_err(sm_read_err);
+    Ok(SmMeta {
+        revision: i64_at(engine, REVISION)?.unwrap_or(1),
+        compacted: i64_at(engine, COMPACTED)?.unwrap_or(0),
+        last_applied: get(LAST_APPLIED)?.map(|v| decode(&v)).transpose()?.flatten(),
+        membership: get(MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
+        cluster_id: get(CLUSTER_ID)?.map(|v| decode(&v)).transpose()?.unwrap_or(0),
+    })
+}
+
+fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
+    batch.put(Tree::SmMeta, REVISION.to_vec(), encode(&m.revision));
+    batch.put(Tree::SmMeta, COMPACTED.to_vec(), encode(&m.compacted));
+    batch.put(Tree::SmMeta, LAST_APPLIED.to_vec(), encode(&m.last_applied));
+    batch.put(Tree::SmMeta, MEMBERSHIP.to_vec(), encode(&m.membership));
+}
+
+impl<E: Engine> KvStore<E> {
+    /// Opens the state machine stored in `engine`.
+    pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
+        let meta = load_meta(&*engine)?;
+        Ok(KvStore { shared: Arc::new(Shared { engine, gate: RwLock::new(meta) }) })
+    }
+
+    pub fn engine(&self) -> &Arc<E> {
+        &self.shared.engine
+    }
+
+    /// A copy of the current meta.
+    pub fn meta(&self) -> SmMeta {
+        self.shared.gate.read().clone()
+    }
+
+    /// Records the cluster id on first start (durably); returns the id the store keeps.
+    pub fn init_cluster_id(&self, id: u64) -> Result<u64, StorageError> {
+        let mut meta = self.shared.gate.write();
+        if meta.cluster_id != 0 {
+            return Ok(meta.cluster_id);
+        }
+        let mut b = Batch::default();
+        b.put(Tree::SmMeta, CLUSTER_ID, encode(&id));
+        self.shared.engine.write(b).map_err(sm_write_err)?;
+        self.shared.engine.flush().map_err(sm_write_err)?;
+        meta.cluster_id = id;
+        Ok(id)
+    }
+
+    /// etcd Range against the local state (the caller has settled the consistency level).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let meta = self.shared.gate.read();
+        read::range(&*self.shared.engine, req, meta.revisions())
+    }
+
+    /// A read-only txn (only Range ops) against the local state, without going through Raft.
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let meta = self.shared.gate.read();
+        let mut view = Overlay::new(&*self.shared.engine);
+        let mut w = Writer { view: &mut view, revs: meta.revisions() };
+        let resp = w.txn(req)?;
+        debug_assert!(view.into_batch().is_empty(), "read_txn was given a txn that writes");
+        Ok(resp)
+    }
+
+    /// Published member attributes.
+    pub fn members(&self) -> Result<Vec<MemberAttrs>, StorageError> {
+        let _g = self.shared.gate.read();
+        let mut out = Vec::new();
+        for item in self.shared.engine.scan(Tree::Members, Bound::Unbounded, Bound::Unbounded, false) {
+            out.push(decode(&item.map_err(sm_read_err)?.1)?);
+        }
+        Ok(out)
+    }
+
+    fn apply_one(w: &mut Writer<'_, '_, E>, req: &WriteRequest) -> Result<WriteResult, StorageError> {
+        let result = match req {
+            WriteRequest::Put(r) => w.put(r).map(WriteResponse::Put),
+            WriteRequest::DeleteRange(r) => w.delete_range(r).map(WriteResponse::DeleteRange),
+            WriteRequest::Txn(r) => w.txn(r).map(WriteResponse::Txn),
+            WriteRequest::Compact(r) => w.compact(r).map(WriteResponse::Compact),
+            WriteRequest::PublishMember(m) => {
+                w.view.put(Tree::Members, m.id.to_be_bytes().to_vec(), encode(m));
+                Ok(WriteResponse::PublishMember)
+            }
+        };
+        match result {
+            Ok(r) => Ok(Ok(r)),
+            Err(MvccError::Etcd(e)) => Ok(Err(e)),
+            Err(e) => Err(sm_write_err(e)),
+        }
+    }
+
+    fn export(&self) -> Result<(SmMeta, Vec<u8>), StorageError> {
+        let meta = self.shared.gate.read();
+        let mut content = SnapshotContent { trees: Vec::new() };
+        for tree in SM_TREES {
+            let pairs = self
+                .shared
+                .engine
+                .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sm_read_err)?;
+            content.trees.push((tree.name().to_string(), pairs));
+        }
+        Ok((meta.clone(), encode(&content)))
+    }
+
+    fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8], mut batch: Batch) -> Result<(), StorageError> {
+        batch.put(Tree::Snapshot, SNAP_META, encode(meta));
+        batch.put(Tree::Snapshot, SNAP_DATA, data.to_vec());
+        self.shared.engine.write(batch).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.shared.engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+}
+
+impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
+    /// Exports the state under the shared gate (apply waits), so the snapshot is exactly the
+    /// state at its last applied log id.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = self.export()?;
+        let snapshot_id = match &meta.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
+            None => format!("empty-{}", meta.revision),
+        };
+        let snap_meta = SnapshotMeta {
+            last_log_id: meta.last_applied,
+            last_membership: meta.membership.clone(),
+            snapshot_id,
+        };
+        // Also makes the state machine durable up to this point, so logs it covers may be purged.
+        self.persist_snapshot(&snap_meta, &data, Batch::default())?;
+        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let m = self.shared.gate.read();
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ResponseBatch>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut meta = self.meta();
+        let engine = self.shared.engine.clone();
+        let mut view = Overlay::new(&*engine);
+        let mut replies = Vec::new();
+        {
+            let mut w = Writer { view: &mut view, revs: meta.revisions() };
+            for entry in entries {
+                meta.last_applied = Some(entry.log_id);
+                let mut reply = ResponseBatch::default();
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => meta.membership = StoredMembership::new(Some(entry.log_id), m),
+                    EntryPayload::Normal(batch) => {
+                        for req in &batch.requests {
+                            reply.results.push(Self::apply_one(&mut w, req)?);
+                        }
+                    }
+                }
+                replies.push(reply);
+            }
+            meta.revision = w.revs.current;
+            meta.compacted = w.revs.compacted;
+        }
+        meta_ops(&mut view, &meta);
+        let batch = view.into_batch();
+        let mut gate = self.shared.gate.write();
+        engine.write(batch).map_err(sm_write_err)?;
+        *gate = meta;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Replaces the whole state with the snapshot's in one atomic batch.
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let content: SnapshotContent =
+            bincode::deserialize(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;
+        let mut gate = self.shared.gate.write();
+        let engine = &self.shared.engine;
+        let mut batch = Batch::default();
+        for tree in SM_TREES {
+            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+                batch.delete(tree, item.map_err(sm_read_err)?.0);
+            }
+        }
+        for (name, pairs) in content.trees {
+            let tree = SM_TREES.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+                sm_read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown tree {name}")))
+            })?;
+            for (k, v) in pairs {
+                batch.put(tree, k, v);
+            }
+        }
+        self.persist_snapshot(meta, &data, batch)?;
+        let mut fresh = load_meta(&**engine)?;
+        // The snapshot's position is authoritative even if its content predates the meta keys.
+        fresh.last_applied = meta.last_log_id;
+        fresh.membership = meta.last_membership.clone();
+        *gate = fresh;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let engine = &self.shared.engine;
+        let Some(m) = engine.get(Tree::Snapshot, SNAP_META).map_err(sm_read_err)? else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = decode(&m)?;
+        let data = engine.get(Tree::Snapshot, SNAP_DATA).map_err(sm_read_err)?.unwrap_or_default();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// Whether a txn only reads (then it is served without Raft, like etcd).
+pub fn txn_is_read_only(t: &TxnRequest) -> bool {
+    use kv_api::etcdserverpb::request_op::Request;
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(Request::RequestRange(_)) => true,
+        Some(Request::RequestTxn(inner)) => txn_is_read_only(inner),
+        _ => false,
+    })
+}
