@@ -1,1 +1,20 @@
-//! placeholder
+//! raftkv server: etcd v3 compatible gRPC services over [`raft_core`].
+//!
+//! Layout:
+//! - [`config`]: flags (etcd's names) and the TOML config file;
+//! - [`server`]: assembles and runs a member ([`server::run`]);
+//! - [`service`]: the KV, Maintenance and Cluster services;
+//! - [`error`]: internal failures to gRPC statuses;
+//! - [`net`]: binding and serving the client port (real or simulated).
+//!
+//! The `kv-server` binary only parses flags, sets up logging and signals, and calls
+//! [`server::run`].
+
+pub mod config;
+pub mod error;
+pub mod net;
+pub mod server;
+pub mod service;
+
+pub use config::ServerConfig;
+pub use server::{run, run_with_engine, ServerError};

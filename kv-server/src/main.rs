@@ -1,1 +1,37 @@
-fn main(){}
+//! `kv-server`: parse flags, set up logging and signals, run the member.
+//! The first SIGTERM or Ctrl-C drains and exits; a second one exits at once.
+
+use anyhow::Context;
+use clap::Parser;
+use kv_server::ServerConfig;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = ServerConfig::parse().resolve().context("kv-server")?;
+    kv_server::run(cfg, shutdown_signal()).await.context("kv-server")
+}
+
+/// Resolves on the first SIGTERM/SIGINT and arms a second one to exit immediately.
+async fn shutdown_signal() {
+    wait_signal().await;
+    tracing::info!("shutdown requested: draining (signal again to exit at once)");
+    tokio::spawn(async {
+        wait_signal().await;
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,57 @@
+//! Binding and serving the client port. The one place where real and simulated networking
+//! differ: madsim-tonic's simulated server has only `serve`/`serve_with_shutdown` on an address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tonic::transport::server::Router;
+
+/// Bound client listeners, ready to serve.
+pub struct Listeners {
+    #[cfg(not(madsim))]
+    inner: Vec<tokio::net::TcpListener>,
+    #[cfg(madsim)]
+    inner: Vec<SocketAddr>,
+}
+
+impl Listeners {
+    /// Binds every `host:port` (port 0 picks a free port).
+    pub async fn bind(addrs: &[String]) -> std::io::Result<Listeners> {
+        let mut inner = Vec::new();
+        for a in addrs {
+            #[cfg(not(madsim))]
+            inner.push(tokio::net::TcpListener::bind(a).await?);
+            #[cfg(madsim)]
+            inner.push(a.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?);
+        }
+        Ok(Listeners { inner })
+    }
+
+    /// The addresses actually bound.
+    pub fn local_addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        #[cfg(not(madsim))]
+        return self.inner.iter().map(|l| l.local_addr()).collect();
+        #[cfg(madsim)]
+        return Ok(self.inner.clone());
+    }
+
+    /// Serves `router` on every listener until `shutdown` resolves, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        router: Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        #[cfg(not(madsim))]
+        {
+            let incoming = futures::stream::select_all(
+                self.inner.into_iter().map(tokio_stream::wrappers::TcpListenerStream::new),
+            );
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        #[cfg(madsim)]
+        {
+            let addr = self.inner[0];
+            router.serve_with_shutdown(addr, shutdown).await
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Assembles a member: opens the engine, starts the node, bootstraps a new cluster, publishes
+//! the member's attributes, serves the client API and drains on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_api::etcdserverpb::cluster_server::ClusterServer;
+use kv_api::etcdserverpb::kv_server::KvServer;
+use kv_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use raft_core::engine::Engine;
+use raft_core::mvcc::validate::Limits;
+use raft_core::{ids, BatchConfig, MemberAttrs, Node, NodeConfig, NodeError, WriteRequest};
+use tokio::sync::oneshot;
+
+use crate::config::{parse_http_url, ClusterState, ConfigError, ServerConfig};
+use crate::net::Listeners;
+use crate::service::cluster::ClusterService;
+use crate::service::kv::KvService;
+use crate::service::maintenance::MaintenanceService;
+use crate::service::Ctx;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("storage: {0}")]
+    Engine(#[from] raft_core::engine::EngineError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// gRPC's receive limit sits above the request limit (etcd: + 512 KiB), so an oversized request
+/// still decodes and gets etcd's "request is too large" instead of a transport error.
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// Opens the default engine for `dir`: sled, or the in-memory engine under simulation.
+#[cfg(not(madsim))]
+pub fn open_engine(dir: &std::path::Path) -> Result<Arc<raft_core::engine::SledEngine>, ServerError> {
+    Ok(Arc::new(raft_core::engine::SledEngine::open(dir)?))
+}
+
+/// Opens the default engine for `dir`: sled, or the in-memory engine under simulation.
+#[cfg(madsim)]
+pub fn open_engine(_dir: &std::path::Path) -> Result<Arc<raft_core::engine::MemEngine>, ServerError> {
+    Ok(Arc::new(raft_core::engine::MemEngine::new()))
+}
+
+/// Runs a member with the default engine until `shutdown` resolves.
+pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    cfg.validate()?;
+    let engine = open_engine(&cfg.data_dir)?;
+    run_with_engine(cfg, engine, shutdown).await
+}
+
+/// Runs a member on `engine` until `shutdown` resolves: serves clients, then drains in-flight
+/// requests, stops Raft and flushes storage.
+pub async fn run_with_engine<E: Engine>(
+    cfg: ServerConfig,
+    engine: Arc<E>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    cfg.validate()?;
+    let members = cfg.initial_members()?;
+    let me = cfg.me(&members)?;
+    let node_cfg = NodeConfig {
+        id: me.id,
+        heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval),
+        election_timeout: Duration::from_millis(cfg.election_timeout),
+        snapshot_count: cfg.snapshot_count,
+        request_timeout: cfg.request_timeout,
+        batch: BatchConfig { max_requests: cfg.max_batch_requests, ..BatchConfig::default() },
+    };
+    let node = Node::start(node_cfg, engine).await?;
+    // On restart with data the cluster flags are ignored, as in etcd.
+    if cfg.initial_cluster_state == ClusterState::New {
+        node.bootstrap(cfg.initial_membership()?).await?;
+    }
+    let wanted = ids::cluster_id(&cfg.initial_cluster_token, members.iter().map(|m| m.id));
+    let cluster_id = node.store().init_cluster_id(wanted).map_err(|e| NodeError::Fatal(e.to_string()))?;
+
+    let addrs = cfg.listen_client_urls.iter().map(|u| parse_http_url(u)).collect::<Result<Vec<_>, _>>()?;
+    let listeners = Listeners::bind(&addrs)
+        .await
+        .map_err(|source| ServerError::Io { context: format!("cannot listen on {addrs:?}"), source })?;
+    let bound = listeners
+        .local_addrs()
+        .map_err(|source| ServerError::Io { context: "cannot read listen address".into(), source })?;
+    let bound_urls: Vec<String> = bound.iter().map(|a| format!("http://{a}")).collect();
+    let client_urls = if cfg.advertise_client_urls.is_empty() { bound_urls.clone() } else { cfg.advertise_client_urls() };
+
+    let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
+    let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id });
+    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD;
+    let router = tonic::transport::Server::builder()
+        .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())).max_decoding_message_size(max_msg))
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg));
+
+    let attrs = MemberAttrs { id: me.id, name: cfg.name.clone(), client_urls };
+    let (stop_publish, publish_stopped) = oneshot::channel::<()>();
+    let publisher = tokio::spawn(publish_attributes(node.clone(), attrs, publish_stopped));
+
+    tracing::info!(
+        member_id = format_args!("{:x}", me.id),
+        cluster_id = format_args!("{cluster_id:x}"),
+        data_dir = %cfg.data_dir.display(),
+        "kv-server ready: serving clients on {}",
+        bound_urls.join(",")
+    );
+    let served = listeners.serve(router, shutdown).await;
+    tracing::info!("client listener closed, stopping");
+    let _ = stop_publish.send(());
+    let _ = publisher.await;
+    node.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    served.map_err(ServerError::from)
+}
+
+/// Publishes this member's name and client URLs through Raft (retrying until a leader accepts),
+/// unless the published attributes are already these.
+async fn publish_attributes<E: Engine>(node: Node<E>, attrs: MemberAttrs, mut stop: oneshot::Receiver<()>) {
+    loop {
+        if node.store().members().is_ok_and(|m| m.contains(&attrs)) {
+            return;
+        }
+        let attempt = node.write(WriteRequest::PublishMember(attrs.clone()));
+        tokio::select! {
+            _ = &mut stop => return,
+            r = attempt => match r {
+                Ok(_) => {
+                    tracing::info!(name = %attrs.name, "published member attributes");
+                    return;
+                }
+                Err(e) => tracing::debug!("publishing member attributes: {e}; retrying"),
+            },
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}

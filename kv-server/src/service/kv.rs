@@ -1,0 +1,154 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use kv_api::etcdserverpb::kv_server::Kv;
+use kv_api::etcdserverpb::request_op::Request;
+use kv_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use kv_api::{Consistency, EtcdError};
+use prost::Message;
+use raft_core::engine::Engine;
+use raft_core::mvcc::validate;
+use raft_core::state_machine::txn_is_read_only;
+use raft_core::{WriteRequest, WriteResponse};
+use tonic::{Request as Rpc, Response, Status};
+
+use super::Ctx;
+use crate::error;
+
+/// The KV service over a node.
+pub struct KvService<E: Engine> {
+    ctx: Arc<Ctx<E>>,
+}
+
+impl<E: Engine> KvService<E> {
+    pub fn new(ctx: Arc<Ctx<E>>) -> Self {
+        KvService { ctx }
+    }
+
+    fn check_size(&self, m: &impl Message) -> Result<(), Status> {
+        validate::size(m.encoded_len(), &self.ctx.limits).map_err(error::invalid)
+    }
+
+    async fn propose(&self, req: WriteRequest) -> Result<WriteResponse, Status> {
+        self.ctx.node.write(req).await.map_err(error::node)
+    }
+}
+
+/// The level a Range asks for: a set `consistency` wins; unset follows etcd's `serializable`.
+pub fn requested_level(r: &RangeRequest) -> Result<Consistency, EtcdError> {
+    match Consistency::try_from(r.consistency) {
+        Ok(Consistency::Unspecified) if r.serializable => Ok(Consistency::Serializable),
+        Ok(Consistency::Unspecified) => Ok(Consistency::Linearizable),
+        Ok(level) => Ok(level),
+        Err(_) => Err(EtcdError::InvalidArgument(format!("unknown consistency level {}", r.consistency))),
+    }
+}
+
+/// Strength order of the levels, weakest first.
+fn strength(c: Consistency) -> u8 {
+    match c {
+        Consistency::Serializable => 0,
+        Consistency::Bounded => 1,
+        Consistency::Session => 2,
+        Consistency::Lease => 3,
+        Consistency::Linearizable | Consistency::Unspecified => 4,
+    }
+}
+
+/// A read-only txn is served at the strongest level any of its ranges asks for (serializable
+/// only if all of them are; linearizable for a txn with no range at all, like etcd).
+fn txn_level(t: &TxnRequest) -> Result<Consistency, EtcdError> {
+    let mut level: Option<Consistency> = None;
+    for op in t.success.iter().chain(&t.failure) {
+        let l = match &op.request {
+            Some(Request::RequestRange(r)) => requested_level(r)?,
+            Some(Request::RequestTxn(inner)) => txn_level(inner)?,
+            _ => continue,
+        };
+        level = Some(match level {
+            Some(cur) if strength(cur) >= strength(l) => cur,
+            _ => l,
+        });
+    }
+    Ok(level.unwrap_or(Consistency::Linearizable))
+}
+
+#[tonic::async_trait]
+impl<E: Engine> Kv for KvService<E> {
+    async fn range(&self, request: Rpc<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        validate::range(&req).map_err(error::invalid)?;
+        let level = requested_level(&req).map_err(error::invalid)?;
+        let served = self.ctx.node.read_barrier(level).await.map_err(error::node)?;
+        let mut resp = self.ctx.node.store().range(&req).map_err(error::mvcc)?;
+        self.ctx.fill(&mut resp.header, Some(served));
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Rpc<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        validate::put(&req).map_err(error::invalid)?;
+        match self.propose(WriteRequest::Put(req)).await? {
+            WriteResponse::Put(mut resp) => {
+                self.ctx.fill(&mut resp.header, None);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(&self, request: Rpc<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        validate::delete_range(&req).map_err(error::invalid)?;
+        match self.propose(WriteRequest::DeleteRange(req)).await? {
+            WriteResponse::DeleteRange(mut resp) => {
+                self.ctx.fill(&mut resp.header, None);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, request: Rpc<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        validate::txn(&req, &self.ctx.limits).map_err(error::invalid)?;
+        if txn_is_read_only(&req) {
+            let level = txn_level(&req).map_err(error::invalid)?;
+            let served = self.ctx.node.read_barrier(level).await.map_err(error::node)?;
+            let mut resp = self.ctx.node.store().read_txn(&req).map_err(error::mvcc)?;
+            self.ctx.fill(&mut resp.header, Some(served));
+            return Ok(Response::new(resp));
+        }
+        match self.propose(WriteRequest::Txn(req)).await? {
+            WriteResponse::Txn(mut resp) => {
+                self.ctx.fill(&mut resp.header, None);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(&self, request: Rpc<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        match self.propose(WriteRequest::Compact(req)).await? {
+            WriteResponse::Compact(mut resp) => {
+                self.ctx.fill(&mut resp.header, None);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: WriteResponse) -> Status {
+    tracing::error!("state machine answered with the wrong response kind: {r:?}");
+    EtcdError::Other("raftkv: internal error: mismatched response".into()).to_status()
+}

@@ -1,0 +1,40 @@
+//! The client-facing etcd v3 services. Each handler validates, settles consistency or proposes
+//! through the node, and fills the response header; none touches storage directly.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+
+use kv_api::etcdserverpb::ResponseHeader;
+use kv_api::Consistency;
+use raft_core::engine::Engine;
+use raft_core::mvcc::validate::Limits;
+use raft_core::Node;
+
+/// What every service needs: the node, the limits and this member's identity.
+pub struct Ctx<E: Engine> {
+    pub node: Node<E>,
+    pub limits: Limits,
+    pub cluster_id: u64,
+}
+
+impl<E: Engine> Ctx<E> {
+    /// A header as etcd fills it: this member's identity and term, and `revision` (0 = current).
+    pub fn header(&self, revision: i64, served: Option<Consistency>) -> ResponseHeader {
+        let term = self.node.raft().metrics().borrow().current_term;
+        let revision = if revision == 0 { self.node.store().meta().revision } else { revision };
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.node.id(),
+            revision,
+            raft_term: term,
+            served_consistency: served.map_or(0, |c| c as i32),
+        }
+    }
+
+    /// Completes a header produced by the state machine (which knows only the revision).
+    pub fn fill(&self, h: &mut Option<ResponseHeader>, served: Option<Consistency>) {
+        let revision = h.as_ref().map_or(0, |h| h.revision);
+        *h = Some(self.header(revision, served));
+    }
+}
