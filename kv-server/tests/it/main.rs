@@ -1,0 +1,10 @@
+//! Integration tests of kv-server: real `kv-server` processes on loopback, driven by the
+//! third-party `etcd-client` crate and by raw gRPC where exact bytes matter.
+#![cfg(not(madsim))]
+
+mod harness;
+mod t10_kv;
+mod t20_model;
+mod t30_restart;
+mod t40_bad_input;
+mod t50_cluster_info;

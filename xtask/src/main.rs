@@ -1,0 +1,47 @@
+//! `cargo xtask <task>`: the project's entry points, the same for people and CI.
+//!
+//! - `test [cargo test args]`: every test of the workspace;
+//! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check.
+//!
+//! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
+//! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "test" => cargo(&["test", "--workspace"], &rest, &[]),
+        "lint" => {
+            cargo(&["fmt", "--all", "--check"], &[], &[])?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[], &[])?;
+            cargo(
+                &["check", "-p", "raft-core", "-p", "kv-server", "--all-targets"],
+                &[],
+                &[("RUSTFLAGS", "--cfg madsim"), ("CARGO_TARGET_DIR", "target/sim")],
+            )
+        }
+        _ => bail!("usage: cargo xtask test [cargo test args] | cargo xtask lint"),
+    }
+}
+
+/// Runs cargo with `args`, then `extra`, with the vendored protoc and `env` set.
+fn cargo(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path().context("locating the vendored protoc")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).args(extra).env("PROTOC", protoc);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    eprintln!("xtask: cargo {}", args.iter().copied().chain(extra.iter().map(String::as_str)).collect::<Vec<_>>().join(" "));
+    let status = cmd.status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
