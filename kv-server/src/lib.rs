@@ -17,4 +17,4 @@ pub mod server;
 pub mod service;
 
 pub use config::ServerConfig;
-pub use server::{run, run_with_engine, ServerError};
+pub use server::{run, run_with_engine, start, start_with_engine, Running, ServerError};

@@ -59,13 +59,58 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 
     run_with_engine(cfg, engine, shutdown).await
 }
 
-/// Runs a member on `engine` until `shutdown` resolves: serves clients, then drains in-flight
-/// requests, stops Raft and flushes storage.
+/// Runs a member on `engine` until `shutdown` resolves (or serving fails).
 pub async fn run_with_engine<E: Engine>(
     cfg: ServerConfig,
     engine: Arc<E>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let running = start_with_engine(cfg, engine).await?;
+    running.stop_on(shutdown).await
+}
+
+/// A started member, serving clients until stopped.
+pub struct Running {
+    /// The client URLs actually bound (port 0 resolved).
+    pub client_urls: Vec<String>,
+    /// This member's id.
+    pub member_id: u64,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Drains in-flight requests, stops Raft and flushes storage.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.stop_on(async {}).await
+    }
+
+    /// Serves until `shutdown` resolves, then stops as [`Running::stop`] does.
+    pub async fn stop_on(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        tokio::select! {
+            _ = shutdown => {
+                let _ = self.stop.send(());
+                join(self.task.await)
+            }
+            done = &mut self.task => join(done),
+        }
+    }
+}
+
+fn join(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    r.unwrap_or_else(|e| Err(ServerError::Io { context: "server task".into(), source: std::io::Error::other(e.to_string()) }))
+}
+
+/// Starts a member with the default engine.
+pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
+    cfg.validate()?;
+    let engine = open_engine(&cfg.data_dir)?;
+    start_with_engine(cfg, engine).await
+}
+
+/// Starts a member on `engine`: opens the node, bootstraps a new cluster, binds the client
+/// listeners and serves in the background. Returns once clients can connect.
+pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> Result<Running, ServerError> {
     cfg.validate()?;
     let members = cfg.initial_members()?;
     let me = cfg.me(&members)?;
@@ -114,13 +159,21 @@ pub async fn run_with_engine<E: Engine>(
         "kv-server ready: serving clients on {}",
         bound_urls.join(",")
     );
-    let served = listeners.serve(router, shutdown).await;
-    tracing::info!("client listener closed, stopping");
-    let _ = stop_publish.send(());
-    let _ = publisher.await;
-    node.shutdown().await?;
-    tracing::info!("stopped cleanly");
-    served.map_err(ServerError::from)
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = listeners
+            .serve(router, async {
+                let _ = stopped.await;
+            })
+            .await;
+        tracing::info!("client listener closed, stopping");
+        let _ = stop_publish.send(());
+        let _ = publisher.await;
+        node.shutdown().await?;
+        tracing::info!("stopped cleanly");
+        served.map_err(ServerError::from)
+    });
+    Ok(Running { client_urls: bound_urls, member_id: me.id, stop, task })
 }
 
 /// Publishes this member's name and client URLs through Raft (retrying until a leader accepts),

@@ -50,6 +50,11 @@ impl MemEngine {
         st.pending.clear();
     }
 
+    /// Flushes, as [`Engine::flush`] (handy where the trait is not in scope).
+    pub fn flush_for_test(&self) {
+        let _ = Engine::flush(self);
+    }
+
     /// Number of batches written but not yet flushed.
     pub fn unflushed_batches(&self) -> usize {
         self.state.lock().pending.len()

@@ -1,0 +1,22 @@
+//! `kvctl put <key> <value>`
+
+use kv_client::kv_api::etcdserverpb::PutRequest;
+use kv_client::Client;
+
+use crate::printer;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub key: String,
+    pub value: String,
+    /// Print the previous key-value pair.
+    #[arg(long)]
+    pub prev_kv: bool,
+}
+
+pub async fn run(client: &mut Client, a: Args) -> anyhow::Result<()> {
+    let req = PutRequest { key: a.key.into(), value: a.value.into(), prev_kv: a.prev_kv, ..Default::default() };
+    let resp = client.put(req).await?;
+    printer::put(&resp);
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! kvctl against a real one-member server started in-process on a free port.
+#![cfg(not(madsim))]
+
+use std::process::Output;
+
+use kv_server::{Running, ServerConfig};
+
+async fn server(dir: &tempfile::TempDir) -> Running {
+    let cfg = ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen_client_urls: vec!["http://127.0.0.1:0".into()],
+        ..ServerConfig::default()
+    };
+    kv_server::start(cfg).await.expect("server starts")
+}
+
+async fn kvctl(endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    cmd.arg("--endpoints").arg(endpoint).args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run kvctl")).await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "kvctl failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_del_and_endpoint_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir).await;
+    let ep = srv.client_urls[0].clone();
+    assert_eq!(stdout(&kvctl(&ep, &["put", "app/a", "1"]).await), "OK\n");
+    assert_eq!(stdout(&kvctl(&ep, &["put", "app/b", "2"]).await), "OK\n");
+    assert_eq!(stdout(&kvctl(&ep, &["put", "app/a", "3", "--prev-kv"]).await), "OK\napp/a\n1\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "app/a"]).await), "app/a\n3\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "app/", "--prefix"]).await), "app/a\n3\napp/b\n2\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "app/", "--prefix", "--count-only"]).await), "2\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "app/", "--prefix", "--limit", "1", "--consistency", "s"]).await), "app/a\n3\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "app/a", "--rev", "2"]).await), "app/a\n1\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "missing"]).await), "", "a missing key prints nothing, like etcdctl");
+    assert_eq!(stdout(&kvctl(&ep, &["del", "app/", "--prefix"]).await), "2\n");
+    let status = stdout(&kvctl(&ep, &["endpoint", "status"]).await);
+    let fields: Vec<&str> = status.trim().split(", ").collect();
+    assert_eq!(fields[0], ep);
+    assert_eq!(fields[2], "3.5.0");
+    assert_eq!(fields[4], "true", "the only member is the leader: {status}");
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_exit_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir).await;
+    let ep = srv.client_urls[0].clone();
+    let one_line_error = |o: &Output, needle: &str| {
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    };
+    // A server error keeps etcd's text.
+    one_line_error(&kvctl(&ep, &["get", "k", "--rev", "99999"]).await, "required revision is a future revision");
+    one_line_error(&kvctl(&ep, &["get", "k", "--prefix", "--from-key"]).await, "only one of");
+    // A dead endpoint: nothing listens on port 1.
+    one_line_error(&kvctl("http://127.0.0.1:1", &["get", "k"]).await, "cannot connect to http://127.0.0.1:1");
+    one_line_error(&kvctl("not a url", &["get", "k"]).await, "invalid endpoint");
+    // A bad flag is refused by the parser with a non-zero exit.
+    let bad = kvctl(&ep, &["get", "k", "--no-such-flag"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
+    srv.stop().await.unwrap();
+}

@@ -1,0 +1,50 @@
+//! Helpers shared by the raft-core tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_api::etcdserverpb::PutRequest;
+use openraft::{CommittedLeaderId, EntryPayload, Membership};
+use raft_core::engine::Engine;
+use raft_core::request::RequestBatch;
+use raft_core::typ::{Entry, LogId, PeerNode};
+use raft_core::{Node, NodeConfig, WriteRequest};
+
+pub fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+pub fn put_entry(index: u64, key: &str, value: Vec<u8>) -> Entry {
+    let req = WriteRequest::Put(PutRequest { key: key.into(), value, ..Default::default() });
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(RequestBatch { requests: vec![req] }) }
+}
+
+pub fn membership_entry(index: u64) -> Entry {
+    let m = Membership::new(vec![[1u64].into_iter().collect()], None);
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m) }
+}
+
+/// A one-member node on `engine`, started and bootstrapped, once it leads.
+pub async fn leader<E: Engine>(engine: Arc<E>) -> Node<E> {
+    let cfg = NodeConfig {
+        id: 1,
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout: Duration::from_millis(150),
+        ..NodeConfig::default()
+    };
+    let node = Node::start(cfg, engine).await.expect("start");
+    node.bootstrap(BTreeMap::from([(1, PeerNode { peer_urls: vec!["http://127.0.0.1:1".into()] })]))
+        .await
+        .expect("bootstrap");
+    node.raft()
+        .wait(Some(Duration::from_secs(30)))
+        .state(openraft::ServerState::Leader, "one member leads")
+        .await
+        .expect("leader");
+    node
+}
+
+pub fn put(key: &str, value: &str) -> WriteRequest {
+    WriteRequest::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+}
