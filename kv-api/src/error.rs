@@ -120,6 +120,9 @@ mod tests {
             assert_eq!(EtcdError::from_status(&s), Some(e));
         }
         assert_eq!(EtcdError::RequestTooLarge.code(), Code::InvalidArgument);
-        assert_eq!(EtcdError::Compacted.to_status().message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            EtcdError::Compacted.to_status().message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
     }
 }

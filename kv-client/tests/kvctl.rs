@@ -36,7 +36,10 @@ async fn put_get_del_and_endpoint_status() {
     assert_eq!(stdout(&kvctl(&ep, &["get", "app/a"]).await), "app/a\n3\n");
     assert_eq!(stdout(&kvctl(&ep, &["get", "app/", "--prefix"]).await), "app/a\n3\napp/b\n2\n");
     assert_eq!(stdout(&kvctl(&ep, &["get", "app/", "--prefix", "--count-only"]).await), "2\n");
-    assert_eq!(stdout(&kvctl(&ep, &["get", "app/", "--prefix", "--limit", "1", "--consistency", "s"]).await), "app/a\n3\n");
+    assert_eq!(
+        stdout(&kvctl(&ep, &["get", "app/", "--prefix", "--limit", "1", "--consistency", "s"]).await),
+        "app/a\n3\n"
+    );
     assert_eq!(stdout(&kvctl(&ep, &["get", "app/a", "--rev", "2"]).await), "app/a\n1\n");
     assert_eq!(stdout(&kvctl(&ep, &["get", "missing"]).await), "", "a missing key prints nothing, like etcdctl");
     assert_eq!(stdout(&kvctl(&ep, &["del", "app/", "--prefix"]).await), "2\n");

@@ -132,7 +132,9 @@ impl ServerConfig {
     pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
         let spec = match &self.initial_cluster {
             Some(s) => s.clone(),
-            None => self.advertise_peer_urls().iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(","),
+            None => {
+                self.advertise_peer_urls().iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
+            }
         };
         let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -188,7 +190,10 @@ impl ServerConfig {
                 self.election_timeout, self.heartbeat_interval
             )));
         }
-        if self.max_request_bytes == 0 || self.max_txn_ops == 0 || self.snapshot_count == 0 || self.max_batch_requests == 0
+        if self.max_request_bytes == 0
+            || self.max_txn_ops == 0
+            || self.snapshot_count == 0
+            || self.max_batch_requests == 0
         {
             return Err(ConfigError(
                 "--max-request-bytes, --max-txn-ops, --snapshot-count and --max-batch-requests must be positive".into(),

@@ -19,20 +19,27 @@ async fn main() -> anyhow::Result<()> {
 
 /// Resolves on the first SIGTERM/SIGINT and arms a second one to exit immediately.
 async fn shutdown_signal() {
-    wait_signal().await;
+    let mut signals = forward_signals();
+    signals.recv().await;
     tracing::info!("shutdown requested: draining (signal again to exit at once)");
-    tokio::spawn(async {
-        wait_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         tracing::warn!("second signal: exiting without draining");
         std::process::exit(130);
     });
 }
 
-async fn wait_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+/// SIGTERM and SIGINT, delivered by a signal-hook thread into a channel.
+fn forward_signals() -> tokio::sync::mpsc::UnboundedReceiver<i32> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).expect("install signal handlers");
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if tx.send(sig).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

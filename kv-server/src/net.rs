@@ -43,9 +43,8 @@ impl Listeners {
     ) -> Result<(), tonic::transport::Error> {
         #[cfg(not(madsim))]
         {
-            let incoming = futures::stream::select_all(
-                self.inner.into_iter().map(tokio_stream::wrappers::TcpListenerStream::new),
-            );
+            let incoming =
+                futures::stream::select_all(self.inner.into_iter().map(tokio_stream::wrappers::TcpListenerStream::new));
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
         #[cfg(madsim)]

@@ -98,7 +98,9 @@ impl Running {
 }
 
 fn join(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {
-    r.unwrap_or_else(|e| Err(ServerError::Io { context: "server task".into(), source: std::io::Error::other(e.to_string()) }))
+    r.unwrap_or_else(|e| {
+        Err(ServerError::Io { context: "server task".into(), source: std::io::Error::other(e.to_string()) })
+    })
 }
 
 /// Starts a member with the default engine.
@@ -138,7 +140,8 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
         .local_addrs()
         .map_err(|source| ServerError::Io { context: "cannot read listen address".into(), source })?;
     let bound_urls: Vec<String> = bound.iter().map(|a| format!("http://{a}")).collect();
-    let client_urls = if cfg.advertise_client_urls.is_empty() { bound_urls.clone() } else { cfg.advertise_client_urls() };
+    let client_urls =
+        if cfg.advertise_client_urls.is_empty() { bound_urls.clone() } else { cfg.advertise_client_urls() };
 
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id });

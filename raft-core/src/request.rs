@@ -35,9 +35,7 @@ impl WriteRequest {
             WriteRequest::DeleteRange(r) => r.encoded_len(),
             WriteRequest::Txn(r) => r.encoded_len(),
             WriteRequest::Compact(r) => r.encoded_len(),
-            WriteRequest::PublishMember(m) => {
-                m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>() + 16
-            }
+            WriteRequest::PublishMember(m) => m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>() + 16,
         }
     }
 }

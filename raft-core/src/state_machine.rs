@@ -56,10 +56,13 @@ impl SmMeta {
     }
 }
 
+/// One tree of a snapshot: its name and every pair.
+type TreeDump = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// What a snapshot's data holds: every pair of every state-machine tree.
 #[derive(Serialize, Deserialize)]
 struct SnapshotContent {
-    trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    trees: Vec<TreeDump>,
 }
 
 struct Shared<E> {
@@ -95,7 +98,7 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn i64_at(engine: &impl Engine, key: &[u8]) -> Result<Option<i64>, StorageError> {
-    Ok(engine.get(Tree::SmMeta, key).map_err(sm_read_err)?.map(|v| decode::<i64>(&v)).transpose()?)
+    engine.get(Tree::SmMeta, key).map_err(sm_read_err)?.map(|v| decode::<i64>(&v)).transpose()
 }
 
 fn load_meta<E: Engine>(engine: &E) -> Result<SmMeta, StorageError> {
@@ -222,11 +225,8 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
             None => format!("empty-{}", meta.revision),
         };
-        let snap_meta = SnapshotMeta {
-            last_log_id: meta.last_applied,
-            last_membership: meta.membership.clone(),
-            snapshot_id,
-        };
+        let snap_meta =
+            SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id };
         // Also makes the state machine durable up to this point, so logs it covers may be purged.
         self.persist_snapshot(&snap_meta, &data, Batch::default())?;
         Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(data)) })
@@ -286,7 +286,11 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
     }
 
     /// Replaces the whole state with the snapshot's in one atomic batch.
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let content: SnapshotContent =
             bincode::deserialize(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;

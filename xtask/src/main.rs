@@ -6,11 +6,21 @@
 //! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
 //! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
 
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match task() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn task() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
@@ -38,7 +48,10 @@ fn cargo(args: &[&str], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    eprintln!("xtask: cargo {}", args.iter().copied().chain(extra.iter().map(String::as_str)).collect::<Vec<_>>().join(" "));
+    eprintln!(
+        "xtask: cargo {}",
+        args.iter().copied().chain(extra.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+    );
     let status = cmd.status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed: {status}", args.join(" "));

@@ -30,7 +30,10 @@ async fn put_get_and_revisions_follow_etcd() {
     assert_eq!((prev.value(), prev.version(), prev.mod_revision()), (&b"v1"[..], 1, base + 1));
     let g = c.get("k", None).await.unwrap();
     let kv = &g.kvs()[0];
-    assert_eq!((kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()), (&b"v2"[..], base + 1, base + 2, 2));
+    assert_eq!(
+        (kv.value(), kv.create_revision(), kv.mod_revision(), kv.version()),
+        (&b"v2"[..], base + 1, base + 2, 2)
+    );
     assert_eq!(rev(g.header()), base + 2, "a read does not bump the revision");
     // Reads at an older revision see the older value.
     let old = c.get("k", Some(GetOptions::new().with_revision(base + 1))).await.unwrap();
@@ -83,12 +86,14 @@ async fn ranges_prefix_fromkey_limit_sort_and_filters() {
     assert_eq!(keys(&modr)[0], "a/2");
     let ver = c.get("a/", Some(by(SortTarget::Version, SortOrder::Descend))).await.unwrap();
     assert_eq!(keys(&ver)[0], "a/2");
-    let create = c.get("\0", Some(GetOptions::new().with_all_keys().with_sort(SortTarget::Create, SortOrder::Ascend)))
+    let create = c
+        .get("\0", Some(GetOptions::new().with_all_keys().with_sort(SortTarget::Create, SortOrder::Ascend)))
         .await
         .unwrap();
     assert_eq!(keys(&create), ["a/1", "a/2", "a/3", "b/1", "c"]);
     // Sort then limit: the two newest by mod revision.
-    let newest = c.get("\0", Some(by(SortTarget::Mod, SortOrder::Descend).with_all_keys().with_limit(2))).await.unwrap();
+    let newest =
+        c.get("\0", Some(by(SortTarget::Mod, SortOrder::Descend).with_all_keys().with_limit(2))).await.unwrap();
     assert_eq!(keys(&newest), ["a/2", "c"]);
     assert!(newest.more());
     // Filters on mod revision drop kvs but not the count.
@@ -168,9 +173,8 @@ async fn txn_compares_branches_and_nesting() {
     let missing_value = Txn::new().when([Compare::value("missing", CompareOp::NotEqual, "x")]);
     assert!(!c.txn(missing_value).await.unwrap().succeeded(), "VALUE on a missing key compares false");
     // Nested txn.
-    let inner = Txn::new()
-        .when([Compare::value("t", CompareOp::Equal, "2")])
-        .and_then([TxnOp::put("nested", "yes", None)]);
+    let inner =
+        Txn::new().when([Compare::value("t", CompareOp::Equal, "2")]).and_then([TxnOp::put("nested", "yes", None)]);
     let outer = Txn::new().and_then([TxnOp::txn(inner), TxnOp::put("outer", "yes", None)]);
     let r = c.txn(outer).await.unwrap();
     match &r.op_responses()[0] {

@@ -109,12 +109,12 @@ impl Model {
                     return Outcome::Compacted;
                 }
                 let at = if rev == 0 { self.rev } else { rev };
-                let kvs: Vec<_> =
-                    Self::keys(sel).into_iter().filter_map(|k| self.at(&k, at).map(|v| (k, v))).collect();
+                let kvs: Vec<_> = Self::keys(sel).into_iter().filter_map(|k| self.at(&k, at).map(|v| (k, v))).collect();
                 Outcome::Kvs { rev: self.rev, count: kvs.len() as i64, kvs }
             }
             Op::Delete(sel) => {
-                let live: Vec<String> = Self::keys(sel).into_iter().filter(|k| self.at(k, self.rev).is_some()).collect();
+                let live: Vec<String> =
+                    Self::keys(sel).into_iter().filter(|k| self.at(k, self.rev).is_some()).collect();
                 if !live.is_empty() {
                     self.rev += 1;
                     for k in &live {
@@ -181,12 +181,15 @@ async fn run(c: &mut Client, m: &Model, op: &Op) -> Outcome {
                         .kvs()
                         .iter()
                         .map(|kv| {
-                            (kv.key_str().unwrap().to_string(), Ver {
-                                value: kv.value().to_vec(),
-                                create: kv.create_revision(),
-                                modr: kv.mod_revision(),
-                                version: kv.version(),
-                            })
+                            (
+                                kv.key_str().unwrap().to_string(),
+                                Ver {
+                                    value: kv.value().to_vec(),
+                                    create: kv.create_revision(),
+                                    modr: kv.mod_revision(),
+                                    version: kv.version(),
+                                },
+                            )
                         })
                         .collect(),
                 },

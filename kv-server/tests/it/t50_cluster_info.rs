@@ -21,7 +21,7 @@ async fn status_and_member_list_describe_the_member() {
         assert_eq!((list.members().len(), m.id()), (1, me));
         assert_eq!(m.peer_urls(), ["http://127.0.0.1:2380"]);
         if m.name() == "t1" {
-            assert_eq!(m.client_urls(), [s.endpoint.clone()]);
+            assert_eq!(m.client_urls(), std::slice::from_ref(&s.endpoint));
             assert!(!m.is_learner());
             break;
         }

@@ -37,9 +37,7 @@ impl Default for MemEngine {
 impl MemEngine {
     pub fn new() -> Self {
         let empty: Trees = vec![BTreeMap::new(); Tree::ALL.len()];
-        MemEngine {
-            state: Arc::new(Mutex::new(State { live: empty.clone(), durable: empty, pending: Vec::new() })),
-        }
+        MemEngine { state: Arc::new(Mutex::new(State { live: empty.clone(), durable: empty, pending: Vec::new() })) }
     }
 
     /// Simulates power loss: every write after the last flush is gone. Whoever used the engine
@@ -200,10 +198,8 @@ mod tests {
             b.put(Tree::Kv, k.to_vec(), k.to_vec());
         }
         e.write(b).unwrap();
-        let fwd: Vec<_> = e
-            .scan(Tree::Kv, Bound::Included(b"b"), Bound::Excluded(b"d"), false)
-            .map(|r| r.unwrap().0)
-            .collect();
+        let fwd: Vec<_> =
+            e.scan(Tree::Kv, Bound::Included(b"b"), Bound::Excluded(b"d"), false).map(|r| r.unwrap().0).collect();
         assert_eq!(fwd, vec![b"b".to_vec(), b"c".to_vec()]);
         let mut rev = e.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, true);
         assert_eq!(rev.next().unwrap().unwrap().0, b"d".to_vec());

@@ -81,7 +81,12 @@ pub fn latest<R: Reader + ?Sized>(r: &R, range: &KeyRange) -> Result<Vec<(Vec<u8
 }
 
 /// The version of `key` visible at `revision` (latest with mod_revision <= revision), if live.
-fn version_at<R: Reader + ?Sized>(r: &R, encoded: &[u8], key: &[u8], revision: i64) -> Result<Option<Record>, MvccError> {
+fn version_at<R: Reader + ?Sized>(
+    r: &R,
+    encoded: &[u8],
+    key: &[u8],
+    revision: i64,
+) -> Result<Option<Record>, MvccError> {
     let upper = history_key(key, revision + 1);
     let mut scan = r.scan(Tree::KvHistory, Bound::Included(encoded), Bound::Excluded(&upper), true);
     match scan.next().transpose()? {

@@ -112,11 +112,8 @@ fn branch_writes(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>)
     let mut dels = Vec::new();
     for op in ops {
         match &op.request {
-            Some(Request::RequestPut(p)) => {
-                if !puts.insert(p.key.clone()) {
-                    return Err(EtcdError::DuplicateKey);
-                }
-            }
+            Some(Request::RequestPut(p)) if !puts.insert(p.key.clone()) => return Err(EtcdError::DuplicateKey),
+            Some(Request::RequestPut(_)) => {}
             Some(Request::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
             Some(Request::RequestTxn(t)) => {
                 let (sp, sd) = branch_writes(&t.success)?;

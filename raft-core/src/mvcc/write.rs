@@ -9,8 +9,8 @@ use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use kv_api::etcdserverpb::request_op::Request;
 use kv_api::etcdserverpb::response_op::Response;
 use kv_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use kv_api::EtcdError;
 

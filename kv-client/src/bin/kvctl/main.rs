@@ -15,7 +15,13 @@ use clap::Parser;
 #[command(name = "kvctl", version, about)]
 pub struct Cli {
     /// Comma-separated member client URLs.
-    #[arg(long, global = true, env = "KVCTL_ENDPOINTS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "KVCTL_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
     pub endpoints: Vec<String>,
     /// Timeout of connecting and of each request, e.g. 5s, 500ms.
     #[arg(long = "command-timeout", global = true, default_value = "5s", value_parser = humantime::parse_duration)]

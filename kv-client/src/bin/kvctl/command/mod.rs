@@ -36,7 +36,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `key [range_end]` plus `--prefix` / `--from-key`, as etcdctl interprets them.
-pub fn key_range(key: &str, range_end: Option<&str>, prefix: bool, from_key: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+pub fn key_range(
+    key: &str,
+    range_end: Option<&str>,
+    prefix: bool,
+    from_key: bool,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     match (range_end, prefix, from_key) {
         (Some(_), true, _) | (Some(_), _, true) | (None, true, true) => {
             anyhow::bail!("use only one of range_end, --prefix and --from-key")
