@@ -208,11 +208,19 @@ impl<E: Engine> KvStore<E> {
         Ok((meta.clone(), encode(&content)))
     }
 
+    /// Stores `meta`/`data` as the current snapshot together with `batch`, durably. Caller
+    /// holds the gate exclusively.
     fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8], mut batch: Batch) -> Result<(), StorageError> {
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
         batch.put(Tree::Snapshot, SNAP_DATA, data.to_vec());
         self.shared.engine.write(batch).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.shared.engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    /// The stored snapshot's meta, if any.
+    fn stored_snapshot_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        let m = self.shared.engine.get(Tree::Snapshot, SNAP_META).map_err(sm_read_err)?;
+        m.map(|m| decode(&m)).transpose()
     }
 }
 
@@ -227,8 +235,14 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         };
         let snap_meta =
             SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id };
-        // Also makes the state machine durable up to this point, so logs it covers may be purged.
-        self.persist_snapshot(&snap_meta, &data, Batch::default())?;
+        // Builds run concurrently with installs: never replace a newer stored snapshot with an
+        // older build. The flush also makes the state machine durable up to this point, so
+        // logs the snapshot covers may be purged.
+        let _gate = self.shared.gate.write();
+        let newer_stored = self.stored_snapshot_meta()?.is_some_and(|m| m.last_log_id >= snap_meta.last_log_id);
+        if !newer_stored {
+            self.persist_snapshot(&snap_meta, &data, Batch::default())?;
+        }
         Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -273,7 +287,11 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         let batch = view.into_batch();
         let mut gate = self.shared.gate.write();
         engine.write(batch).map_err(sm_write_err)?;
-        *gate = meta;
+        // Only what apply owns: cluster_id is set elsewhere and must not be overwritten.
+        gate.revision = meta.revision;
+        gate.compacted = meta.compacted;
+        gate.last_applied = meta.last_applied;
+        gate.membership = meta.membership;
         Ok(replies)
     }
 
@@ -321,10 +339,9 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let engine = &self.shared.engine;
-        let Some(m) = engine.get(Tree::Snapshot, SNAP_META).map_err(sm_read_err)? else {
+        let Some(meta) = self.stored_snapshot_meta()? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = decode(&m)?;
         let data = engine.get(Tree::Snapshot, SNAP_DATA).map_err(sm_read_err)?.unwrap_or_default();
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }

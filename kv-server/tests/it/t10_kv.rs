@@ -82,6 +82,11 @@ async fn ranges_prefix_fromkey_limit_sort_and_filters() {
     assert_eq!(keys(&desc), ["a/3", "a/2", "a/1"]);
     let val = c.get("a/", Some(by(SortTarget::Value, SortOrder::Ascend))).await.unwrap();
     assert_eq!(keys(&val), ["a/3", "a/2", "a/1"], "x < y2 < z");
+    // keys_only drops values only after sorting by them.
+    let ko_val =
+        c.get("a/", Some(by(SortTarget::Value, SortOrder::Ascend).with_keys_only().with_limit(1))).await.unwrap();
+    assert_eq!(keys(&ko_val), ["a/3"]);
+    assert!(ko_val.kvs()[0].value().is_empty());
     let modr = c.get("a/", Some(by(SortTarget::Mod, SortOrder::Descend))).await.unwrap();
     assert_eq!(keys(&modr)[0], "a/2");
     let ver = c.get("a/", Some(by(SortTarget::Version, SortOrder::Descend))).await.unwrap();
@@ -154,7 +159,21 @@ async fn txn_compares_branches_and_nesting() {
     }
     let u = c.get("u", None).await.unwrap();
     assert_eq!(u.kvs()[0].mod_revision(), r1 + 1);
-    // Failure branch; a txn that only reads does not bump the revision.
+    // Inside a write txn, a get at an explicit revision reads that revision, not the txn's
+    // own earlier writes; a plain get sees them.
+    let txn = Txn::new().and_then([
+        TxnOp::put("t", "3", None),
+        TxnOp::get("t", Some(GetOptions::new().with_revision(r1 + 1))),
+        TxnOp::get("t", None),
+    ]);
+    let r = c.txn(txn).await.unwrap();
+    let value = |i: usize| match &r.op_responses()[i] {
+        TxnOpResponse::Get(g) => g.kvs()[0].value().to_vec(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((value(1), value(2)), (b"2".to_vec(), b"3".to_vec()));
+    let r1 = r1 + 1; // the txn above took a revision
+                     // Failure branch; a txn that only reads does not bump the revision.
     let txn = Txn::new()
         .when([Compare::mod_revision("t", CompareOp::Less, r1)])
         .and_then([TxnOp::delete("t", None)])
@@ -174,7 +193,7 @@ async fn txn_compares_branches_and_nesting() {
     assert!(!c.txn(missing_value).await.unwrap().succeeded(), "VALUE on a missing key compares false");
     // Nested txn.
     let inner =
-        Txn::new().when([Compare::value("t", CompareOp::Equal, "2")]).and_then([TxnOp::put("nested", "yes", None)]);
+        Txn::new().when([Compare::value("t", CompareOp::Equal, "3")]).and_then([TxnOp::put("nested", "yes", None)]);
     let outer = Txn::new().and_then([TxnOp::txn(inner), TxnOp::put("outer", "yes", None)]);
     let r = c.txn(outer).await.unwrap();
     match &r.op_responses()[0] {

@@ -9,8 +9,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -43,11 +42,10 @@ impl SyncStats {
     }
 }
 
-/// Which blob files are already durable, and the directory state when we last looked.
+/// Which blob files are already durable.
 #[derive(Default)]
 struct BlobState {
     synced: HashSet<PathBuf>,
-    dir_mtime: Option<SystemTime>,
 }
 
 /// sled-backed [`Engine`].
@@ -60,15 +58,8 @@ pub struct SledEngine {
     blobs_dir: PathBuf,
     /// Held across a flush so concurrent flushers do not interleave their fsync bookkeeping.
     blobs: Mutex<BlobState>,
-    /// Set by a write carrying a value large enough that sled may store it as a blob file; the
-    /// next flush then lists `blobs/` even if the directory's (coarse) mtime looks unchanged.
-    large_write: AtomicBool,
     stats: SyncStats,
 }
-
-/// Values from this size on may end up in blob files (sled's threshold is a quarter of its
-/// 512 KiB segment; being conservative only costs a directory listing).
-const LARGE_VALUE: usize = 16 * 1024;
 
 impl SledEngine {
     /// Opens (or creates) the engine in `dir`.
@@ -85,11 +76,12 @@ impl SledEngine {
             data_file,
             blobs_dir: dir.join("blobs"),
             blobs: Mutex::new(BlobState::default()),
-            large_write: AtomicBool::new(false),
             stats: SyncStats::default(),
         };
-        // Files left by an earlier run may never have been synced: sync them once now.
-        engine.sync_blobs(true)?;
+        // Files left by an earlier run may never have been synced: sync them once now. The data
+        // directory's entries (db, conf, blobs/) must survive power loss too.
+        engine.sync_blobs()?;
+        File::open(dir)?.sync_all()?;
         Ok(engine)
     }
 
@@ -102,21 +94,21 @@ impl SledEngine {
         &self.trees[t.index()]
     }
 
-    /// fsyncs blob files not yet synced and then the directory, when the directory changed or
-    /// `force` says a blob may have been written.
-    fn sync_blobs(&self, force: bool) -> Result<()> {
+    /// fsyncs blob files not yet synced, then the `blobs/` directory if its entries changed.
+    ///
+    /// sled turns any serialized page over ~128 KiB into a blob file (a page can hold many
+    /// smaller values), so size checks on our writes cannot tell when one appears, and the
+    /// directory mtime is too coarse: the directory is listed on every flush.
+    fn sync_blobs(&self) -> Result<()> {
         let mut st = self.blobs.lock();
-        let mtime = match std::fs::metadata(&self.blobs_dir) {
-            Ok(m) => m.modified().ok(),
+        let listing = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if !force && mtime.is_some() && mtime == st.dir_mtime {
-            return Ok(());
-        }
         let mut present = HashSet::new();
         let mut synced_any = false;
-        for entry in std::fs::read_dir(&self.blobs_dir)? {
+        for entry in listing {
             let path = entry?.path();
             if !st.synced.contains(&path) {
                 match File::open(&path) {
@@ -138,7 +130,6 @@ impl SledEngine {
             self.stats.blob_dir_fsyncs.fetch_add(1, Ordering::SeqCst);
         }
         st.synced = present;
-        st.dir_mtime = mtime;
         Ok(())
     }
 }
@@ -166,9 +157,6 @@ impl Engine for SledEngine {
     }
 
     fn write(&self, batch: Batch) -> Result<()> {
-        if batch.ops.iter().any(|o| o.value.as_ref().is_some_and(|v| v.len() >= LARGE_VALUE)) {
-            self.large_write.store(true, Ordering::SeqCst);
-        }
         let mut per_tree: Vec<Option<sled::Batch>> = vec![None; Tree::ALL.len()];
         for op in batch.ops {
             let b = per_tree[op.tree.index()].get_or_insert_with(sled::Batch::default);
@@ -201,11 +189,10 @@ impl Engine for SledEngine {
     }
 
     fn flush(&self) -> Result<()> {
-        let large = self.large_write.swap(false, Ordering::SeqCst);
         self.db.flush()?;
         self.data_file.sync_all()?;
         self.stats.db_fsyncs.fetch_add(1, Ordering::SeqCst);
-        self.sync_blobs(large)?;
+        self.sync_blobs()?;
         self.stats.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

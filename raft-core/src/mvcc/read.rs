@@ -154,28 +154,39 @@ pub fn check_revision(revision: i64, revs: Revisions) -> Result<(), EtcdError> {
 
 /// etcd's Range.
 pub fn range<R: Reader + ?Sized>(r: &R, req: &RangeRequest, revs: Revisions) -> Result<RangeResponse, MvccError> {
+    range_in(r, req, revs, false)
+}
+
+/// Range with `pending` telling whether `r` holds writes of an unfinished request (a write txn):
+/// a read at an explicit revision must then come from history, which those writes (at the
+/// next revision) cannot reach, while revision 0 sees them, as in etcd.
+pub fn range_in<R: Reader + ?Sized>(
+    r: &R,
+    req: &RangeRequest,
+    revs: Revisions,
+    pending: bool,
+) -> Result<RangeResponse, MvccError> {
     check_revision(req.revision, revs)?;
     let order = SortOrder::try_from(req.sort_order).map_err(|_| EtcdError::InvalidSortOption)?;
     let target = SortTarget::try_from(req.sort_target).map_err(|_| EtcdError::InvalidSortOption)?;
     let range = KeyRange::new(&req.key, &req.range_end);
-    let found = if req.revision <= 0 || req.revision >= revs.current {
-        latest(r, &range)?
-    } else {
-        at_revision(r, &range, req.revision)?
-    };
+    let latest_view = req.revision <= 0 || (req.revision >= revs.current && !pending);
+    let found = if latest_view { latest(r, &range)? } else { at_revision(r, &range, req.revision)? };
     let count = found.len() as i64;
     let header = Some(ResponseHeader { revision: revs.current, ..Default::default() });
     if req.count_only {
         return Ok(RangeResponse { header, kvs: vec![], more: false, count });
     }
-    let filtered: Vec<(Vec<u8>, Record)> = found.into_iter().filter(|(_, rec)| passes_filters(req, rec)).collect();
-    let mut kvs: Vec<KeyValue> = filtered.iter().map(|(k, rec)| rec.to_kv(k, req.keys_only)).collect();
-    sort(&mut kvs, order, target);
+    let mut found: Vec<(Vec<u8>, Record)> = found.into_iter().filter(|(_, rec)| passes_filters(req, rec)).collect();
+    // Sort and limit on full records; values are dropped for keys_only only at the end (a
+    // VALUE sort must still see them).
+    sort(&mut found, order, target);
     let limit = usize::try_from(req.limit).unwrap_or(0);
-    let more = limit > 0 && kvs.len() > limit;
+    let more = limit > 0 && found.len() > limit;
     if more {
-        kvs.truncate(limit);
+        found.truncate(limit);
     }
+    let kvs: Vec<KeyValue> = found.iter().map(|(k, rec)| rec.to_kv(k, req.keys_only)).collect();
     Ok(RangeResponse { header, kvs, more, count })
 }
 
@@ -188,7 +199,7 @@ fn passes_filters(req: &RangeRequest, rec: &Record) -> bool {
         && max_ok(req.max_create_revision, rec.create_revision)
 }
 
-fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
+fn sort(kvs: &mut [(Vec<u8>, Record)], order: SortOrder, target: SortTarget) {
     // Results come in key order; NONE with target KEY keeps it, NONE with another target sorts
     // ascending by that target (etcd).
     let order = match (order, target) {
@@ -198,10 +209,10 @@ fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
     };
     match target {
         SortTarget::Key => {}
-        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        SortTarget::Version => kvs.sort_by_key(|(_, r)| r.version),
+        SortTarget::Create => kvs.sort_by_key(|(_, r)| r.create_revision),
+        SortTarget::Mod => kvs.sort_by_key(|(_, r)| r.mod_revision),
+        SortTarget::Value => kvs.sort_by(|a, b| a.1.value.cmp(&b.1.value)),
     }
     if order == SortOrder::Descend {
         kvs.reverse();

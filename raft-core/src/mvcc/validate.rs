@@ -105,32 +105,46 @@ fn op_valid(op: &RequestOp, limits: &Limits) -> Result<(), EtcdError> {
     }
 }
 
-/// The keys put and ranges deleted by a branch, nested txns folded in (both of their branches,
-/// since either may run), failing on a duplicate.
+/// The keys put and ranges deleted by a branch, nested txns folded in, failing on a duplicate,
+/// in etcd's order (`checkIntervals`): this level's deletes first; then each nested txn's
+/// then-puts and else-puts against what is known so far (a key in both then and else is fine,
+/// only one runs), merging its deletes afterwards; this level's puts last.
 fn branch_writes(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), EtcdError> {
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestDeleteRange(d)) => Some(KeyRange::new(&d.key, &d.range_end)),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
     let mut puts = BTreeSet::new();
-    let mut dels = Vec::new();
     for op in ops {
-        match &op.request {
-            Some(Request::RequestPut(p)) if !puts.insert(p.key.clone()) => return Err(EtcdError::DuplicateKey),
-            Some(Request::RequestPut(_)) => {}
-            Some(Request::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
-            Some(Request::RequestTxn(t)) => {
-                let (sp, sd) = branch_writes(&t.success)?;
-                let (fp, fd) = branch_writes(&t.failure)?;
-                let nested: BTreeSet<Vec<u8>> = sp.union(&fp).cloned().collect();
-                if nested.iter().any(|k| puts.contains(k)) {
-                    return Err(EtcdError::DuplicateKey);
-                }
-                puts.extend(nested);
-                dels.extend(sd);
-                dels.extend(fd);
+        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let (puts_then, dels_then) = branch_writes(&t.success)?;
+        let (puts_else, dels_else) = branch_writes(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(EtcdError::DuplicateKey);
             }
-            _ => {}
+            puts.insert(k.clone());
         }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
     }
-    if puts.iter().any(|k| dels.iter().any(|d| d.contains(k))) {
-        return Err(EtcdError::DuplicateKey);
+    for op in ops {
+        if let Some(Request::RequestPut(p)) = &op.request {
+            if puts.contains(&p.key) || deleted(&dels, &p.key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(p.key.clone());
+        }
     }
     Ok((puts, dels))
 }
@@ -164,6 +178,13 @@ mod tests {
             |outer: RequestOp| t(vec![outer, RequestOp { request: Some(Request::RequestTxn(nested.clone())) }]);
         assert_eq!(txn(&with_nested(put_op("y")), &l), Ok(()));
         assert_eq!(txn(&with_nested(put_op("x")), &l), Err(EtcdError::DuplicateKey));
+        // A nested txn may put a key in one branch and delete it in the other (etcd accepts).
+        let put_or_del =
+            TxnRequest { success: vec![put_op("k")], failure: vec![del_op("k", "")], ..Default::default() };
+        let nested = RequestOp { request: Some(Request::RequestTxn(put_or_del)) };
+        assert_eq!(txn(&t(vec![nested.clone()]), &l), Ok(()));
+        // But an outer delete covering a nested put is a duplicate.
+        assert_eq!(txn(&t(vec![del_op("a", "z"), nested]), &l), Err(EtcdError::DuplicateKey));
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
         let response = match &op.request {
             Some(Request::RequestRange(r)) => {
                 // Reads inside a txn see the txn's earlier writes, at the pre-txn revision.
-                let mut resp = read::range(&*self.view, r, self.revs)?;
+                let mut resp = read::range_in(&*self.view, r, self.revs, true)?;
                 resp.header = header(self.revs.current);
                 Response::ResponseRange(resp)
             }
