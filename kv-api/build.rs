@@ -1,11 +1,11 @@
-//! Compiles raftkv's etcd v3 protos. protoc comes from the `protoc-bin-vendored` crate, so a fresh
+//! Compiles raftkv's etcd v3 protos and the internal peer proto. protoc comes from the `protoc-bin-vendored` crate, so a fresh
 //! machine needs nothing but cargo.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY-free: build scripts run single-threaded; tonic-build reads PROTOC from the environment.
     std::env::set_var("PROTOC", protoc);
-    let protos = ["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto"];
+    let protos = ["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto", "proto/raftkvpb/peer.proto"];
     tonic_build::configure().compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -4,6 +4,8 @@
 //! - [`etcdserverpb`], [`mvccpb`]: generated from our own `.proto` files, which describe the etcd
 //!   v3 API with etcd's package, service, message names and field numbers, plus raftkv extension
 //!   fields numbered from 1000 (stock clients skip them).
+//! - [`raftkvpb`]: the internal peer protocol between members (Raft RPCs, forwarded writes, read
+//!   index), separate from the client API.
 //! - [`error`]: every etcd error raftkv can return, with etcd's exact text and gRPC code — the one
 //!   table that maps errors to the wire.
 //! - [`Consistency`]: the read consistency levels (the generated wire enum).
@@ -21,6 +23,11 @@ pub mod mvccpb {
 pub mod etcdserverpb {
     #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
     tonic::include_proto!("etcdserverpb");
+}
+
+/// raftkv's internal peer protocol (`raftkvpb.Peer`), served on the peer port.
+pub mod raftkvpb {
+    tonic::include_proto!("raftkvpb");
 }
 
 pub use error::EtcdError;

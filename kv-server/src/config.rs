@@ -52,10 +52,11 @@ pub struct ServerConfig {
     #[arg(long, default_value = "raftkv-cluster")]
     pub initial_cluster_token: String,
     /// Leader heartbeat period in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = raft_core::node::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_interval: u64,
-    /// Election timeout in milliseconds (elections fire after a random time in [E, 2E)).
-    #[arg(long, default_value_t = 1000)]
+    /// Election timeout E in milliseconds: a follower that hears no leader for 2E (the leader's
+    /// lease) plus a random time in [E, 2E) starts an election (docs/operations.md).
+    #[arg(long, default_value_t = raft_core::node::DEFAULT_ELECTION_TIMEOUT_MS)]
     pub election_timeout: u64,
     /// Largest request accepted, in bytes.
     #[arg(long, default_value_t = 1536 * 1024)]
@@ -202,13 +203,21 @@ impl ServerConfig {
         if self.request_timeout.is_zero() {
             return Err(ConfigError("--request-timeout must be positive".into()));
         }
+        if self.listen_peer_urls.is_empty() {
+            return Err(ConfigError("--listen-peer-urls is empty".into()));
+        }
         let members = self.initial_members()?;
         self.me(&members)?;
-        if members.len() > 1 {
-            return Err(ConfigError(format!(
-                "--initial-cluster names {} members; this build serves one-member clusters only",
-                members.len()
-            )));
+        let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != members.len() {
+            return Err(ConfigError("--initial-cluster lists the same peer URLs under two names".into()));
+        }
+        if members.len() > 1 && members.iter().flat_map(|m| &m.peer_urls).any(|u| u.ends_with(":0")) {
+            return Err(ConfigError(
+                "--initial-cluster: peer URLs of a multi-member cluster need real ports, not 0".into(),
+            ));
         }
         Ok(())
     }

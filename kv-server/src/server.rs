@@ -8,8 +8,11 @@ use std::time::Duration;
 use kv_api::etcdserverpb::cluster_server::ClusterServer;
 use kv_api::etcdserverpb::kv_server::KvServer;
 use kv_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use kv_api::raftkvpb::peer_server::PeerServer;
 use raft_core::engine::Engine;
 use raft_core::mvcc::validate::Limits;
+use raft_core::network::service::PeerService;
+use raft_core::network::MAX_PEER_MESSAGE;
 use raft_core::{ids, BatchConfig, MemberAttrs, Node, NodeConfig, NodeError, WriteRequest};
 use tokio::sync::oneshot;
 
@@ -116,8 +119,10 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
     cfg.validate()?;
     let members = cfg.initial_members()?;
     let me = cfg.me(&members)?;
+    let wanted = ids::cluster_id(&cfg.initial_cluster_token, members.iter().map(|m| m.id));
     let node_cfg = NodeConfig {
         id: me.id,
+        cluster_id: wanted,
         heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval),
         election_timeout: Duration::from_millis(cfg.election_timeout),
         snapshot_count: cfg.snapshot_count,
@@ -125,12 +130,27 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
         batch: BatchConfig { max_requests: cfg.max_batch_requests, ..BatchConfig::default() },
     };
     let node = Node::start(node_cfg, engine).await?;
+    let cluster_id = node.cluster_id();
+
+    // Peers first: other members may already be waiting for this one to vote.
+    let peer_addrs = cfg.listen_peer_urls.iter().map(|u| parse_http_url(u)).collect::<Result<Vec<_>, _>>()?;
+    let peer_listeners = Listeners::bind(&peer_addrs)
+        .await
+        .map_err(|source| ServerError::Io { context: format!("cannot listen for peers on {peer_addrs:?}"), source })?;
+    let peer_router = tonic::transport::Server::builder().add_service(
+        PeerServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE),
+    );
+    let (stop_peers, peers_stopped) = oneshot::channel::<()>();
+    let peer_task = tokio::spawn(peer_listeners.serve(peer_router, async {
+        let _ = peers_stopped.await;
+    }));
+
     // On restart with data the cluster flags are ignored, as in etcd.
     if cfg.initial_cluster_state == ClusterState::New {
         node.bootstrap(cfg.initial_membership()?).await?;
     }
-    let wanted = ids::cluster_id(&cfg.initial_cluster_token, members.iter().map(|m| m.id));
-    let cluster_id = node.store().init_cluster_id(wanted).map_err(|e| NodeError::Fatal(e.to_string()))?;
 
     let addrs = cfg.listen_client_urls.iter().map(|u| parse_http_url(u)).collect::<Result<Vec<_>, _>>()?;
     let listeners = Listeners::bind(&addrs)
@@ -173,6 +193,10 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
         let _ = stop_publish.send(());
         let _ = publisher.await;
         node.shutdown().await?;
+        let _ = stop_peers.send(());
+        if let Ok(Err(e)) = peer_task.await {
+            tracing::warn!("peer listener: {e}");
+        }
         tracing::info!("stopped cleanly");
         served.map_err(ServerError::from)
     });

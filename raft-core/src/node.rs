@@ -1,30 +1,41 @@
-//! The node handle: one Raft member with its stores, the write batcher and the read barrier.
+//! The node handle: one Raft member with its stores, the write batcher, forwarding and the read
+//! barrier.
 //!
-//! Writes go through the batcher: it gathers the requests that arrive while the previous
-//! proposal is in flight into one Raft entry (bounded by count and bytes), because openraft
-//! 0.9.25 fsyncs each `client_write` on its own. Reads settle their consistency level here and
-//! then read the local state machine.
+//! Writes go to the leader: a follower forwards them over the peer transport, the leader puts
+//! them through its batcher, which gathers the requests that arrive while the previous proposal
+//! is in flight into one Raft entry (bounded by count and bytes), because openraft 0.9.25
+//! fsyncs each `client_write` on its own. Reads settle their consistency level here (a follower
+//! asks the leader for a read index) and then read the local state machine.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kv_api::{Consistency, EtcdError};
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Config, SnapshotPolicy};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::log_store::LogStore;
-use crate::network::LocalOnly;
+use crate::network::{PeerError, PeerNetwork, Peers, Rpc};
 use crate::request::{RequestBatch, WriteRequest, WriteResponse};
 use crate::state_machine::KvStore;
 use crate::typ::{NodeId, PeerNode, Raft, RaftMetrics};
+
+/// Default leader heartbeat period (ms); see docs/operations.md for how it was chosen.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+/// Default election timeout (ms); see docs/operations.md for how it was chosen.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 150;
 
 /// Tuning of a node, from the server's flags.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: NodeId,
+    /// The cluster id computed from the flags; a store that already has one keeps its own.
+    pub cluster_id: u64,
     /// Leader heartbeat period (etcd `--heartbeat-interval`).
     pub heartbeat_interval: Duration,
     /// Minimum election timeout; the maximum is twice it (etcd `--election-timeout`).
@@ -56,8 +67,9 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             id: 1,
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(1000),
+            cluster_id: 1,
+            heartbeat_interval: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
+            election_timeout: Duration::from_millis(DEFAULT_ELECTION_TIMEOUT_MS),
             snapshot_count: 10_000,
             request_timeout: Duration::from_secs(5),
             batch: BatchConfig::default(),
@@ -88,13 +100,23 @@ impl From<NodeError> for EtcdError {
     }
 }
 
-type Reply = oneshot::Sender<Result<WriteResponse, NodeError>>;
+/// Why the leader refused a write or a read-index request, as it travels back to a follower.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// This member is not the leader and nothing was proposed: safe to send elsewhere.
+    NotLeader,
+    /// The request failed with an etcd error (its outcome is as that error says).
+    Etcd(EtcdError),
+}
+
+type Reply = oneshot::Sender<Result<WriteResponse, Refusal>>;
 
 /// A running member. Cheap to clone.
 pub struct Node<E: Engine> {
     id: NodeId,
     raft: Raft,
     store: KvStore<E>,
+    peers: Peers,
     writes: mpsc::Sender<(WriteRequest, Reply)>,
     request_timeout: Duration,
 }
@@ -105,51 +127,68 @@ impl<E: Engine> Clone for Node<E> {
             id: self.id,
             raft: self.raft.clone(),
             store: self.store.clone(),
+            peers: self.peers.clone(),
             writes: self.writes.clone(),
             request_timeout: self.request_timeout,
         }
     }
 }
 
+fn fatal(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Fatal(e.to_string())
+}
+
 impl<E: Engine> Node<E> {
     /// Opens the stores in `engine` and starts the Raft member. It serves once it has a leader
     /// (see [`Node::bootstrap`] for a new cluster).
     pub async fn start(config: NodeConfig, engine: Arc<E>) -> Result<Self, NodeError> {
+        let election_ms = config.election_timeout.as_millis() as u64;
         let raft_config = Config {
             cluster_name: "raftkv".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
-            election_timeout_min: config.election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * config.election_timeout.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: 2 * election_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            // Entries a lagging member can still fetch from the log before it needs a snapshot.
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
+            // Each chunk must arrive within this; chunks are small enough for a busy disk.
+            install_snapshot_timeout: (4 * election_ms).max(1000),
+            snapshot_max_chunk_size: 1 << 20,
             ..Config::default()
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let store = KvStore::open(engine.clone()).map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let store = KvStore::open(engine.clone()).map_err(fatal)?;
+        let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
+        let peers = Peers::new(config.id, cluster_id);
         let log = LogStore::new(engine);
-        let raft = Raft::new(config.id, Arc::new(raft_config), LocalOnly, log, store.clone())
-            .await
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        let network = PeerNetwork { peers: peers.clone() };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
-        Ok(Node { id: config.id, raft, store, writes: tx, request_timeout: config.request_timeout })
+        Ok(Node { id: config.id, raft, store, peers, writes: tx, request_timeout: config.request_timeout })
     }
 
     /// Initializes a brand-new cluster with `members` (every member does this with the same
     /// set; openraft makes it safe). A no-op on a member that already has state.
     pub async fn bootstrap(&self, members: BTreeMap<NodeId, PeerNode>) -> Result<(), NodeError> {
-        if self.raft.is_initialized().await.map_err(|e| NodeError::Fatal(e.to_string()))? {
+        if self.raft.is_initialized().await.map_err(fatal)? {
             return Ok(());
         }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
-            Err(e) => Err(NodeError::Fatal(e.to_string())),
+            Err(e) => Err(fatal(e)),
         }
     }
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The cluster this member belongs to (kept in the state machine's meta).
+    pub fn cluster_id(&self) -> u64 {
+        self.peers.cluster_id()
     }
 
     /// The local state machine (reads after [`Node::read_barrier`]).
@@ -170,15 +209,86 @@ impl<E: Engine> Node<E> {
         self.raft.with_raft_state(|s| s.committed.map_or(0, |c| c.index)).await.unwrap_or(0)
     }
 
-    /// Proposes one write and waits for its result. A timeout means the outcome is unknown: the
+    /// Proposes one write through the leader and waits for its result, at most
+    /// `--request-timeout`. A timeout or "leader changed" means the outcome is unknown: the
     /// write may still commit.
     pub async fn write(&self, req: WriteRequest) -> Result<WriteResponse, NodeError> {
+        let deadline = Instant::now() + self.request_timeout;
+        match tokio::time::timeout_at(deadline, self.route_write(req, deadline)).await {
+            Ok(r) => r,
+            Err(_) => Err(EtcdError::Timeout.into()),
+        }
+    }
+
+    async fn route_write(&self, req: WriteRequest, deadline: Instant) -> Result<WriteResponse, NodeError> {
+        loop {
+            let (leader, node) = self.leader(deadline).await?;
+            let refusal = if leader == self.id {
+                self.propose(req.clone()).await
+            } else {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                match self.peers.call(leader, &node, Rpc::Forward, &req, timeout).await {
+                    Ok(reply) => reply,
+                    // The leader went away; whether it got the write is unknown, so the client
+                    // decides (etcd clients retry on Unavailable).
+                    Err(PeerError::Unreachable { .. }) => return Err(EtcdError::LeaderChanged.into()),
+                    Err(PeerError::Timeout { .. }) => return Err(EtcdError::Timeout.into()),
+                    Err(e) => return Err(EtcdError::Other(e.to_string()).into()),
+                }
+            };
+            match refusal {
+                Ok(resp) => return Ok(resp),
+                Err(Refusal::Etcd(e)) => return Err(e.into()),
+                // Nothing was proposed: wait for a different leader and try there.
+                Err(Refusal::NotLeader) => self.leader_moved_from(leader, deadline).await?,
+            }
+        }
+    }
+
+    /// Proposes `req` through this member's batcher; refused unless it leads. Used for local
+    /// writes and for writes forwarded by followers.
+    pub async fn propose(&self, req: WriteRequest) -> Result<WriteResponse, Refusal> {
         let (tx, rx) = oneshot::channel();
-        let call = async {
-            self.writes.send((req, tx)).await.map_err(|_| EtcdError::ServerStopped)?;
-            rx.await.map_err(|_| NodeError::Etcd(EtcdError::ServerStopped))?
-        };
-        tokio::time::timeout(self.request_timeout, call).await.map_err(|_| EtcdError::Timeout)?
+        let stopped = Refusal::Etcd(EtcdError::ServerStopped);
+        self.writes.send((req, tx)).await.map_err(|_| stopped.clone())?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
+            Ok(r) => r.map_err(|_| stopped)?,
+        }
+    }
+
+    /// The current leader and its address, waiting for one until `deadline`.
+    async fn leader(&self, deadline: Instant) -> Result<(NodeId, PeerNode), NodeError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Err(f) = &m.running_state {
+                    return Err(fatal(f));
+                }
+                if let Some(l) = m.current_leader {
+                    let node = m.membership_config.membership().get_node(&l).cloned().unwrap_or_default();
+                    return Ok((l, node));
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Err(EtcdError::NoLeader.into()),
+                Ok(Err(_)) => return Err(EtcdError::ServerStopped.into()),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Waits until this member sees a leader other than `old` (or none), at most until
+    /// `deadline`.
+    async fn leader_moved_from(&self, old: NodeId, deadline: Instant) -> Result<(), NodeError> {
+        let mut rx = self.raft.metrics();
+        let wait = async { rx.wait_for(|m| m.current_leader != Some(old) || m.running_state.is_err()).await.is_ok() };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Err(_) => Err(EtcdError::NoLeader.into()),
+            Ok(false) => Err(EtcdError::ServerStopped.into()),
+            Ok(true) => Ok(()),
+        }
     }
 
     /// Waits until a read at `level` may be served from the local state machine; returns the
@@ -188,31 +298,67 @@ impl<E: Engine> Node<E> {
         if level == Consistency::Serializable {
             return Ok(Consistency::Serializable);
         }
-        let confirm = self.raft.ensure_linearizable();
-        match tokio::time::timeout(self.request_timeout, confirm).await {
+        let deadline = Instant::now() + self.request_timeout;
+        match tokio::time::timeout_at(deadline, self.linearize(deadline)).await {
+            Ok(r) => r.map(|()| Consistency::Linearizable),
             Err(_) => Err(EtcdError::Timeout.into()),
-            Ok(Ok(_)) => Ok(Consistency::Linearizable),
-            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Fatal(f.to_string())),
-            Ok(Err(RaftError::APIError(e))) => Err(match e {
-                openraft::error::CheckIsLeaderError::ForwardToLeader(_) => EtcdError::NoLeader.into(),
-                openraft::error::CheckIsLeaderError::QuorumNotEnough(_) => EtcdError::Timeout.into(),
-            }),
+        }
+    }
+
+    /// ReadIndex: learn an index that covers every write acknowledged before now (from the
+    /// leader, which confirms its leadership with a quorum), then wait until it is applied here.
+    /// Reads change nothing, so a failed attempt is simply retried until `deadline`.
+    async fn linearize(&self, deadline: Instant) -> Result<(), NodeError> {
+        loop {
+            let (leader, node) = self.leader(deadline).await?;
+            let index = if leader == self.id {
+                self.read_index().await
+            } else {
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                match self.peers.call(leader, &node, Rpc::ReadIndex, &(), timeout).await {
+                    Ok(reply) => reply,
+                    Err(PeerError::Timeout { .. }) => return Err(EtcdError::Timeout.into()),
+                    Err(_) => Err(Refusal::NotLeader),
+                }
+            };
+            match index {
+                Ok(index) => {
+                    let timeout = deadline.saturating_duration_since(Instant::now());
+                    return match self.raft.wait(Some(timeout)).applied_index_at_least(Some(index), "read index").await {
+                        Ok(_) => Ok(()),
+                        Err(openraft::metrics::WaitError::Timeout(..)) => Err(EtcdError::Timeout.into()),
+                        Err(openraft::metrics::WaitError::ShuttingDown) => Err(EtcdError::ServerStopped.into()),
+                    };
+                }
+                Err(Refusal::Etcd(e)) => return Err(e.into()),
+                Err(Refusal::NotLeader) => self.leader_moved_from(leader, deadline).await?,
+            }
+        }
+    }
+
+    /// On the leader: an index at least as high as every write acknowledged before the call,
+    /// after confirming leadership with a quorum. Refused on a follower.
+    pub async fn read_index(&self) -> Result<u64, Refusal> {
+        match tokio::time::timeout(self.request_timeout, self.raft.get_read_log_id()).await {
+            Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(Refusal::Etcd(EtcdError::Timeout))
+            }
+            Ok(Err(RaftError::Fatal(_))) => Err(Refusal::Etcd(EtcdError::ServerStopped)),
         }
     }
 
     /// Stops Raft; pending requests fail with "server stopped". Flushes the engine.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
-        self.raft.shutdown().await.map_err(|e| NodeError::Fatal(e.to_string()))?;
-        self.store.engine().flush().map_err(|e| NodeError::Fatal(e.to_string()))
+        self.raft.shutdown().await.map_err(fatal)?;
+        self.store.engine().flush().map_err(fatal)
     }
 
     /// Adds members as voters (used by multi-member bootstrap paths and tests).
     pub async fn add_voters(&self, members: BTreeMap<NodeId, PeerNode>) -> Result<(), NodeError> {
-        self.raft
-            .change_membership(ChangeMembers::AddVoters(members), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| NodeError::Fatal(e.to_string()))
+        self.raft.change_membership(ChangeMembers::AddVoters(members), false).await.map(|_| ()).map_err(fatal)
     }
 }
 
@@ -245,30 +391,49 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<(WriteRequest, Reply)>, cfg:
             }
         }
         let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match raft.client_write(RequestBatch { requests }).await {
-            Ok(resp) => {
-                let results = resp.data.results;
+        let outcome = propose_unless_deposed(&raft, RequestBatch { requests }).await;
+        match outcome {
+            Ok(results) => {
                 debug_assert_eq!(results.len(), replies.len());
                 for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result.map_err(NodeError::Etcd));
+                    let _ = reply.send(result.map_err(Refusal::Etcd));
                 }
             }
-            Err(e) => {
-                let err = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                        if f.leader_id.is_some() {
-                            EtcdError::LeaderChanged
-                        } else {
-                            EtcdError::NoLeader
-                        }
-                    }
-                    RaftError::APIError(ClientWriteError::ChangeMembershipError(m)) => EtcdError::Other(m.to_string()),
-                    RaftError::Fatal(_) => EtcdError::ServerStopped,
-                };
+            Err(refusal) => {
                 for reply in replies {
-                    let _ = reply.send(Err(NodeError::Etcd(err.clone())));
+                    let _ = reply.send(Err(refusal.clone()));
                 }
             }
         }
+    }
+}
+
+/// Proposes one batch. If this member stops leading while the batch is in flight, its waiters
+/// get "leader changed" at once rather than waiting for the new leader to commit or truncate the
+/// entry (openraft 0.9 keeps them waiting); the outcome is unknown, as with a timeout.
+async fn propose_unless_deposed(raft: &Raft, batch: RequestBatch) -> Result<Vec<crate::request::WriteResult>, Refusal> {
+    let mut metrics = raft.metrics();
+    let (led, term) = {
+        let m = metrics.borrow_and_update();
+        (m.state == ServerState::Leader, m.current_term)
+    };
+    let write = raft.client_write(batch);
+    let deposed = async {
+        if !led {
+            return std::future::pending().await;
+        }
+        let _ = metrics.wait_for(|m| m.state != ServerState::Leader || m.current_term != term).await;
+    };
+    tokio::select! {
+        r = write => match r {
+            Ok(resp) => Ok(resp.data.results),
+            // Rejected before appending, or truncated by a new leader: never committed.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Refusal::NotLeader),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(m))) => {
+                Err(Refusal::Etcd(EtcdError::Other(m.to_string())))
+            }
+            Err(RaftError::Fatal(_)) => Err(Refusal::Etcd(EtcdError::ServerStopped)),
+        },
+        () = deposed => Err(Refusal::Etcd(EtcdError::LeaderChanged)),
     }
 }

@@ -333,6 +333,12 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
         fresh.membership = meta.last_membership.clone();
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            revision = fresh.revision,
+            "installed snapshot up to log {}",
+            meta.last_log_id.map_or(0, |l| l.index)
+        );
         *gate = fresh;
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! Starts and stops real `kv-server` processes. Each server gets its own temp data dir and a
-//! client port picked by the OS (port 0); the harness learns the port from the server's ready
-//! line. Waits are condition-based with a generous hang guard, never fixed sleeps.
+//! Starts and stops real `kv-server` processes, alone or as a 3-member cluster. Each server gets
+//! its own temp data dir and a client port picked by the OS (port 0); the harness learns the
+//! port from the server's ready line. Peer ports of a cluster must be known before any member
+//! starts, so they are taken from the OS and released just before. Waits are condition-based
+//! with a generous hang guard, never fixed sleeps.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,6 +20,7 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 
 pub struct Server {
     dir: TempDir,
+    pub name: String,
     extra: Vec<String>,
     child: Option<Child>,
     pub endpoint: String,
@@ -25,12 +28,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a fresh one-member server with extra flags.
+    /// Starts a fresh one-member server with extra flags (any free peer port: nobody dials it).
     pub fn start(extra: &[&str]) -> Server {
+        let mut args = vec!["--listen-peer-urls", "http://127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Server::start_named("t1", &args)
+    }
+
+    /// Starts a server named `name` with the given flags (besides name, data dir and client URL).
+    pub fn start_named(name: &str, args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            name: name.to_string(),
+            extra: args.iter().map(|s| s.to_string()).collect(),
             child: None,
             endpoint: String::new(),
             log: Arc::new(Mutex::new(Vec::new())),
@@ -46,7 +57,7 @@ impl Server {
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv-server"));
         cmd.arg("--name")
-            .arg("t1")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen-client-urls")
@@ -91,6 +102,20 @@ impl Server {
             assert!(Instant::now() < deadline, "kv-server never served a linearizable read");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Whether a log line containing `needle` has been printed.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Sends SIGSTOP (the process pauses) or SIGCONT.
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal");
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -139,4 +164,79 @@ pub async fn raw_kv(endpoint: &str) -> kv_api::etcdserverpb::kv_client::KvClient
         .await
         .expect("connect")
         .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// Serialises the multi-member tests: three servers each under load are all that two cores
+/// can run without starving heartbeats.
+static CLUSTER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Loose timing for tests that are not about failover, so a busy CI machine does not cause
+/// elections that would blur what they check.
+pub const CALM: [&str; 4] = ["--heartbeat-interval", "100", "--election-timeout", "1000"];
+
+/// A 3-member cluster of real processes on loopback.
+pub struct Cluster {
+    pub members: Vec<Server>,
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Free loopback ports, taken from the OS and released for the servers to bind.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+impl Cluster {
+    /// Starts members m1, m2, m3 with `extra` flags and waits until all serve linearizable reads.
+    pub async fn start(extra: &[&str]) -> Cluster {
+        let exclusive = CLUSTER_LOCK.lock().await;
+        let ports = free_ports(3);
+        let names = ["m1", "m2", "m3"];
+        let initial: Vec<String> = names.iter().zip(&ports).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+        let initial = initial.join(",");
+        let members = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, port)| {
+                let peer = format!("http://127.0.0.1:{port}");
+                let mut args = vec!["--listen-peer-urls", peer.as_str(), "--initial-cluster", initial.as_str()];
+                args.extend_from_slice(extra);
+                Server::start_named(name, &args)
+            })
+            .collect();
+        let c = Cluster { members, _exclusive: exclusive };
+        for m in &c.members {
+            m.client().await;
+        }
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint.clone()).collect()
+    }
+
+    /// The index of the member every running member agrees leads (waits for agreement).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            // (index, the leader it reports, its own id) for every running member that answers.
+            let mut seen = Vec::new();
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_running()) {
+                if let Ok(mut c) = Client::connect([m.endpoint.as_str()], None).await {
+                    if let Ok(st) = c.status().await {
+                        seen.push((i, st.leader(), st.header().map_or(0, |h| h.member_id())));
+                    }
+                }
+            }
+            let running = self.members.iter().filter(|m| m.is_running()).count();
+            if seen.len() == running && seen[0].1 != 0 && seen.iter().all(|s| s.1 == seen[0].1) {
+                if let Some(&(i, _, _)) = seen.iter().find(|s| s.2 == seen[0].1) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "members never agreed on a leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -8,3 +8,4 @@ mod t20_model;
 mod t30_restart;
 mod t40_bad_input;
 mod t50_cluster_info;
+mod t60_cluster;

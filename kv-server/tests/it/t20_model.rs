@@ -1,12 +1,13 @@
-//! Random operation sequences against a real server agree with a model: a BTreeMap of every
-//! key's history with etcd's revision rules and compaction.
+//! Random operation sequences against a real server, and against a 3-member cluster with each
+//! operation sent to a random member, agree with a model: a BTreeMap of every key's history
+//! with etcd's revision rules and compaction.
 
 use std::collections::BTreeMap;
 
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use proptest::prelude::*;
 
-use crate::harness::Server;
+use crate::harness::{Cluster, Server, CALM};
 
 const KEYS: [&str; 4] = ["a", "ab", "b", "c"];
 
@@ -257,6 +258,33 @@ proptest! {
                 let got = run(&mut c, &m, op).await;
                 let want = m.apply(op);
                 prop_assert_eq!(got, want, "op #{} {:?}", i, op);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+proptest! {
+    // Each case starts its own cluster, so fewer cases; each op goes to a random member.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_ops_through_any_member_agree_with_the_model(
+        ops in proptest::collection::vec((op(), 0usize..3), 1..60),
+    ) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let cluster = Cluster::start(&CALM).await;
+            let mut clients = Vec::new();
+            for m in &cluster.members {
+                clients.push(m.client().await);
+            }
+            let rev = clients[0].get("x", None).await.unwrap().header().unwrap().revision();
+            let mut m = Model { rev, ..Model::default() };
+            for (i, (op, member)) in ops.iter().enumerate() {
+                let got = run(&mut clients[*member], &m, op).await;
+                let want = m.apply(op);
+                prop_assert_eq!(got, want, "op #{} {:?} through member {}", i, op, member);
             }
             Ok(())
         })?;

@@ -1,0 +1,78 @@
+//! The server side of the peer transport: hands Raft RPCs to openraft, forwarded writes to the
+//! leader's batcher and read-index requests to the leader's quorum check.
+
+use kv_api::raftkvpb::peer_server::Peer;
+use kv_api::raftkvpb::{PeerReply, PeerRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::engine::Engine;
+use crate::request::WriteRequest;
+use crate::typ::{NodeId, TypeConfig};
+use crate::Node;
+
+/// The `raftkvpb.Peer` service of one member.
+pub struct PeerService<E: Engine> {
+    node: Node<E>,
+}
+
+impl<E: Engine> PeerService<E> {
+    pub fn new(node: Node<E>) -> Self {
+        PeerService { node }
+    }
+
+    /// Checks the envelope and decodes its payload. An envelope from another cluster is refused:
+    /// two clusters whose members share hosts must never exchange Raft messages.
+    fn open<T: DeserializeOwned>(&self, req: Request<PeerRequest>) -> Result<T, Status> {
+        let req = req.into_inner();
+        let mine = self.node.cluster_id();
+        if req.cluster_id != mine {
+            tracing::warn!(
+                from = format_args!("{:x}", req.from),
+                "refused a peer request from cluster {:x}",
+                req.cluster_id
+            );
+            return Err(Status::failed_precondition(format!(
+                "raftkv: peer request from cluster {:x} refused by member {:x} of cluster {mine:x}",
+                req.cluster_id,
+                self.node.id()
+            )));
+        }
+        bincode::deserialize(&req.payload)
+            .map_err(|e| Status::invalid_argument(format!("raftkv: undecodable peer payload: {e}")))
+    }
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
+    let payload = bincode::serialize(v).map_err(|e| Status::internal(format!("raftkv: encoding reply: {e}")))?;
+    Ok(Response::new(PeerReply { payload }))
+}
+
+#[tonic::async_trait]
+impl<E: Engine> Peer for PeerService<E> {
+    async fn append_entries(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
+        reply(&self.node.raft().append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc: openraft::raft::VoteRequest<NodeId> = self.open(req)?;
+        reply(&self.node.raft().vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = self.open(req)?;
+        reply(&self.node.raft().install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let write: WriteRequest = self.open(req)?;
+        reply(&self.node.propose(write).await)
+    }
+
+    async fn read_index(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let () = self.open(req)?;
+        reply(&self.node.read_index().await)
+    }
+}
