@@ -26,9 +26,9 @@ use crate::state_machine::KvStore;
 use crate::typ::{NodeId, PeerNode, Raft, RaftMetrics};
 
 /// Default leader heartbeat period (ms); see docs/operations.md for how it was chosen.
-pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 40;
 /// Default election timeout (ms); see docs/operations.md for how it was chosen.
-pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 150;
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 100;
 
 /// Tuning of a node, from the server's flags.
 #[derive(Clone, Debug)]
@@ -105,9 +105,15 @@ impl From<NodeError> for EtcdError {
 pub enum Refusal {
     /// This member is not the leader and nothing was proposed: safe to send elsewhere.
     NotLeader,
+    /// The leader could not confirm its leadership with a quorum this round (a slow or lost
+    /// heartbeat); nothing happened, a read may ask again.
+    Unconfirmed,
     /// The request failed with an etcd error (its outcome is as that error says).
     Etcd(EtcdError),
 }
+
+/// Pause before asking again for a read index the leader could not confirm.
+const CONFIRM_RETRY: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<WriteResponse, Refusal>>;
 
@@ -241,6 +247,7 @@ impl<E: Engine> Node<E> {
                 Err(Refusal::Etcd(e)) => return Err(e.into()),
                 // Nothing was proposed: wait for a different leader and try there.
                 Err(Refusal::NotLeader) => self.leader_moved_from(leader, deadline).await?,
+                Err(Refusal::Unconfirmed) => return Err(EtcdError::Timeout.into()),
             }
         }
     }
@@ -332,6 +339,7 @@ impl<E: Engine> Node<E> {
                 }
                 Err(Refusal::Etcd(e)) => return Err(e.into()),
                 Err(Refusal::NotLeader) => self.leader_moved_from(leader, deadline).await?,
+                Err(Refusal::Unconfirmed) => tokio::time::sleep(CONFIRM_RETRY).await,
             }
         }
     }
@@ -343,9 +351,7 @@ impl<E: Engine> Node<E> {
             Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
             Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(Refusal::Etcd(EtcdError::Timeout))
-            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(Refusal::Unconfirmed),
             Ok(Err(RaftError::Fatal(_))) => Err(Refusal::Etcd(EtcdError::ServerStopped)),
         }
     }

@@ -9,3 +9,4 @@ mod t30_restart;
 mod t40_bad_input;
 mod t50_cluster_info;
 mod t60_cluster;
+mod t70_failover;
