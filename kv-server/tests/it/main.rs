@@ -10,3 +10,4 @@ mod t40_bad_input;
 mod t50_cluster_info;
 mod t60_cluster;
 mod t70_failover;
+mod t80_snapshot;

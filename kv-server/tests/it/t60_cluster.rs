@@ -174,3 +174,45 @@ async fn concurrent_writes_share_raft_entries_unless_batching_is_off() {
         assert_eq!(entries, writes as u64 + elections, "one Raft entry per write");
     }
 }
+
+/// Full put load on the default timing flags: prints the throughput and the term changes seen
+/// (docs/operations.md quotes a 60 s run: `RAFTKV_LOAD_SECS=60`). Term changes are printed,
+/// not asserted: on a CI machine running other tests beside it they measure the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_put_load_on_default_timing() {
+    let secs: u64 = std::env::var("RAFTKV_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let cluster = Cluster::start(&[]).await;
+    let mut probe = cluster.members[cluster.leader().await].client().await;
+    let before = probe.status().await.unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let (acked, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let mut c = cluster.members[w % 3].client().await;
+        let (acked, failed) = (acked.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while std::time::Instant::now() < until {
+                match c.put(format!("load/{w}/{}", i % 1000), "x".repeat(256), None).await {
+                    Ok(_) => acked.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => failed.fetch_add(1, Ordering::SeqCst),
+                };
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = probe.status().await.unwrap();
+    let (acked, failed) = (acked.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!(
+        "{secs} s of full put load (64 writers): {acked} acknowledged ({:.0}/s), {failed} failed, {} term changes",
+        acked as f64 / secs as f64,
+        after.raft_term() - before.raft_term()
+    );
+    assert!(acked > 0, "the cluster acknowledged no write under load");
+    if after.raft_term() == before.raft_term() {
+        assert_eq!(failed, 0, "no write fails while the leader stays");
+    }
+}
