@@ -112,6 +112,12 @@ pub enum Refusal {
     Etcd(EtcdError),
 }
 
+/// Runs `f` until `deadline`; `Err(())` when the deadline passed first. (madsim's time module
+/// has no `timeout_at`.)
+async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Result<F::Output, ()> {
+    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), f).await.map_err(|_| ())
+}
+
 /// Pause before asking again for a read index the leader could not confirm.
 const CONFIRM_RETRY: Duration = Duration::from_millis(5);
 
@@ -220,7 +226,7 @@ impl<E: Engine> Node<E> {
     /// write may still commit.
     pub async fn write(&self, req: WriteRequest) -> Result<WriteResponse, NodeError> {
         let deadline = Instant::now() + self.request_timeout;
-        match tokio::time::timeout_at(deadline, self.route_write(req, deadline)).await {
+        match within(deadline, self.route_write(req, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(EtcdError::Timeout.into()),
         }
@@ -278,7 +284,7 @@ impl<E: Engine> Node<E> {
                     return Ok((l, node));
                 }
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            match within(deadline, rx.changed()).await {
                 Err(_) => return Err(EtcdError::NoLeader.into()),
                 Ok(Err(_)) => return Err(EtcdError::ServerStopped.into()),
                 Ok(Ok(())) => {}
@@ -291,7 +297,7 @@ impl<E: Engine> Node<E> {
     async fn leader_moved_from(&self, old: NodeId, deadline: Instant) -> Result<(), NodeError> {
         let mut rx = self.raft.metrics();
         let wait = async { rx.wait_for(|m| m.current_leader != Some(old) || m.running_state.is_err()).await.is_ok() };
-        match tokio::time::timeout_at(deadline, wait).await {
+        match within(deadline, wait).await {
             Err(_) => Err(EtcdError::NoLeader.into()),
             Ok(false) => Err(EtcdError::ServerStopped.into()),
             Ok(true) => Ok(()),
@@ -306,7 +312,7 @@ impl<E: Engine> Node<E> {
             return Ok(Consistency::Serializable);
         }
         let deadline = Instant::now() + self.request_timeout;
-        match tokio::time::timeout_at(deadline, self.linearize(deadline)).await {
+        match within(deadline, self.linearize(deadline)).await {
             Ok(r) => r.map(|()| Consistency::Linearizable),
             Err(_) => Err(EtcdError::Timeout.into()),
         }

@@ -108,14 +108,13 @@ impl Server {
         self.child.is_some()
     }
 
-    /// Whether a log line containing `needle` has been printed.
-    pub fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    /// Sends SIGSTOP (the process pauses) or SIGCONT.
-    pub fn signal(&self, sig: Signal) {
-        kill(self.pid(), sig).expect("signal");
+    /// Waits until the server has printed a log line containing `needle`.
+    pub async fn wait_logged(&self, needle: &str) {
+        let deadline = Instant::now() + HANG_GUARD;
+        while !self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            assert!(Instant::now() < deadline, "{} never logged {needle:?}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -177,6 +176,8 @@ pub const CALM: [&str; 4] = ["--heartbeat-interval", "100", "--election-timeout"
 /// A 3-member cluster of real processes on loopback.
 pub struct Cluster {
     pub members: Vec<Server>,
+    /// Each member's peer URL.
+    pub peer_urls: Vec<String>,
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -205,7 +206,8 @@ impl Cluster {
                 Server::start_named(name, &args)
             })
             .collect();
-        let c = Cluster { members, _exclusive: exclusive };
+        let peer_urls = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+        let c = Cluster { members, peer_urls, _exclusive: exclusive };
         for m in &c.members {
             m.client().await;
         }

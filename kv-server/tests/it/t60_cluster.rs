@@ -123,6 +123,33 @@ async fn members_agree_on_leader_and_term_and_list_each_other() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_requests_from_another_cluster_are_refused() {
+    use kv_api::raftkvpb::peer_client::PeerClient;
+    use kv_api::raftkvpb::PeerRequest;
+
+    let cluster = Cluster::start(&CALM).await;
+    let mut c = cluster.members[0].client().await;
+    let mut peer = PeerClient::connect(cluster.peer_urls[1].clone()).await.unwrap();
+    // A vote request from a member of another cluster (its id would win an election here).
+    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(1000, 7), None);
+    let req = PeerRequest { cluster_id: 0xdead_beef, from: 7, payload: bincode::serialize(&vote).unwrap() };
+    let err = peer.vote(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("refused"), "{err:?}");
+    cluster.members[1].wait_logged("refused a peer request from cluster deadbeef").await;
+    // Nothing changed: same term, and the cluster keeps serving.
+    let before = c.status().await.unwrap().raft_term();
+    c.put("still", "serving", None).await.unwrap();
+    assert_eq!(c.status().await.unwrap().raft_term(), before);
+    // A garbled payload from this cluster is refused too, and nothing breaks.
+    let st = c.status().await.unwrap();
+    let cluster_id = st.header().unwrap().cluster_id();
+    let garbage = PeerRequest { cluster_id, from: 7, payload: vec![0xff; 3] };
+    assert_eq!(peer.append_entries(garbage).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    c.put("still", "serving", None).await.unwrap();
+}
+
 /// Runs `writers` concurrent writers (spread over the members), `per_writer` puts each, and
 /// returns (acknowledged writes, Raft entries committed meanwhile, term changes meanwhile).
 async fn write_load(cluster: &Cluster, writers: usize, per_writer: usize) -> (usize, u64, u64) {

@@ -28,7 +28,7 @@ fn start_load(
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Vec<Attempt>>>, Vec<tokio::task::JoinHandle<()>>) {
     let log: Arc<Mutex<Vec<Attempt>>> = Arc::default();
-    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint.clone()).collect();
+    let endpoints = cluster.endpoints();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let (log, stop, endpoints) = (log.clone(), stop.clone(), endpoints.clone());

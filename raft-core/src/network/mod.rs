@@ -193,7 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 impl PeerClientHandle {
     /// One openraft RPC: the reply is the remote `Result`, relayed as `RemoteError` on error.
-    async fn rpc<Req, Resp, E>(
+    async fn rpc<Resp, E>(
         &self,
         rpc: Rpc,
         action: RPCTypes,
@@ -201,7 +201,6 @@ impl PeerClientHandle {
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -237,13 +236,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
             let hint = (n * MAX_APPEND_BYTES as u64 / payload.len() as u64).clamp(1, n - 1);
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
-        self.rpc::<AppendEntriesRequest<TypeConfig>, _, _>(
-            Rpc::AppendEntries,
-            RPCTypes::AppendEntries,
-            payload,
-            &option,
-        )
-        .await
+        self.rpc(Rpc::AppendEntries, RPCTypes::AppendEntries, payload, &option).await
     }
 
     async fn install_snapshot(
@@ -253,13 +246,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
     {
         let payload = encode(&rpc);
-        self.rpc::<InstallSnapshotRequest<TypeConfig>, _, _>(
-            Rpc::InstallSnapshot,
-            RPCTypes::InstallSnapshot,
-            payload,
-            &option,
-        )
-        .await
+        self.rpc(Rpc::InstallSnapshot, RPCTypes::InstallSnapshot, payload, &option).await
     }
 
     async fn vote(
@@ -268,7 +255,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
         let payload = encode(&rpc);
-        self.rpc::<VoteRequest<NodeId>, _, _>(Rpc::Vote, RPCTypes::Vote, payload, &option).await
+        self.rpc(Rpc::Vote, RPCTypes::Vote, payload, &option).await
     }
 
     fn backoff(&self) -> Backoff {
