@@ -264,7 +264,12 @@ mod tests {
         };
         assert!(parse(&["--listen-client-urls", "ftp://x:1"]).unwrap_err().contains("only http"));
         assert!(parse(&["--initial-cluster", "other=http://127.0.0.1:2380"]).unwrap_err().contains("no member named"));
-        assert!(parse(&["--election-timeout", "50"]).unwrap_err().contains("greater than"));
+        assert!(parse(&["--election-timeout", "30"]).unwrap_err().contains("greater than"));
+        let two_names_one_url = "default=http://127.0.0.1:2380,other=http://127.0.0.1:2380";
+        assert!(parse(&["--initial-cluster", two_names_one_url]).unwrap_err().contains("under two names"));
+        let port_zero = ["--listen-peer-urls", "http://127.0.0.1:0", "--initial-cluster"];
+        let cluster = "default=http://127.0.0.1:0,other=http://127.0.0.1:2381";
+        assert!(parse(&[&port_zero[..], &[cluster]].concat()).unwrap_err().contains("need real ports"));
         assert!(parse(&["--request-timeout", "soon"]).is_err());
     }
 
