@@ -74,6 +74,10 @@ pub struct ServerConfig {
     /// Most write requests batched into one Raft entry; 1 disables batching.
     #[arg(long, default_value_t = 512)]
     pub max_batch_requests: usize,
+    /// Whether concurrent linearizable reads share one leadership confirmation (quorum round);
+    /// `false` only to measure what sharing saves.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_read_index: bool,
     /// Read the configuration from this TOML file instead of the flags.
     #[arg(long)]
     #[serde(skip)]

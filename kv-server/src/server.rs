@@ -128,6 +128,7 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
         snapshot_count: cfg.snapshot_count,
         request_timeout: cfg.request_timeout,
         batch: BatchConfig { max_requests: cfg.max_batch_requests, ..BatchConfig::default() },
+        share_read_index: cfg.share_read_index,
     };
     let node = Node::start(node_cfg, engine).await?;
     let cluster_id = node.cluster_id();

@@ -8,6 +8,7 @@
 //! asks the leader for a read index) and then read the local state machine.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub struct NodeConfig {
     /// Bound on a proposal or a linearizable read (expiry: "etcdserver: request timed out").
     pub request_timeout: Duration,
     pub batch: BatchConfig,
+    /// Whether concurrent reads share one leadership confirmation (off only to measure it).
+    pub share_read_index: bool,
 }
 
 /// Bounds of one batched Raft entry.
@@ -73,6 +76,7 @@ impl Default for NodeConfig {
             snapshot_count: 10_000,
             request_timeout: Duration::from_secs(5),
             batch: BatchConfig::default(),
+            share_read_index: true,
         }
     }
 }
@@ -122,6 +126,7 @@ async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Result<F::Ou
 const CONFIRM_RETRY: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<WriteResponse, Refusal>>;
+type IndexReply = oneshot::Sender<Result<u64, Refusal>>;
 
 /// A running member. Cheap to clone.
 pub struct Node<E: Engine> {
@@ -130,6 +135,11 @@ pub struct Node<E: Engine> {
     store: KvStore<E>,
     peers: Peers,
     writes: mpsc::Sender<(WriteRequest, Reply)>,
+    /// Read-index requests waiting for the next shared leadership confirmation (None: each
+    /// read confirms on its own).
+    read_index_queue: Option<mpsc::Sender<IndexReply>>,
+    /// Leadership confirmations (quorum rounds) run for reads so far.
+    read_index_rounds: Arc<AtomicU64>,
     request_timeout: Duration,
 }
 
@@ -141,6 +151,8 @@ impl<E: Engine> Clone for Node<E> {
             store: self.store.clone(),
             peers: self.peers.clone(),
             writes: self.writes.clone(),
+            read_index_queue: self.read_index_queue.clone(),
+            read_index_rounds: self.read_index_rounds.clone(),
             request_timeout: self.request_timeout,
         }
     }
@@ -178,7 +190,22 @@ impl<E: Engine> Node<E> {
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
-        Ok(Node { id: config.id, raft, store, peers, writes: tx, request_timeout: config.request_timeout })
+        let read_index_rounds = Arc::new(AtomicU64::new(0));
+        let read_index_queue = config.share_read_index.then(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(read_index_rounds_task(raft.clone(), rx, read_index_rounds.clone(), config.request_timeout));
+            tx
+        });
+        Ok(Node {
+            id: config.id,
+            raft,
+            store,
+            peers,
+            writes: tx,
+            read_index_queue,
+            read_index_rounds,
+            request_timeout: config.request_timeout,
+        })
     }
 
     /// Initializes a brand-new cluster with `members` (every member does this with the same
@@ -351,15 +378,22 @@ impl<E: Engine> Node<E> {
     }
 
     /// On the leader: an index at least as high as every write acknowledged before the call,
-    /// after confirming leadership with a quorum. Refused on a follower.
+    /// after confirming leadership with a quorum. Refused on a follower. Concurrent calls (local
+    /// reads and followers' ReadIndex requests alike) share one confirmation round.
     pub async fn read_index(&self) -> Result<u64, Refusal> {
-        match tokio::time::timeout(self.request_timeout, self.raft.get_read_log_id()).await {
-            Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(Refusal::Unconfirmed),
-            Ok(Err(RaftError::Fatal(_))) => Err(Refusal::Etcd(EtcdError::ServerStopped)),
-        }
+        let Some(queue) = &self.read_index_queue else {
+            self.read_index_rounds.fetch_add(1, Ordering::Relaxed);
+            return confirm_leadership(&self.raft, self.request_timeout).await;
+        };
+        let (tx, rx) = oneshot::channel();
+        let stopped = Refusal::Etcd(EtcdError::ServerStopped);
+        queue.send(tx).await.map_err(|_| stopped.clone())?;
+        rx.await.map_err(|_| stopped)?
+    }
+
+    /// Leadership confirmations (quorum rounds) this member ran for reads since it started.
+    pub fn read_index_rounds(&self) -> u64 {
+        self.read_index_rounds.load(Ordering::Relaxed)
     }
 
     /// Stops Raft; pending requests fail with "server stopped". Flushes the engine.
@@ -371,6 +405,41 @@ impl<E: Engine> Node<E> {
     /// Adds members as voters (used by multi-member bootstrap paths and tests).
     pub async fn add_voters(&self, members: BTreeMap<NodeId, PeerNode>) -> Result<(), NodeError> {
         self.raft.change_membership(ChangeMembers::AddVoters(members), false).await.map(|_| ()).map_err(fatal)
+    }
+}
+
+/// One leadership confirmation: the read index, or why there is none.
+async fn confirm_leadership(raft: &Raft, timeout: Duration) -> Result<u64, Refusal> {
+    match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
+        Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
+        Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(Refusal::Unconfirmed),
+        Ok(Err(RaftError::Fatal(_))) => Err(Refusal::Etcd(EtcdError::ServerStopped)),
+    }
+}
+
+/// Runs leadership confirmations one after another; each serves every request that was
+/// queued before it started. That is exactly what each of them needs: the index comes from a
+/// confirmation that began after the read arrived, so it covers every write acknowledged
+/// before the read. openraft 0.9 runs a quorum round per call, so without this every read
+/// would cost one.
+async fn read_index_rounds_task(
+    raft: Raft,
+    mut rx: mpsc::Receiver<IndexReply>,
+    rounds: Arc<AtomicU64>,
+    timeout: Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        rounds.fetch_add(1, Ordering::Relaxed);
+        let outcome = confirm_leadership(&raft, timeout).await;
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
     }
 }
 

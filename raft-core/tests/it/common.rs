@@ -27,11 +27,16 @@ pub fn membership_entry(index: u64) -> Entry {
 
 /// A one-member node on `engine`, started and bootstrapped, once it leads.
 pub async fn leader<E: Engine>(engine: Arc<E>) -> Node<E> {
+    leader_with(engine, NodeConfig::default()).await
+}
+
+/// [`leader`] with `cfg` (its id and timing are set here).
+pub async fn leader_with<E: Engine>(engine: Arc<E>, cfg: NodeConfig) -> Node<E> {
     let cfg = NodeConfig {
         id: 1,
         heartbeat_interval: Duration::from_millis(50),
         election_timeout: Duration::from_millis(150),
-        ..NodeConfig::default()
+        ..cfg
     };
     let node = Node::start(cfg, engine).await.expect("start");
     node.bootstrap(BTreeMap::from([(1, PeerNode { peer_urls: vec!["http://127.0.0.1:1".into()] })]))

@@ -6,3 +6,4 @@ mod common;
 mod t10_openraft_suite;
 mod t20_crash;
 mod t30_fsync;
+mod t40_read_index;
