@@ -6,6 +6,26 @@ use std::net::SocketAddr;
 
 use tonic::transport::server::Router;
 
+/// What every listener serves: the generated services behind [`crate::error::EtcdTexts`].
+#[cfg(not(madsim))]
+pub type Routes = Router<tower_layer::Stack<crate::error::EtcdTexts, tower_layer::Identity>>;
+/// What every listener serves. Simulated messages are never encoded, so no layer rewrites
+/// encoding failures.
+#[cfg(madsim)]
+pub type Routes = Router;
+
+/// A gRPC server builder with raftkv's layers; add services to it and serve the result.
+#[cfg(not(madsim))]
+pub fn server() -> tonic::transport::Server<tower_layer::Stack<crate::error::EtcdTexts, tower_layer::Identity>> {
+    tonic::transport::Server::builder().layer(crate::error::EtcdTexts)
+}
+
+/// A gRPC server builder with raftkv's layers; add services to it and serve the result.
+#[cfg(madsim)]
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+}
+
 /// Bound client listeners, ready to serve.
 pub struct Listeners {
     #[cfg(not(madsim))]
@@ -38,7 +58,7 @@ impl Listeners {
     /// Serves `router` on every listener until `shutdown` resolves, then drains in-flight calls.
     pub async fn serve(
         self,
-        router: Router,
+        router: Routes,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         #[cfg(not(madsim))]

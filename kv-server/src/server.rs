@@ -138,7 +138,7 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
     let peer_listeners = Listeners::bind(&peer_addrs)
         .await
         .map_err(|source| ServerError::Io { context: format!("cannot listen for peers on {peer_addrs:?}"), source })?;
-    let peer_router = tonic::transport::Server::builder().add_service(
+    let peer_router = crate::net::server().add_service(
         PeerServer::new(PeerService::new(node.clone()))
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE),
@@ -167,7 +167,7 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
     let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id });
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD;
-    let router = tonic::transport::Server::builder()
+    let router = crate::net::server()
         .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg));
