@@ -46,6 +46,10 @@ pub enum EtcdError {
     /// An invalid value in a raftkv extension field (no etcd counterpart).
     #[error("raftkv: {0}")]
     InvalidArgument(String),
+    /// A read this member cannot serve at the level asked for right now (lease expired, too far
+    /// behind, revision not reached); another member, or later, may serve it.
+    #[error("raftkv: {0}")]
+    Unavailable(String),
     /// A failure with no etcd counterpart; goes out as code Unknown with the raw text, as etcd does.
     #[error("{0}")]
     Other(String),
@@ -80,7 +84,7 @@ impl EtcdError {
             | InvalidSortOption | RequestTooLarge | InvalidArgument(_) => Code::InvalidArgument,
             Compacted | FutureRevision => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
-            NoLeader | LeaderChanged | ServerStopped | Timeout => Code::Unavailable,
+            NoLeader | LeaderChanged | ServerStopped | Timeout | Unavailable(_) => Code::Unavailable,
             TooManyRequests => Code::ResourceExhausted,
             Other(_) => Code::Unknown,
         }

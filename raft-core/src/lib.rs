@@ -9,7 +9,8 @@
 //! - [`mvcc`]: etcd's MVCC semantics (revisions, ranges, txn, compaction) over an engine;
 //! - [`state_machine`]: the openraft state machine around the MVCC store, with snapshots;
 //! - [`request`]: the Raft payload, a batch of write requests with one result each;
-//! - [`node`]: a running member: batcher, writes, read barrier, status;
+//! - [`node`]: a running member: batcher, writes, forwarding, read barrier, status;
+//! - [`reads`]: the lease and staleness bookkeeping behind the lease and bounded read levels;
 //! - [`network`]: the Raft transport between members;
 //! - [`ids`]: member and cluster ids derived from the cluster flags.
 
@@ -19,11 +20,13 @@ pub mod log_store;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+pub mod reads;
 pub mod request;
 pub mod rt;
 pub mod state_machine;
 pub mod typ;
 
 pub use node::{BatchConfig, Node, NodeConfig, NodeError};
+pub use reads::ReadRequirement;
 pub use request::{MemberAttrs, WriteRequest, WriteResponse};
 pub use state_machine::KvStore;

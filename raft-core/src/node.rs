@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::engine::Engine;
 use crate::log_store::LogStore;
 use crate::network::{PeerError, PeerNetwork, Peers, Rpc};
+use crate::reads::{IndexKind, Lease, ReadRequirement, Receipts};
 use crate::request::{RequestBatch, WriteRequest, WriteResponse};
 use crate::state_machine::KvStore;
 use crate::typ::{NodeId, PeerNode, Raft, RaftMetrics};
@@ -140,6 +141,13 @@ pub struct Node<E: Engine> {
     read_index_queue: Option<mpsc::Sender<IndexReply>>,
     /// Leadership confirmations (quorum rounds) run for reads so far.
     read_index_rounds: Arc<AtomicU64>,
+    /// The newest leadership confirmation, which serves lease reads until it expires.
+    lease: Arc<parking_lot::Mutex<Option<Lease>>>,
+    /// AppendEntries receipts from the leader, for bounded reads on a follower.
+    receipts: Arc<parking_lot::Mutex<Receipts>>,
+    /// When this member started: it refuses to vote for twice the election timeout after that.
+    started: Instant,
+    election_timeout: Duration,
     request_timeout: Duration,
 }
 
@@ -153,6 +161,10 @@ impl<E: Engine> Clone for Node<E> {
             writes: self.writes.clone(),
             read_index_queue: self.read_index_queue.clone(),
             read_index_rounds: self.read_index_rounds.clone(),
+            lease: self.lease.clone(),
+            receipts: self.receipts.clone(),
+            started: self.started,
+            election_timeout: self.election_timeout,
             request_timeout: self.request_timeout,
         }
     }
@@ -191,9 +203,16 @@ impl<E: Engine> Node<E> {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
+        let lease = Arc::new(parking_lot::Mutex::new(None));
+        let confirmer = Confirmer {
+            raft: raft.clone(),
+            rounds: read_index_rounds.clone(),
+            lease: lease.clone(),
+            timeout: config.request_timeout,
+        };
         let read_index_queue = config.share_read_index.then(|| {
             let (tx, rx) = mpsc::channel(4096);
-            tokio::spawn(read_index_rounds_task(raft.clone(), rx, read_index_rounds.clone(), config.request_timeout));
+            tokio::spawn(read_index_rounds_task(confirmer.clone(), rx));
             tx
         });
         Ok(Node {
@@ -204,6 +223,10 @@ impl<E: Engine> Node<E> {
             writes: tx,
             read_index_queue,
             read_index_rounds,
+            lease,
+            receipts: Arc::default(),
+            started: Instant::now(),
+            election_timeout: config.election_timeout,
             request_timeout: config.request_timeout,
         })
     }
@@ -331,31 +354,90 @@ impl<E: Engine> Node<E> {
         }
     }
 
-    /// Waits until a read at `level` may be served from the local state machine; returns the
-    /// level actually provided. Levels weaker than linearizable are served linearizably for now,
-    /// which keeps every promise they make.
-    pub async fn read_barrier(&self, level: Consistency) -> Result<Consistency, NodeError> {
-        if level == Consistency::Serializable {
-            return Ok(Consistency::Serializable);
-        }
+    /// Waits until a read meeting `req` may be served from the local state machine; returns the
+    /// level provided. Each level does what docs/consistency.md promises, no more.
+    pub async fn read_barrier(&self, req: ReadRequirement) -> Result<Consistency, NodeError> {
         let deadline = Instant::now() + self.request_timeout;
-        match within(deadline, self.linearize(deadline)).await {
-            Ok(r) => r.map(|()| Consistency::Linearizable),
-            Err(_) => Err(EtcdError::Timeout.into()),
+        let level = match req.level {
+            Consistency::Unspecified => Consistency::Linearizable,
+            l => l,
+        };
+        let outcome = match level {
+            Consistency::Serializable => return Ok(level),
+            Consistency::Bounded => return self.check_staleness(req.max_staleness).map(|()| level),
+            Consistency::Session => {
+                let wait = self.store.wait_for_revision(req.min_revision);
+                return match within(deadline, wait).await {
+                    Ok(()) => Ok(level),
+                    Err(()) => Err(EtcdError::Unavailable(format!(
+                        "revision {} is not applied on this member within the request timeout",
+                        req.min_revision
+                    ))
+                    .into()),
+                };
+            }
+            Consistency::Lease => within(deadline, self.index_read(IndexKind::Lease, deadline)).await,
+            _ => within(deadline, self.index_read(IndexKind::Confirmed, deadline)).await,
+        };
+        match outcome {
+            Ok(r) => r.map(|()| level),
+            Err(()) => Err(EtcdError::Timeout.into()),
         }
     }
 
-    /// ReadIndex: learn an index that covers every write acknowledged before now (from the
-    /// leader, which confirms its leadership with a quorum), then wait until it is applied here.
-    /// Reads change nothing, so a failed attempt is simply retried until `deadline`.
-    async fn linearize(&self, deadline: Instant) -> Result<(), NodeError> {
+    /// How far behind the leader this member is (DESIGN's staleness): on the leader, the age of
+    /// its last quorum acknowledgement; on a follower, the age of the newest AppendEntries from
+    /// the current leader whose commit index this member has applied.
+    pub fn staleness(&self) -> Option<Duration> {
+        let m = self.metrics();
+        if m.state == ServerState::Leader {
+            if m.membership_config.membership().voter_ids().count() == 1 {
+                return Some(Duration::ZERO);
+            }
+            return m.millis_since_quorum_ack.map(Duration::from_millis);
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        self.receipts.lock().staleness(m.current_term, applied, Instant::now())
+    }
+
+    fn check_staleness(&self, bound: Duration) -> Result<(), NodeError> {
+        match self.staleness() {
+            Some(s) if s <= bound => Ok(()),
+            Some(s) => Err(EtcdError::Unavailable(format!(
+                "member is {} ms behind the leader, more than max_staleness_ms {}",
+                s.as_millis(),
+                bound.as_millis()
+            ))
+            .into()),
+            None => Err(EtcdError::Unavailable("member has no recent contact with a leader".into()).into()),
+        }
+    }
+
+    /// Notes an AppendEntries from the leader of `term` carrying commit index `commit`
+    /// (called by the peer service on receipt).
+    pub fn note_append_entries(&self, term: u64, commit: u64) {
+        self.receipts.lock().record(term, commit, Instant::now());
+    }
+
+    /// Whether this member still refuses votes: for twice the election timeout after it starts,
+    /// a member that may have followed a leader before a restart must not help elect another
+    /// while that leader's lease may still run (openraft forgets the lease across restarts).
+    pub fn refusing_votes(&self) -> bool {
+        self.started.elapsed() < 2 * self.election_timeout
+    }
+
+    /// ReadIndex: learn an index that covers every write acknowledged before now from the
+    /// leader (confirmed by a quorum round, or by its lease), then wait until it is applied
+    /// here. Reads change nothing, so a failed attempt is retried until `deadline`; a lease
+    /// the leader cannot renew is refused at once.
+    async fn index_read(&self, kind: IndexKind, deadline: Instant) -> Result<(), NodeError> {
         loop {
             let (leader, node) = self.leader(deadline).await?;
             let index = if leader == self.id {
-                self.read_index().await
+                self.read_index_of(kind).await
             } else {
                 let timeout = deadline.saturating_duration_since(Instant::now());
-                match self.peers.call(leader, &node, Rpc::ReadIndex, &(), timeout).await {
+                match self.peers.call(leader, &node, Rpc::ReadIndex, &kind, timeout).await {
                     Ok(reply) => reply,
                     Err(PeerError::Timeout { .. }) => return Err(EtcdError::Timeout.into()),
                     Err(_) => Err(Refusal::NotLeader),
@@ -372,6 +454,12 @@ impl<E: Engine> Node<E> {
                 }
                 Err(Refusal::Etcd(e)) => return Err(e.into()),
                 Err(Refusal::NotLeader) => self.leader_moved_from(leader, deadline).await?,
+                Err(Refusal::Unconfirmed) if kind == IndexKind::Lease => {
+                    return Err(EtcdError::Unavailable(
+                        "the leader's lease has expired and it cannot confirm its leadership".into(),
+                    )
+                    .into())
+                }
                 Err(Refusal::Unconfirmed) => tokio::time::sleep(CONFIRM_RETRY).await,
             }
         }
@@ -382,13 +470,56 @@ impl<E: Engine> Node<E> {
     /// reads and followers' ReadIndex requests alike) share one confirmation round.
     pub async fn read_index(&self) -> Result<u64, Refusal> {
         let Some(queue) = &self.read_index_queue else {
-            self.read_index_rounds.fetch_add(1, Ordering::Relaxed);
-            return confirm_leadership(&self.raft, self.request_timeout).await;
+            return self.confirmer().confirm().await;
         };
         let (tx, rx) = oneshot::channel();
         let stopped = Refusal::Etcd(EtcdError::ServerStopped);
         queue.send(tx).await.map_err(|_| stopped.clone())?;
         rx.await.map_err(|_| stopped)?
+    }
+
+    /// On the leader: a read index of `kind` (see [`IndexKind`]).
+    pub async fn read_index_of(&self, kind: IndexKind) -> Result<u64, Refusal> {
+        if kind == IndexKind::Lease {
+            if let Some(index) = self.lease_index() {
+                return Ok(index);
+            }
+        }
+        self.read_index().await
+    }
+
+    /// How long a confirmation serves lease reads: the election timeout less a tenth for clock
+    /// drift. Voters refuse other candidates for twice the election timeout after they
+    /// acknowledged it, so this keeps a wide margin (docs/consistency.md).
+    fn lease_duration(&self) -> Duration {
+        self.election_timeout - self.election_timeout / 10
+    }
+
+    /// The read index of the current lease, if this member leads and the lease holds. Past half
+    /// the lease, a renewal starts in the background so steady lease reads never wait.
+    fn lease_index(&self) -> Option<u64> {
+        let lease = (*self.lease.lock())?;
+        let m = self.raft.metrics().borrow().clone();
+        let age = lease.since.elapsed();
+        if m.state != ServerState::Leader || m.current_term != lease.term || age >= self.lease_duration() {
+            return None;
+        }
+        if age >= self.lease_duration() / 2 {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let _ = node.read_index().await;
+            });
+        }
+        Some(lease.index)
+    }
+
+    fn confirmer(&self) -> Confirmer {
+        Confirmer {
+            raft: self.raft.clone(),
+            rounds: self.read_index_rounds.clone(),
+            lease: self.lease.clone(),
+            timeout: self.request_timeout,
+        }
     }
 
     /// Leadership confirmations (quorum rounds) this member ran for reads since it started.
@@ -408,14 +539,34 @@ impl<E: Engine> Node<E> {
     }
 }
 
-/// One leadership confirmation: the read index, or why there is none.
-async fn confirm_leadership(raft: &Raft, timeout: Duration) -> Result<u64, Refusal> {
-    match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
-        Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
-        Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(Refusal::NotLeader),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => Err(Refusal::Unconfirmed),
-        Ok(Err(RaftError::Fatal(_))) => Err(Refusal::Etcd(EtcdError::ServerStopped)),
+/// Runs leadership confirmations and keeps the lease they establish.
+#[derive(Clone)]
+struct Confirmer {
+    raft: Raft,
+    rounds: Arc<AtomicU64>,
+    lease: Arc<parking_lot::Mutex<Option<Lease>>>,
+    timeout: Duration,
+}
+
+impl Confirmer {
+    /// One leadership confirmation: the read index, or why there is none. A success renews the
+    /// lease from the moment the round began.
+    async fn confirm(&self) -> Result<u64, Refusal> {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        let term = self.raft.metrics().borrow().current_term;
+        let since = Instant::now();
+        let index = match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
+            Err(_) => return Err(Refusal::Etcd(EtcdError::Timeout)),
+            Ok(Ok((read_log_id, _applied))) => read_log_id.map_or(0, |l| l.index),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Err(Refusal::NotLeader),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => return Err(Refusal::Unconfirmed),
+            Ok(Err(RaftError::Fatal(_))) => return Err(Refusal::Etcd(EtcdError::ServerStopped)),
+        };
+        let mut lease = self.lease.lock();
+        if lease.is_none_or(|l| l.since < since) {
+            *lease = Some(Lease { since, term, index });
+        }
+        Ok(index)
     }
 }
 
@@ -424,19 +575,13 @@ async fn confirm_leadership(raft: &Raft, timeout: Duration) -> Result<u64, Refus
 /// confirmation that began after the read arrived, so it covers every write acknowledged
 /// before the read. openraft 0.9 runs a quorum round per call, so without this every read
 /// would cost one.
-async fn read_index_rounds_task(
-    raft: Raft,
-    mut rx: mpsc::Receiver<IndexReply>,
-    rounds: Arc<AtomicU64>,
-    timeout: Duration,
-) {
+async fn read_index_rounds_task(confirmer: Confirmer, mut rx: mpsc::Receiver<IndexReply>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
-        rounds.fetch_add(1, Ordering::Relaxed);
-        let outcome = confirm_leadership(&raft, timeout).await;
+        let outcome = confirmer.confirm().await;
         for w in waiters {
             let _ = w.send(outcome.clone());
         }

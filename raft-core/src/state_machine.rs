@@ -68,6 +68,8 @@ struct SnapshotContent {
 struct Shared<E> {
     engine: Arc<E>,
     gate: RwLock<SmMeta>,
+    /// The applied revision, published after every apply and install (session reads wait on it).
+    revision: tokio::sync::watch::Sender<i64>,
 }
 
 /// The state machine. Clones share it: openraft owns one, the server reads through another.
@@ -123,11 +125,19 @@ impl<E: Engine> KvStore<E> {
     /// Opens the state machine stored in `engine`.
     pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
         let meta = load_meta(&*engine)?;
-        Ok(KvStore { shared: Arc::new(Shared { engine, gate: RwLock::new(meta) }) })
+        let (revision, _) = tokio::sync::watch::channel(meta.revision);
+        Ok(KvStore { shared: Arc::new(Shared { engine, gate: RwLock::new(meta), revision }) })
     }
 
     pub fn engine(&self) -> &Arc<E> {
         &self.shared.engine
+    }
+
+    /// Waits until the applied revision is at least `revision`.
+    pub async fn wait_for_revision(&self, revision: i64) {
+        let mut rx = self.shared.revision.subscribe();
+        // The sender lives as long as the store, which this borrow keeps alive.
+        let _ = rx.wait_for(|r| *r >= revision).await;
     }
 
     /// A copy of the current meta.
@@ -292,6 +302,8 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         gate.compacted = meta.compacted;
         gate.last_applied = meta.last_applied;
         gate.membership = meta.membership;
+        drop(gate);
+        self.shared.revision.send_replace(meta.revision);
         Ok(replies)
     }
 
@@ -339,7 +351,10 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
             "installed snapshot up to log {}",
             meta.last_log_id.map_or(0, |l| l.index)
         );
+        let revision = fresh.revision;
         *gate = fresh;
+        drop(gate);
+        self.shared.revision.send_replace(revision);
         Ok(())
     }
 

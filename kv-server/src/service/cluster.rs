@@ -26,7 +26,9 @@ impl<E: Engine> Cluster for ClusterService<E> {
     async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         let node = &self.ctx.node;
         if request.get_ref().linearizable {
-            node.read_barrier(kv_api::Consistency::Linearizable).await.map_err(error::node)?;
+            node.read_barrier(raft_core::ReadRequirement::level(kv_api::Consistency::Linearizable))
+                .await
+                .map_err(error::node)?;
         }
         let metrics = node.metrics();
         let membership = metrics.membership_config.membership();

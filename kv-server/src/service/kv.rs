@@ -1,6 +1,7 @@
 //! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kv_api::etcdserverpb::kv_server::Kv;
 use kv_api::etcdserverpb::request_op::Request;
@@ -13,7 +14,7 @@ use prost::Message;
 use raft_core::engine::Engine;
 use raft_core::mvcc::validate;
 use raft_core::state_machine::txn_is_read_only;
-use raft_core::{WriteRequest, WriteResponse};
+use raft_core::{ReadRequirement, WriteRequest, WriteResponse};
 use tonic::{Request as Rpc, Response, Status};
 
 use super::Ctx;
@@ -48,6 +49,22 @@ pub fn requested_level(r: &RangeRequest) -> Result<Consistency, EtcdError> {
     }
 }
 
+/// What a Range asks of the serving member: its level and that level's parameters.
+pub fn requirement(r: &RangeRequest) -> Result<ReadRequirement, EtcdError> {
+    let level = requested_level(r)?;
+    if r.min_revision < 0 {
+        return Err(EtcdError::InvalidArgument(format!("min_revision {} is negative", r.min_revision)));
+    }
+    if level == Consistency::Bounded && r.max_staleness_ms <= 0 {
+        return Err(EtcdError::InvalidArgument("bounded reads need max_staleness_ms > 0".into()));
+    }
+    Ok(ReadRequirement {
+        level,
+        min_revision: r.min_revision,
+        max_staleness: Duration::from_millis(r.max_staleness_ms.max(0) as u64),
+    })
+}
+
 /// Strength order of the levels, weakest first.
 fn strength(c: Consistency) -> u8 {
     match c {
@@ -60,21 +77,30 @@ fn strength(c: Consistency) -> u8 {
 }
 
 /// A read-only txn is served at the strongest level any of its ranges asks for (serializable
-/// only if all of them are; linearizable for a txn with no range at all, like etcd).
-fn txn_level(t: &TxnRequest) -> Result<Consistency, EtcdError> {
-    let mut level: Option<Consistency> = None;
+/// only if all of them are; linearizable for a txn with no range at all, like etcd), with the
+/// highest `min_revision` and the tightest staleness bound among them.
+fn txn_requirement(t: &TxnRequest) -> Result<ReadRequirement, EtcdError> {
+    let mut req: Option<ReadRequirement> = None;
     for op in t.success.iter().chain(&t.failure) {
-        let l = match &op.request {
-            Some(Request::RequestRange(r)) => requested_level(r)?,
-            Some(Request::RequestTxn(inner)) => txn_level(inner)?,
+        let r = match &op.request {
+            Some(Request::RequestRange(r)) => requirement(r)?,
+            Some(Request::RequestTxn(inner)) => txn_requirement(inner)?,
             _ => continue,
         };
-        level = Some(match level {
-            Some(cur) if strength(cur) >= strength(l) => cur,
-            _ => l,
+        req = Some(match req {
+            None => r,
+            Some(cur) => ReadRequirement {
+                level: if strength(cur.level) >= strength(r.level) { cur.level } else { r.level },
+                min_revision: cur.min_revision.max(r.min_revision),
+                max_staleness: match (cur.max_staleness.is_zero(), r.max_staleness.is_zero()) {
+                    (true, _) => r.max_staleness,
+                    (_, true) => cur.max_staleness,
+                    _ => cur.max_staleness.min(r.max_staleness),
+                },
+            },
         });
     }
-    Ok(level.unwrap_or(Consistency::Linearizable))
+    Ok(req.unwrap_or(ReadRequirement::level(Consistency::Linearizable)))
 }
 
 #[tonic::async_trait]
@@ -83,8 +109,8 @@ impl<E: Engine> Kv for KvService<E> {
         let req = request.into_inner();
         self.check_size(&req)?;
         validate::range(&req).map_err(error::invalid)?;
-        let level = requested_level(&req).map_err(error::invalid)?;
-        let served = self.ctx.node.read_barrier(level).await.map_err(error::node)?;
+        let need = requirement(&req).map_err(error::invalid)?;
+        let served = self.ctx.node.read_barrier(need).await.map_err(error::node)?;
         let mut resp = self.ctx.node.store().range(&req).map_err(error::mvcc)?;
         self.ctx.fill(&mut resp.header, Some(served));
         Ok(Response::new(resp))
@@ -121,8 +147,8 @@ impl<E: Engine> Kv for KvService<E> {
         self.check_size(&req)?;
         validate::txn(&req, &self.ctx.limits).map_err(error::invalid)?;
         if txn_is_read_only(&req) {
-            let level = txn_level(&req).map_err(error::invalid)?;
-            let served = self.ctx.node.read_barrier(level).await.map_err(error::node)?;
+            let need = txn_requirement(&req).map_err(error::invalid)?;
+            let served = self.ctx.node.read_barrier(need).await.map_err(error::node)?;
             let mut resp = self.ctx.node.store().read_txn(&req).map_err(error::mvcc)?;
             self.ctx.fill(&mut resp.header, Some(served));
             return Ok(Response::new(resp));

@@ -44,6 +44,7 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
             errors,
             db_size_in_use: size,
             is_learner: learner,
+            read_index_rounds: node.read_index_rounds(),
         }))
     }
 }

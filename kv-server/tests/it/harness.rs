@@ -117,6 +117,11 @@ impl Server {
         }
     }
 
+    /// Sends SIGSTOP (the process pauses) or SIGCONT (it resumes).
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal");
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");

@@ -11,3 +11,4 @@ mod t50_cluster_info;
 mod t60_cluster;
 mod t70_failover;
 mod t80_snapshot;
+mod t90_consistency;

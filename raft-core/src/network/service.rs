@@ -8,6 +8,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
+use crate::reads::IndexKind;
 use crate::request::WriteRequest;
 use crate::typ::{NodeId, TypeConfig};
 use crate::Node;
@@ -53,11 +54,24 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
 impl<E: Engine> Peer for PeerService<E> {
     async fn append_entries(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
-        reply(&self.node.raft().append_entries(rpc).await)
+        let (term, commit) = (rpc.vote.leader_id().get_term(), rpc.leader_commit.map_or(0, |c| c.index));
+        let committed_vote = rpc.vote.is_committed();
+        let resp = self.node.raft().append_entries(rpc).await;
+        // Only an accepted message from an established leader tells how current this member is.
+        if committed_vote && matches!(resp, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+            self.node.note_append_entries(term, commit);
+        }
+        reply(&resp)
     }
 
     async fn vote(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
         let rpc: openraft::raft::VoteRequest<NodeId> = self.open(req)?;
+        if self.node.refusing_votes() {
+            // No answer counts as no vote: see `Node::refusing_votes`.
+            return Err(Status::unavailable(
+                "raftkv: member started less than 2 election timeouts ago; not voting yet",
+            ));
+        }
         reply(&self.node.raft().vote(rpc).await)
     }
 
@@ -72,7 +86,7 @@ impl<E: Engine> Peer for PeerService<E> {
     }
 
     async fn read_index(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let () = self.open(req)?;
-        reply(&self.node.read_index().await)
+        let kind: IndexKind = self.open(req)?;
+        reply(&self.node.read_index_of(kind).await)
     }
 }

@@ -65,7 +65,7 @@ async fn acknowledged_writes_survive_a_crash_and_restart() {
     engine.crash();
 
     let node = leader(engine.clone()).await;
-    node.read_barrier(Consistency::Linearizable).await.unwrap();
+    node.read_barrier(raft_core::ReadRequirement::level(Consistency::Linearizable)).await.unwrap();
     let all = node.store().range(&RangeRequest { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() });
     let all = all.unwrap();
     assert_eq!(all.count, 20);

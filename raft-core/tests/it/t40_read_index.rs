@@ -17,7 +17,9 @@ async fn rounds_for_concurrent_reads(share: bool, reads: usize) -> u64 {
     let tasks: Vec<_> = (0..reads)
         .map(|_| {
             let node = node.clone();
-            tokio::spawn(async move { node.read_barrier(Consistency::Linearizable).await })
+            tokio::spawn(async move {
+                node.read_barrier(raft_core::ReadRequirement::level(Consistency::Linearizable)).await
+            })
         })
         .collect();
     for t in tasks {
