@@ -364,7 +364,17 @@ impl<E: Engine> Node<E> {
         };
         let outcome = match level {
             Consistency::Serializable => return Ok(level),
-            Consistency::Bounded => return self.check_staleness(req.max_staleness).map(|()| level),
+            Consistency::Bounded => {
+                return match self.check_staleness(req.max_staleness) {
+                    Ok(()) => Ok(level),
+                    // A leader that has not confirmed itself within the bound does so now.
+                    Err(e) if self.metrics().state == ServerState::Leader => match self.read_index().await {
+                        Ok(_) => Ok(level),
+                        Err(_) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+            }
             Consistency::Session => {
                 let wait = self.store.wait_for_revision(req.min_revision);
                 return match within(deadline, wait).await {
@@ -386,15 +396,15 @@ impl<E: Engine> Node<E> {
     }
 
     /// How far behind the leader this member is (DESIGN's staleness): on the leader, the age of
-    /// its last quorum acknowledgement; on a follower, the age of the newest AppendEntries from
+    /// its last leadership confirmation (a quorum acknowledgement); on a follower, the age of the newest AppendEntries from
     /// the current leader whose commit index this member has applied.
     pub fn staleness(&self) -> Option<Duration> {
         let m = self.metrics();
         if m.state == ServerState::Leader {
-            if m.membership_config.membership().voter_ids().count() == 1 {
-                return Some(Duration::ZERO);
-            }
-            return m.millis_since_quorum_ack.map(Duration::from_millis);
+            // Our own record of the last confirmation, not openraft's metric: a metric is only
+            // as fresh as its last publication, which a paused process does not advance.
+            let lease = (*self.lease.lock()).filter(|l| l.term == m.current_term)?;
+            return Some(lease.since.elapsed());
         }
         let applied = m.last_applied.map_or(0, |l| l.index);
         self.receipts.lock().staleness(m.current_term, applied, Instant::now())
@@ -415,8 +425,8 @@ impl<E: Engine> Node<E> {
 
     /// Notes an AppendEntries from the leader of `term` carrying commit index `commit`
     /// (called by the peer service on receipt).
-    pub fn note_append_entries(&self, term: u64, commit: u64) {
-        self.receipts.lock().record(term, commit, Instant::now());
+    pub fn note_append_entries(&self, term: u64, commit: u64, received: Instant) {
+        self.receipts.lock().record(term, commit, received);
     }
 
     /// Whether this member still refuses votes: for twice the election timeout after it starts,

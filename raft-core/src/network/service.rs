@@ -56,10 +56,11 @@ impl<E: Engine> Peer for PeerService<E> {
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
         let (term, commit) = (rpc.vote.leader_id().get_term(), rpc.leader_commit.map_or(0, |c| c.index));
         let committed_vote = rpc.vote.is_committed();
+        let received = tokio::time::Instant::now();
         let resp = self.node.raft().append_entries(rpc).await;
         // Only an accepted message from an established leader tells how current this member is.
         if committed_vote && matches!(resp, Ok(openraft::raft::AppendEntriesResponse::Success)) {
-            self.node.note_append_entries(term, commit);
+            self.node.note_append_entries(term, commit, received);
         }
         reply(&resp)
     }
