@@ -178,3 +178,52 @@ fn unexpected(r: WriteResponse) -> Status {
     tracing::error!("state machine answered with the wrong response kind: {r:?}");
     EtcdError::Other("raftkv: internal error: mismatched response".into()).to_status()
 }
+
+#[cfg(test)]
+mod tests {
+    use kv_api::etcdserverpb::RequestOp;
+
+    use super::*;
+
+    fn range(level: Consistency, serializable: bool, min_revision: i64, max_staleness_ms: i64) -> RequestOp {
+        let r = RangeRequest {
+            key: b"k".to_vec(),
+            consistency: level as i32,
+            serializable,
+            min_revision,
+            max_staleness_ms,
+            ..Default::default()
+        };
+        RequestOp { request: Some(Request::RequestRange(r)) }
+    }
+
+    #[test]
+    fn a_set_level_wins_and_unset_follows_serializable() {
+        let get = |op: RequestOp| match op.request {
+            Some(Request::RequestRange(r)) => requirement(&r).map(|q| q.level),
+            _ => unreachable!(),
+        };
+        assert_eq!(get(range(Consistency::Unspecified, true, 0, 0)), Ok(Consistency::Serializable));
+        assert_eq!(get(range(Consistency::Unspecified, false, 0, 0)), Ok(Consistency::Linearizable));
+        assert_eq!(get(range(Consistency::Lease, true, 0, 0)), Ok(Consistency::Lease));
+        assert!(get(range(Consistency::Bounded, false, 0, 0)).is_err(), "bounded needs a bound");
+        assert!(get(range(Consistency::Session, false, -1, 0)).is_err(), "negative revision");
+    }
+
+    #[test]
+    fn a_read_only_txn_takes_the_strongest_level_and_the_tightest_parameters() {
+        let txn = TxnRequest {
+            success: vec![range(Consistency::Serializable, false, 0, 0), range(Consistency::Session, false, 7, 0)],
+            failure: vec![range(Consistency::Bounded, false, 3, 500), range(Consistency::Bounded, false, 0, 200)],
+            ..Default::default()
+        };
+        let need = txn_requirement(&txn).unwrap();
+        assert_eq!(need.level, Consistency::Session);
+        assert_eq!((need.min_revision, need.max_staleness), (7, Duration::from_millis(200)));
+        let none = TxnRequest::default();
+        assert_eq!(txn_requirement(&none).unwrap().level, Consistency::Linearizable, "like etcd");
+        let all_serializable =
+            TxnRequest { success: vec![range(Consistency::Unspecified, true, 0, 0)], ..Default::default() };
+        assert_eq!(txn_requirement(&all_serializable).unwrap().level, Consistency::Serializable);
+    }
+}
