@@ -106,6 +106,24 @@ impl EtcdError {
     }
 }
 
+/// True when a failed call provably never reached the server: no connection could be made
+/// ("tcp connect error", "error trying to connect", "Connection refused"). A reset or broken
+/// connection does not qualify: the request may have been sent before it broke. Only such a
+/// failure makes a write safe to send elsewhere.
+pub fn never_reached(s: &Status) -> bool {
+    if s.code() != Code::Unavailable || EtcdError::from_status(s).is_some() {
+        return false;
+    }
+    let mut text = s.message().to_lowercase();
+    let mut cause = std::error::Error::source(s);
+    while let Some(c) = cause {
+        text.push(' ');
+        text.push_str(&c.to_string().to_lowercase());
+        cause = c.source();
+    }
+    text.contains("connect error") || text.contains("trying to connect") || text.contains("connection refused")
+}
+
 impl From<EtcdError> for Status {
     fn from(e: EtcdError) -> Status {
         e.to_status()

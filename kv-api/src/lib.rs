@@ -9,9 +9,11 @@
 //! - [`error`]: every etcd error raftkv can return, with etcd's exact text and gRPC code — the one
 //!   table that maps errors to the wire.
 //! - [`Consistency`]: the read consistency levels (the generated wire enum).
+//! - [`KvApi`]: the operations both the remote client and an embedded member offer.
 //!
 //! This crate depends on nothing internal.
 
+pub mod api;
 pub mod error;
 
 /// etcd's `mvccpb` package: keys, values and their revisions.
@@ -30,5 +32,6 @@ pub mod raftkvpb {
     tonic::include_proto!("raftkvpb");
 }
 
+pub use api::KvApi;
 pub use error::EtcdError;
 pub use etcdserverpb::Consistency;

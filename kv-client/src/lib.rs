@@ -1,22 +1,40 @@
 //! Rust client for raftkv (and any etcd v3 server), and the `kvctl` command-line tool.
 //!
 //! Layout:
-//! - [`Client`]: a connection to one member with typed KV and Maintenance calls;
-//! - [`ClientError`]: what can go wrong, with etcd errors recognised by their exact text.
+//! - [`Client`]: a cluster client over an endpoint list, with leader discovery, failover, a
+//!   per-call timeout, safe retries and automatic session tokens; it implements
+//!   [`kv_api::KvApi`], as an embedded member does (`kv_server::Embedded`);
+//! - [`ClientError`]: what can go wrong, with etcd errors recognised by their exact text and
+//!   writes whose outcome cannot be known reported as such.
 //!
-//! This first cut talks to one endpoint at a time (the first of the list that accepts a
-//! connection); leader discovery, failover and session tokens build on it.
+//! ```no_run
+//! # async fn demo() -> Result<(), kv_client::ClientError> {
+//! use kv_client::{Client, Options};
+//! use kv_client::kv_api::{Consistency, KvApi};
+//! use kv_client::kv_api::etcdserverpb::PutRequest;
+//!
+//! let endpoints = ["http://127.0.0.1:2379".to_string(), "http://127.0.0.1:12379".to_string()];
+//! let client = Client::connect(&endpoints, Options::default()).await?;
+//! client.put(PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() }).await?;
+//! // Session reads see this client's own writes through any member.
+//! let v = client.get("greeting", Consistency::Session).await?;
+//! assert_eq!(v.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
 
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kv_api::etcdserverpb::cluster_client::ClusterClient;
 use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use kv_api::etcdserverpb::{
-    DeleteRangeRequest, DeleteRangeResponse, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
+    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
 };
-use kv_api::EtcdError;
+use kv_api::{Consistency, EtcdError, KvApi};
 use tonic::transport::{Channel, Endpoint};
 
 pub use kv_api;
@@ -28,14 +46,17 @@ pub enum ClientError {
     /// An endpoint that is not a valid `http://host:port` URL.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint { endpoint: String, reason: String },
-    /// None of the endpoints accepted a connection.
+    /// None of the endpoints could be reached.
     #[error("cannot connect to {endpoints}: {reason}")]
     Unreachable { endpoints: String, reason: String },
     /// The server answered with an etcd error.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
-    /// The call failed with a status that is not an etcd error (transport, deadline, ...).
-    /// Timed-out writes land here: their outcome is unknown.
+    /// A write reached a member but its fate is unknown (timeout, leader change, connection
+    /// lost): it may or may not have been applied. Read before retrying a non-idempotent write.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The call failed with a status that is not an etcd error.
     #[error("{message} (gRPC {code:?})")]
     Rpc { code: tonic::Code, message: String },
 }
@@ -55,7 +76,7 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 /// Connection settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Bound on connecting and on each call.
+    /// Bound on each call, retries on other members included.
     pub timeout: Duration,
 }
 
@@ -65,72 +86,294 @@ impl Default for Options {
     }
 }
 
-/// A connection to one member.
+/// Pause after every member refused a retriable call (an election takes a few hundred ms).
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// One endpoint's gRPC clients (they share one lazily connected channel).
 #[derive(Clone)]
-pub struct Client {
-    endpoint: String,
+struct Member {
+    url: String,
     kv: KvClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
 }
 
+/// Whether a call changes state: only a write's retry can do harm.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// What to do after a failed attempt.
+enum Next {
+    /// Try another member (the request provably did nothing, or it is a read).
+    Retry(ClientError),
+    /// Stop with this error.
+    Fail(ClientError),
+}
+
+/// Classifies a failed attempt of a call of `kind`.
+fn next_step(kind: Kind, s: tonic::Status) -> Next {
+    if kv_api::error::never_reached(&s) {
+        return Next::Retry(s.into());
+    }
+    match (kind, EtcdError::from_status(&s)) {
+        // Refused before anything was proposed: safe anywhere.
+        (_, Some(EtcdError::NoLeader)) => Next::Retry(EtcdError::NoLeader.into()),
+        // Any other unavailability: a read is simply asked elsewhere...
+        (Kind::Read, _) if s.code() == tonic::Code::Unavailable => Next::Retry(s.into()),
+        // ...a write may have happened.
+        (Kind::Write, Some(e @ (EtcdError::LeaderChanged | EtcdError::Timeout | EtcdError::ServerStopped))) => {
+            Next::Fail(ClientError::OutcomeUnknown(e.to_string()))
+        }
+        (Kind::Write, None)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ) =>
+        {
+            Next::Fail(ClientError::OutcomeUnknown(format!("{} (gRPC {:?})", s.message(), s.code())))
+        }
+        _ => Next::Fail(s.into()),
+    }
+}
+
+/// A client of a raftkv (or etcd) cluster. Cheap to clone; clones share the session token.
+#[derive(Clone)]
+pub struct Client {
+    members: Arc<Vec<Member>>,
+    /// Index of the member calls go to first (the leader, when known).
+    current: Arc<AtomicUsize>,
+    /// The highest revision seen in any response: the session token sent by session reads.
+    seen: Arc<AtomicI64>,
+    opts: Options,
+}
+
 impl Client {
-    /// Connects to the first endpoint of `endpoints` that accepts a connection.
+    /// A client of the cluster reachable at `endpoints`. It asks each endpoint for its status
+    /// and prefers the leader (writes then skip a forwarding hop); it fails only if none answers.
     pub async fn connect(endpoints: &[String], opts: Options) -> Result<Client> {
-        let mut last = String::from("no endpoint given");
+        let mut members = Vec::new();
         for ep in endpoints {
             let endpoint = Endpoint::from_shared(ep.clone())
                 .map_err(|e| ClientError::InvalidEndpoint { endpoint: ep.clone(), reason: e.to_string() })?
                 .connect_timeout(opts.timeout)
                 .timeout(opts.timeout);
-            match endpoint.connect().await {
-                Ok(ch) => {
-                    return Ok(Client {
-                        endpoint: ep.clone(),
-                        kv: KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX),
-                        maintenance: MaintenanceClient::new(ch.clone()),
-                        cluster: ClusterClient::new(ch),
-                    })
+            let ch = endpoint.connect_lazy();
+            members.push(Member {
+                url: ep.clone(),
+                kv: KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX),
+                maintenance: MaintenanceClient::new(ch.clone()),
+                cluster: ClusterClient::new(ch),
+            });
+        }
+        if members.is_empty() {
+            return Err(ClientError::Unreachable { endpoints: String::new(), reason: "no endpoint given".into() });
+        }
+        let mut last = String::new();
+        let mut first_ok = None;
+        for (i, m) in members.iter_mut().enumerate() {
+            match m.maintenance.status(StatusRequest {}).await {
+                Ok(st) => {
+                    let st = st.into_inner();
+                    let me = st.header.as_ref().map_or(0, |h| h.member_id);
+                    if st.leader != 0 && st.leader == me {
+                        first_ok = Some(i);
+                        break;
+                    }
+                    first_ok.get_or_insert(i);
                 }
-                Err(e) => last = format!("{e}: {}", source_chain(&e)),
+                Err(e) => last = format!("{}: {}", m.url, ClientError::from(e)),
             }
         }
-        Err(ClientError::Unreachable { endpoints: endpoints.join(","), reason: last })
+        let Some(current) = first_ok else {
+            return Err(ClientError::Unreachable { endpoints: endpoints.join(","), reason: last });
+        };
+        Ok(Client {
+            members: Arc::new(members),
+            current: Arc::new(AtomicUsize::new(current)),
+            seen: Arc::new(AtomicI64::new(0)),
+            opts,
+        })
     }
 
-    /// The endpoint this client talks to.
+    /// The endpoint calls go to first.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.members[self.current.load(Ordering::Relaxed) % self.members.len()].url
     }
 
-    pub async fn put(&mut self, req: PutRequest) -> Result<PutResponse> {
-        Ok(self.kv.put(req).await?.into_inner())
+    /// The highest revision this client (and its clones) has seen: its session token.
+    pub fn session_revision(&self) -> i64 {
+        self.seen.load(Ordering::Relaxed)
     }
 
-    pub async fn range(&mut self, req: RangeRequest) -> Result<RangeResponse> {
-        Ok(self.kv.range(req).await?.into_inner())
+    /// Continues a session begun elsewhere (another client or process): session reads will see
+    /// at least revision `revision`.
+    pub fn continue_session(&self, revision: i64) {
+        self.seen.fetch_max(revision, Ordering::Relaxed);
     }
 
-    pub async fn delete_range(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        Ok(self.kv.delete_range(req).await?.into_inner())
+    fn observe(&self, h: &Option<ResponseHeader>) {
+        if let Some(h) = h {
+            self.seen.fetch_max(h.revision, Ordering::Relaxed);
+        }
     }
 
-    pub async fn status(&mut self) -> Result<StatusResponse> {
-        Ok(self.maintenance.status(StatusRequest {}).await?.into_inner())
+    /// Runs `call` on the current member, moving on to the next ones while the failure allows
+    /// a retry, until the call's time is up.
+    async fn call<T, F, Fut>(&self, kind: Kind, call: F) -> Result<T>
+    where
+        F: Fn(Member) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.opts.timeout;
+        let n = self.members.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for attempt in 0.. {
+            let i = (start + attempt) % n;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let outcome = tokio::time::timeout(left, call(self.members[i].clone())).await;
+            let status = match outcome {
+                Ok(Ok(resp)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(s)) => s,
+                Err(_) if kind == Kind::Write => {
+                    return Err(ClientError::OutcomeUnknown(format!("no answer within {:?}", self.opts.timeout)))
+                }
+                Err(_) => break,
+            };
+            match next_step(kind, status) {
+                Next::Retry(e) => last = Some(e),
+                Next::Fail(e) => return Err(e),
+            }
+            if (attempt + 1) % n == 0 {
+                // Every member was tried: give an election a moment before the next pass.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(RETRY_PAUSE.min(left)).await;
+            }
+        }
+        Err(last.unwrap_or_else(|| EtcdError::Timeout.into()))
     }
 
-    pub async fn member_list(&mut self) -> Result<MemberListResponse> {
-        Ok(self.cluster.member_list(MemberListRequest { linearizable: false }).await?.into_inner())
+    /// etcd Range. A session read (`consistency` SESSION) without `min_revision` gets this
+    /// client's session token.
+    pub async fn range(&self, mut req: RangeRequest) -> Result<RangeResponse> {
+        if req.consistency == Consistency::Session as i32 && req.min_revision == 0 {
+            req.min_revision = self.session_revision();
+        }
+        let resp = self
+            .call(Kind::Read, |mut m| {
+                let req = req.clone();
+                async move { m.kv.range(req).await }
+            })
+            .await?;
+        self.observe(&resp.header);
+        Ok(resp)
+    }
+
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        let resp = self
+            .call(Kind::Write, |mut m| {
+                let req = req.clone();
+                async move { m.kv.put(req).await }
+            })
+            .await?;
+        self.observe(&resp.header);
+        Ok(resp)
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let resp = self
+            .call(Kind::Write, |mut m| {
+                let req = req.clone();
+                async move { m.kv.delete_range(req).await }
+            })
+            .await?;
+        self.observe(&resp.header);
+        Ok(resp)
+    }
+
+    /// etcd Txn. A txn with any write is a write (its outcome may be unknown); a read-only one
+    /// is retried like a read.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        let kind = if txn_writes(&req) { Kind::Write } else { Kind::Read };
+        let resp = self
+            .call(kind, |mut m| {
+                let req = req.clone();
+                async move { m.kv.txn(req).await }
+            })
+            .await?;
+        self.observe(&resp.header);
+        Ok(resp)
+    }
+
+    /// etcd Compact (idempotent: retried like a read).
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+        let resp = self.call(Kind::Read, |mut m| async move { m.kv.compact(req).await }).await?;
+        self.observe(&resp.header);
+        Ok(resp)
+    }
+
+    /// The status of the member calls currently go to.
+    pub async fn status(&self) -> Result<StatusResponse> {
+        self.call(Kind::Read, |mut m| async move { m.maintenance.status(StatusRequest {}).await }).await
+    }
+
+    pub async fn member_list(&self) -> Result<MemberListResponse> {
+        self.call(
+            Kind::Read,
+            |mut m| async move { m.cluster.member_list(MemberListRequest { linearizable: false }).await },
+        )
+        .await
     }
 }
 
-/// The innermost cause of a transport error, which is where the useful text is.
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
+/// Whether a txn has any write in either branch (nested txns included).
+fn txn_writes(t: &TxnRequest) -> bool {
+    use kv_api::etcdserverpb::request_op::Request;
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Request::RequestRange(_)) | None => false,
+        Some(Request::RequestTxn(inner)) => txn_writes(inner),
+        _ => true,
+    })
+}
+
+impl KvApi for Client {
+    type Error = ClientError;
+
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        Client::range(self, req).await
     }
-    cur.to_string()
+
+    async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        Client::put(self, req).await
+    }
+
+    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        Client::delete_range(self, req).await
+    }
+
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        Client::txn(self, req).await
+    }
+
+    async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+        Client::compact(self, req).await
+    }
+
+    async fn status(&self) -> Result<StatusResponse> {
+        Client::status(self).await
+    }
 }
 
 /// The range end that selects every key with `prefix` (etcd's rule, `"\0"` for all-0xff).

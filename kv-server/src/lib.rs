@@ -5,16 +5,19 @@
 //! - [`server`]: assembles and runs a member ([`server::run`]);
 //! - [`service`]: the KV, Maintenance and Cluster services;
 //! - [`error`]: internal failures to gRPC statuses;
-//! - [`net`]: binding and serving the client port (real or simulated).
+//! - [`net`]: binding and serving the client port (real or simulated);
+//! - [`embedded`]: a member used in process through [`kv_api::KvApi`].
 //!
 //! The `kv-server` binary only parses flags, sets up logging and signals, and calls
 //! [`server::run`].
 
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod net;
 pub mod server;
 pub mod service;
 
 pub use config::ServerConfig;
+pub use embedded::{embed, embed_with_engine, Embedded};
 pub use server::{run, run_with_engine, start, start_with_engine, Running, ServerError};

@@ -116,6 +116,14 @@ pub async fn start(cfg: ServerConfig) -> Result<Running, ServerError> {
 /// Starts a member on `engine`: opens the node, bootstraps a new cluster, binds the client
 /// listeners and serves in the background. Returns once clients can connect.
 pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> Result<Running, ServerError> {
+    Ok(start_member(cfg, engine).await?.0)
+}
+
+/// [`start_with_engine`], also returning the services' shared context (for embedding).
+pub(crate) async fn start_member<E: Engine>(
+    cfg: ServerConfig,
+    engine: Arc<E>,
+) -> Result<(Running, Arc<Ctx<E>>), ServerError> {
     cfg.validate()?;
     let members = cfg.initial_members()?;
     let me = cfg.me(&members)?;
@@ -201,7 +209,7 @@ pub async fn start_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
         tracing::info!("stopped cleanly");
         served.map_err(ServerError::from)
     });
-    Ok(Running { client_urls: bound_urls, member_id: me.id, stop, task })
+    Ok((Running { client_urls: bound_urls, member_id: me.id, stop, task }, ctx))
 }
 
 /// Publishes this member's name and client URLs through Raft (retrying until a leader accepts),

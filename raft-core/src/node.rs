@@ -291,8 +291,10 @@ impl<E: Engine> Node<E> {
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 match self.peers.call(leader, &node, Rpc::Forward, &req, timeout).await {
                     Ok(reply) => reply,
-                    // The leader went away; whether it got the write is unknown, so the client
-                    // decides (etcd clients retry on Unavailable).
+                    // The leader this member knew is gone and never got the write: "no leader"
+                    // tells the client it may safely send it again.
+                    Err(PeerError::NotConnected { .. }) => return Err(EtcdError::NoLeader.into()),
+                    // The connection broke mid-call: whether the leader got the write is unknown.
                     Err(PeerError::Unreachable { .. }) => return Err(EtcdError::LeaderChanged.into()),
                     Err(PeerError::Timeout { .. }) => return Err(EtcdError::Timeout.into()),
                     Err(e) => return Err(EtcdError::Other(e.to_string()).into()),

@@ -12,3 +12,4 @@ mod t60_cluster;
 mod t70_failover;
 mod t80_snapshot;
 mod t90_consistency;
+mod t95_client;

@@ -60,7 +60,10 @@ pub enum Rpc {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PeerError {
-    /// The peer could not be reached (no connection): the request did not arrive.
+    /// No connection to the peer could be made: the request did not arrive.
+    #[error("member {target:x} not connected: {reason}")]
+    NotConnected { target: NodeId, reason: String },
+    /// The connection failed during the call: the request may have arrived.
     #[error("member {target:x} unreachable: {reason}")]
     Unreachable { target: NodeId, reason: String },
     /// No answer in time: the request may or may not have been handled.
@@ -160,11 +163,12 @@ impl Peers {
     }
 }
 
-/// Unavailable is what tonic reports when it cannot connect (or the connection broke); every
-/// other code is an answer from the peer.
+/// Unavailable is what tonic reports when it cannot connect (the request never left) or the
+/// connection broke (it may have arrived); every other code is an answer from the peer.
 fn classify(target: NodeId, status: tonic::Status) -> PeerError {
     let reason = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
+        _ if kv_api::error::never_reached(&status) => PeerError::NotConnected { target, reason },
         Code::Unavailable => PeerError::Unreachable { target, reason },
         _ => PeerError::Failed { target, reason },
     }
@@ -207,7 +211,7 @@ impl PeerClientHandle {
         let timeout = option.hard_ttl();
         let reply: Result<Resp, RaftError<NodeId, E>> =
             self.peers.call_raw(self.target, &self.node, rpc, payload, timeout).await.map_err(|e| match e {
-                PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
+                PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
                 PeerError::Timeout { .. } => {

@@ -16,7 +16,7 @@ pub async fn run(endpoints: &[String], opts: Options, verb: Verb) -> anyhow::Res
             let mut failed = Vec::new();
             for ep in endpoints {
                 let status = match Client::connect(std::slice::from_ref(ep), opts).await {
-                    Ok(mut c) => c.status().await,
+                    Ok(c) => c.status().await,
                     Err(e) => Err(e),
                 };
                 match status {

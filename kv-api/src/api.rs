@@ -1,0 +1,39 @@
+//! [`KvApi`]: the operations every way of using raftkv offers, so application code can be
+//! written once and run against a remote cluster (kv-client) or an embedded member (kv-server).
+
+use std::future::Future;
+
+use crate::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusResponse, TxnRequest, TxnResponse,
+};
+use crate::Consistency;
+
+/// etcd's KV operations plus Status, with etcd's request and response messages. A Range picks
+/// its read consistency with the raftkv extension fields (see [`RangeRequest::consistency`]);
+/// [`KvApi::get`] is the short form.
+pub trait KvApi: Send + Sync {
+    /// What a call can fail with.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, Self::Error>> + Send;
+    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Self::Error>> + Send;
+    fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> impl Future<Output = Result<DeleteRangeResponse, Self::Error>> + Send;
+    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Self::Error>> + Send;
+    fn compact(&self, req: CompactionRequest) -> impl Future<Output = Result<CompactionResponse, Self::Error>> + Send;
+    /// This member's status (the one the call reached).
+    fn status(&self) -> impl Future<Output = Result<StatusResponse, Self::Error>> + Send;
+
+    /// The value of `key` read at `consistency`, if the key exists.
+    fn get(
+        &self,
+        key: impl Into<Vec<u8>> + Send,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, Self::Error>> + Send {
+        let req = RangeRequest { key: key.into(), consistency: consistency as i32, ..Default::default() };
+        async move { Ok(self.range(req).await?.kvs.into_iter().next().map(|kv| kv.value)) }
+    }
+}
