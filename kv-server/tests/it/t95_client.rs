@@ -130,37 +130,9 @@ async fn session_reads_through_any_member_see_the_clients_own_writes() {
     assert_eq!(seen, (0..6).map(|i: i32| i.to_string().into_bytes()).collect::<Vec<_>>());
 }
 
-/// Application code written once against `KvApi`: a counter bumped with compare-and-swap.
-async fn bump_counter<A: KvApi>(api: &A, key: &str) -> Result<i64, A::Error> {
-    use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-    use kv_api::etcdserverpb::request_op::Request;
-    use kv_api::etcdserverpb::{Compare, RequestOp, TxnRequest};
-    loop {
-        let current = api.get(key, Consistency::Linearizable).await?;
-        let n: i64 = current.as_deref().map_or(0, |v| String::from_utf8_lossy(v).parse().unwrap());
-        let guard = match &current {
-            Some(v) => Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Value as i32,
-                key: key.into(),
-                target_union: Some(TargetUnion::Value(v.clone())),
-                ..Default::default()
-            },
-            None => Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Version as i32,
-                key: key.into(),
-                target_union: Some(TargetUnion::Version(0)),
-                ..Default::default()
-            },
-        };
-        let write = RequestOp { request: Some(Request::RequestPut(put(key, &(n + 1).to_string()))) };
-        let txn = TxnRequest { compare: vec![guard], success: vec![write], failure: vec![] };
-        if api.txn(txn).await?.succeeded {
-            return Ok(n + 1);
-        }
-    }
-}
+/// The example application's own code (kv-server/examples/counter), run here both ways.
+#[path = "../../examples/counter/app.rs"]
+mod counter_app;
 
 /// The example application's check: concurrent bumps never lose an increment.
 async fn counter_app_check<A: KvApi + 'static>(api: Arc<A>) {
@@ -169,7 +141,7 @@ async fn counter_app_check<A: KvApi + 'static>(api: Arc<A>) {
             let api = api.clone();
             tokio::spawn(async move {
                 for _ in 0..10 {
-                    bump_counter(&*api, "counter").await.unwrap();
+                    counter_app::bump(&*api, "counter").await.unwrap();
                 }
             })
         })
@@ -177,7 +149,7 @@ async fn counter_app_check<A: KvApi + 'static>(api: Arc<A>) {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(api.get("counter", Consistency::Linearizable).await.unwrap().as_deref(), Some(&b"40"[..]));
+    assert_eq!(counter_app::read(&*api, "counter").await.unwrap(), 40, "no increment lost");
     assert!(api.status().await.unwrap().raft_index > 0);
 }
 
