@@ -26,6 +26,9 @@ pub struct Cli {
     /// Timeout of connecting and of each request, e.g. 5s, 500ms.
     #[arg(long = "command-timeout", global = true, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Output format.
+    #[arg(short = 'w', long = "write-out", global = true, value_enum, default_value = "simple")]
+    pub write_out: printer::Format,
     #[command(subcommand)]
     pub command: command::Command,
 }
@@ -36,7 +39,8 @@ async fn main() -> ExitCode {
     match command::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            // One line, whatever the error's chain holds.
+            eprintln!("Error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }

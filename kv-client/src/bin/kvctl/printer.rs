@@ -1,49 +1,252 @@
-//! Output of each verb, in etcdctl's simple format.
+//! Output of every verb, apart from the verbs: etcdctl's `simple` format, `json`, or `table`.
 
-use kv_client::kv_api::etcdserverpb::{DeleteRangeResponse, PutResponse, RangeResponse, StatusResponse};
+use kv_client::kv_api::etcdserverpb::response_op::Response as OpResponse;
+use kv_client::kv_api::etcdserverpb::{
+    CompactionResponse, DeleteRangeResponse, Member, PutResponse, RangeResponse, ResponseHeader, StatusResponse,
+    TxnResponse,
+};
 use kv_client::kv_api::mvccpb::KeyValue;
+use serde_json::{json, Value};
 
-fn kv(kv: &KeyValue) {
-    println!("{}", String::from_utf8_lossy(&kv.key));
-    println!("{}", String::from_utf8_lossy(&kv.value));
+/// `-w simple|json|table`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Simple,
+    Json,
+    Table,
 }
 
-pub fn put(r: &PutResponse) {
-    println!("OK");
-    if let Some(prev) = &r.prev_kv {
-        kv(prev);
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn header_json(h: &Option<ResponseHeader>) -> Value {
+    let h = h.clone().unwrap_or_default();
+    json!({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision, "raft_term": h.raft_term})
+}
+
+fn kv_json(kv: &KeyValue) -> Value {
+    json!({
+        "key": text(&kv.key), "value": text(&kv.value), "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision, "version": kv.version, "lease": kv.lease,
+    })
+}
+
+fn print_json(v: Value) {
+    println!("{v}");
+}
+
+/// An ASCII table like etcdctl's.
+fn table(head: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let rule = format!("+{}+", width.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
+    let line = |cells: Vec<String>| {
+        let cells: Vec<String> = cells.iter().zip(&width).map(|(c, w)| format!(" {c:<w$} ")).collect();
+        format!("|{}|", cells.join("|"))
+    };
+    println!("{rule}");
+    println!("{}", line(head.iter().map(|h| h.to_string()).collect()));
+    println!("{rule}");
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+    println!("{rule}");
+}
+
+fn kv_simple(kv: &KeyValue, keys_only: bool) {
+    println!("{}", text(&kv.key));
+    if !keys_only {
+        println!("{}", text(&kv.value));
     }
 }
 
-pub fn range(r: &RangeResponse, count_only: bool) {
-    if count_only {
-        println!("{}", r.count);
-        return;
-    }
-    for item in &r.kvs {
-        kv(item);
-    }
-}
-
-pub fn delete(r: &DeleteRangeResponse) {
-    println!("{}", r.deleted);
-    for item in &r.prev_kvs {
-        kv(item);
+pub fn put(f: Format, r: &PutResponse) {
+    match f {
+        Format::Json => {
+            print_json(json!({"header": header_json(&r.header), "prev_kv": r.prev_kv.as_ref().map(kv_json)}))
+        }
+        _ => {
+            println!("OK");
+            if let Some(prev) = &r.prev_kv {
+                kv_simple(prev, false);
+            }
+        }
     }
 }
 
-/// One line per endpoint: endpoint, member id, version, db size, is leader, raft term,
-/// raft index, applied index, errors.
-pub fn status(endpoint: &str, s: &StatusResponse) {
-    let id = s.header.as_ref().map_or(0, |h| h.member_id);
-    println!(
-        "{endpoint}, {id:x}, {}, {} B, {}, {}, {}, {}, {}",
-        s.version,
-        s.db_size,
-        s.leader == id,
-        s.raft_term,
-        s.raft_index,
-        s.raft_applied_index,
-        s.errors.join("; ")
-    );
+pub fn range(f: Format, r: &RangeResponse, count_only: bool, keys_only: bool) {
+    match f {
+        Format::Json => print_json(json!({
+            "header": header_json(&r.header), "kvs": r.kvs.iter().map(kv_json).collect::<Vec<_>>(),
+            "more": r.more, "count": r.count,
+        })),
+        _ if count_only => println!("{}", r.count),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = r.kvs.iter().map(|kv| vec![text(&kv.key), text(&kv.value)]).collect();
+            table(&["KEY", "VALUE"], &rows);
+        }
+        Format::Simple => r.kvs.iter().for_each(|kv| kv_simple(kv, keys_only)),
+    }
+}
+
+pub fn delete(f: Format, r: &DeleteRangeResponse) {
+    match f {
+        Format::Json => print_json(json!({
+            "header": header_json(&r.header), "deleted": r.deleted,
+            "prev_kvs": r.prev_kvs.iter().map(kv_json).collect::<Vec<_>>(),
+        })),
+        _ => {
+            println!("{}", r.deleted);
+            r.prev_kvs.iter().for_each(|kv| kv_simple(kv, false));
+        }
+    }
+}
+
+pub fn txn(f: Format, r: &TxnResponse) {
+    if f == Format::Json {
+        let ops: Vec<Value> = r
+            .responses
+            .iter()
+            .map(|op| match &op.response {
+                Some(OpResponse::ResponsePut(p)) => json!({"put": {"prev_kv": p.prev_kv.as_ref().map(kv_json)}}),
+                Some(OpResponse::ResponseRange(g)) => {
+                    json!({"range": {"kvs": g.kvs.iter().map(kv_json).collect::<Vec<_>>(), "count": g.count}})
+                }
+                Some(OpResponse::ResponseDeleteRange(d)) => json!({"delete_range": {"deleted": d.deleted}}),
+                Some(OpResponse::ResponseTxn(_)) => json!({"txn": {}}),
+                None => Value::Null,
+            })
+            .collect();
+        return print_json(json!({"header": header_json(&r.header), "succeeded": r.succeeded, "responses": ops}));
+    }
+    println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+    for op in &r.responses {
+        println!();
+        match &op.response {
+            Some(OpResponse::ResponsePut(p)) => put(Format::Simple, p),
+            Some(OpResponse::ResponseRange(g)) => range(Format::Simple, g, false, false),
+            Some(OpResponse::ResponseDeleteRange(d)) => delete(Format::Simple, d),
+            Some(OpResponse::ResponseTxn(t)) => txn(Format::Simple, t),
+            None => {}
+        }
+    }
+}
+
+pub fn compaction(f: Format, r: &CompactionResponse, rev: i64) {
+    match f {
+        Format::Json => print_json(json!({"header": header_json(&r.header), "compacted": rev})),
+        _ => println!("compacted revision {rev}"),
+    }
+}
+
+/// One row per endpoint: endpoint, member id, version, db size, is leader, raft term, raft
+/// index, applied index, errors.
+pub fn statuses(f: Format, rows: &[(String, StatusResponse)]) {
+    let cells = |ep: &str, s: &StatusResponse| {
+        let id = s.header.as_ref().map_or(0, |h| h.member_id);
+        vec![
+            ep.to_string(),
+            format!("{id:x}"),
+            s.version.clone(),
+            format!("{} B", s.db_size),
+            (s.leader == id).to_string(),
+            s.raft_term.to_string(),
+            s.raft_index.to_string(),
+            s.raft_applied_index.to_string(),
+            s.errors.join("; "),
+        ]
+    };
+    match f {
+        Format::Json => print_json(Value::Array(
+            rows.iter()
+                .map(|(ep, s)| {
+                    json!({
+                        "endpoint": ep, "header": header_json(&s.header), "version": s.version, "db_size": s.db_size,
+                        "leader": s.leader, "raft_term": s.raft_term, "raft_index": s.raft_index,
+                        "raft_applied_index": s.raft_applied_index, "errors": s.errors,
+                    })
+                })
+                .collect(),
+        )),
+        Format::Table => table(
+            &[
+                "ENDPOINT",
+                "ID",
+                "VERSION",
+                "DB SIZE",
+                "IS LEADER",
+                "RAFT TERM",
+                "RAFT INDEX",
+                "RAFT APPLIED INDEX",
+                "ERRORS",
+            ],
+            &rows.iter().map(|(ep, s)| cells(ep, s)).collect::<Vec<_>>(),
+        ),
+        Format::Simple => rows.iter().for_each(|(ep, s)| println!("{}", cells(ep, s).join(", "))),
+    }
+}
+
+/// One row per endpoint: healthy or not, and how long the check took.
+pub fn health(f: Format, rows: &[(String, Result<std::time::Duration, String>)]) {
+    match f {
+        Format::Json => print_json(Value::Array(
+            rows.iter()
+                .map(|(ep, r)| match r {
+                    Ok(took) => json!({"endpoint": ep, "health": true, "took": format!("{took:?}")}),
+                    Err(e) => json!({"endpoint": ep, "health": false, "error": e}),
+                })
+                .collect(),
+        )),
+        Format::Table => table(
+            &["ENDPOINT", "HEALTH", "TOOK", "ERROR"],
+            &rows
+                .iter()
+                .map(|(ep, r)| match r {
+                    Ok(t) => vec![ep.clone(), "true".into(), format!("{t:?}"), String::new()],
+                    Err(e) => vec![ep.clone(), "false".into(), String::new(), e.clone()],
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Format::Simple => {
+            for (ep, r) in rows {
+                match r {
+                    Ok(t) => println!("{ep} is healthy: successfully committed proposal: took = {t:?}"),
+                    Err(e) => println!("{ep} is unhealthy: failed to commit proposal: {e}"),
+                }
+            }
+        }
+    }
+}
+
+pub fn members(f: Format, members: &[Member]) {
+    let cells = |m: &Member| {
+        vec![
+            format!("{:x}", m.id),
+            if m.name.is_empty() { "unstarted" } else { "started" }.to_string(),
+            m.name.clone(),
+            m.peer_ur_ls.join(","),
+            m.client_ur_ls.join(","),
+            m.is_learner.to_string(),
+        ]
+    };
+    match f {
+        Format::Json => print_json(Value::Array(
+            members
+                .iter()
+                .map(|m| {
+                    json!({"id": m.id, "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls, "is_learner": m.is_learner})
+                })
+                .collect(),
+        )),
+        Format::Table => table(
+            &["ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER"],
+            &members.iter().map(cells).collect::<Vec<_>>(),
+        ),
+        Format::Simple => members.iter().for_each(|m| println!("{}", cells(m).join(", "))),
+    }
 }

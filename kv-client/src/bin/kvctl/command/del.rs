@@ -21,9 +21,9 @@ pub struct Args {
     pub prev_kv: bool,
 }
 
-pub async fn run(client: &mut Client, a: Args) -> anyhow::Result<()> {
+pub async fn run(client: &Client, a: Args, out: printer::Format) -> anyhow::Result<()> {
     let (key, range_end) = key_range(&a.key, a.range_end.as_deref(), a.prefix, a.from_key)?;
     let resp = client.delete_range(DeleteRangeRequest { key, range_end, prev_kv: a.prev_kv }).await?;
-    printer::delete(&resp);
+    printer::delete(out, &resp);
     Ok(())
 }

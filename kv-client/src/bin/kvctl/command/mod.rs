@@ -1,9 +1,13 @@
 //! The verbs, one file each.
 
+mod compaction;
+mod completion;
 mod del;
 mod endpoint;
 mod get;
+mod member;
 mod put;
+mod txn;
 
 use clap::Subcommand;
 use kv_client::{Client, Options};
@@ -18,20 +22,38 @@ pub enum Command {
     Get(get::Args),
     /// Delete a key or a range of keys.
     Del(del::Args),
+    /// Run a transaction: compares, then the requests on success, then those on failure
+    /// (etcdctl's syntax, from stdin; prompts when stdin is a terminal).
+    Txn(txn::Args),
+    /// Compact the key history up to a revision.
+    Compaction(compaction::Args),
     /// Inspect the endpoints.
     Endpoint {
         #[command(subcommand)]
         verb: endpoint::Verb,
     },
+    /// Inspect the members.
+    Member {
+        #[command(subcommand)]
+        verb: member::Verb,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let opts = Options { timeout: cli.timeout };
+    let out = cli.write_out;
+    let connect = || Client::connect(&cli.endpoints, opts);
     match cli.command {
-        Command::Put(a) => put::run(&mut Client::connect(&cli.endpoints, opts).await?, a).await,
-        Command::Get(a) => get::run(&mut Client::connect(&cli.endpoints, opts).await?, a).await,
-        Command::Del(a) => del::run(&mut Client::connect(&cli.endpoints, opts).await?, a).await,
-        Command::Endpoint { verb } => endpoint::run(&cli.endpoints, opts, verb).await,
+        Command::Put(a) => put::run(&connect().await?, a, out).await,
+        Command::Get(a) => get::run(&connect().await?, a, out).await,
+        Command::Del(a) => del::run(&connect().await?, a, out).await,
+        Command::Txn(a) => txn::run(&connect().await?, a, out).await,
+        Command::Compaction(a) => compaction::run(&connect().await?, a, out).await,
+        Command::Endpoint { verb } => endpoint::run(&cli.endpoints, opts, verb, out).await,
+        Command::Member { verb } => member::run(&connect().await?, verb, out).await,
+        Command::Completion(a) => completion::run(a),
     }
 }
 

@@ -14,9 +14,9 @@ pub struct Args {
     pub prev_kv: bool,
 }
 
-pub async fn run(client: &mut Client, a: Args) -> anyhow::Result<()> {
+pub async fn run(client: &Client, a: Args, out: printer::Format) -> anyhow::Result<()> {
     let req = PutRequest { key: a.key.into(), value: a.value.into(), prev_kv: a.prev_kv, ..Default::default() };
     let resp = client.put(req).await?;
-    printer::put(&resp);
+    printer::put(out, &resp);
     Ok(())
 }
