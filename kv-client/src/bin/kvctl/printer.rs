@@ -21,7 +21,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn header_json(h: &Option<ResponseHeader>) -> Value {
-    let h = h.clone().unwrap_or_default();
+    let h = h.unwrap_or_default();
     json!({"cluster_id": h.cluster_id, "member_id": h.member_id, "revision": h.revision, "raft_term": h.raft_term})
 }
 
