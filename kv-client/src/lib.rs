@@ -4,21 +4,29 @@
 //! - [`Client`]: a cluster client over an endpoint list, with leader discovery, failover, a
 //!   per-call timeout, safe retries and automatic session tokens; it implements
 //!   [`kv_api::KvApi`], as an embedded member does (`kv_server::Embedded`);
+//! - [`request`]: builders for each request ([`Get`], [`Put`], [`Delete`], [`Txn`]);
 //! - [`ClientError`]: what can go wrong, with etcd errors recognised by their exact text and
 //!   writes whose outcome cannot be known reported as such.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kv_client::ClientError> {
-//! use kv_client::{Client, Options};
+//! use kv_client::{Client, Cmp, Get, Op, Options, Put, Txn, TxnOp};
 //! use kv_client::kv_api::{Consistency, KvApi};
-//! use kv_client::kv_api::etcdserverpb::PutRequest;
 //!
 //! let endpoints = ["http://127.0.0.1:2379".to_string(), "http://127.0.0.1:12379".to_string()];
 //! let client = Client::connect(&endpoints, Options::default()).await?;
-//! client.put(PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() }).await?;
+//! client.put(Put::new("greeting", "hello")).await?;
 //! // Session reads see this client's own writes through any member.
 //! let v = client.get("greeting", Consistency::Session).await?;
 //! assert_eq!(v.as_deref(), Some(&b"hello"[..]));
+//! // Everything under a prefix, served by whichever member answers, possibly stale.
+//! let all = client.range(Get::prefix("app/").consistency(Consistency::Serializable)).await?;
+//! // Create-if-absent.
+//! let created = client
+//!     .txn(Txn::new().when([Cmp::version("lock", Op::Equal, 0)]).and_then([TxnOp::Put(Put::new("lock", "me"))]))
+//!     .await?
+//!     .succeeded;
+//! # let _ = (all, created);
 //! # Ok(()) }
 //! ```
 
@@ -38,6 +46,9 @@ use kv_api::{Consistency, EtcdError, KvApi};
 use tonic::transport::{Channel, Endpoint};
 
 pub use kv_api;
+pub use request::{Cmp, Delete, Get, Op, Put, Txn, TxnOp};
+
+pub mod request;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +212,12 @@ impl Client {
         })
     }
 
+    /// This client with another bound on each call (retries included); it shares the session
+    /// token and the preferred member with this one.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client { opts: Options { timeout }, ..self.clone() }
+    }
+
     /// The endpoint calls go to first.
     pub fn endpoint(&self) -> &str {
         &self.members[self.current.load(Ordering::Relaxed) % self.members.len()].url
@@ -267,7 +284,8 @@ impl Client {
 
     /// etcd Range. A session read (`consistency` SESSION) without `min_revision` gets this
     /// client's session token.
-    pub async fn range(&self, mut req: RangeRequest) -> Result<RangeResponse> {
+    pub async fn range(&self, req: impl Into<RangeRequest>) -> Result<RangeResponse> {
+        let mut req = req.into();
         if req.consistency == Consistency::Session as i32 && req.min_revision == 0 {
             req.min_revision = self.session_revision();
         }
@@ -281,7 +299,8 @@ impl Client {
         Ok(resp)
     }
 
-    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+    pub async fn put(&self, req: impl Into<PutRequest>) -> Result<PutResponse> {
+        let req = req.into();
         let resp = self
             .call(Kind::Write, |mut m| {
                 let req = req.clone();
@@ -292,7 +311,8 @@ impl Client {
         Ok(resp)
     }
 
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub async fn delete_range(&self, req: impl Into<DeleteRangeRequest>) -> Result<DeleteRangeResponse> {
+        let req = req.into();
         let resp = self
             .call(Kind::Write, |mut m| {
                 let req = req.clone();
@@ -305,7 +325,8 @@ impl Client {
 
     /// etcd Txn. A txn with any write is a write (its outcome may be unknown); a read-only one
     /// is retried like a read.
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+    pub async fn txn(&self, req: impl Into<TxnRequest>) -> Result<TxnResponse> {
+        let req = req.into();
         let kind = if txn_writes(&req) { Kind::Write } else { Kind::Read };
         let resp = self
             .call(kind, |mut m| {

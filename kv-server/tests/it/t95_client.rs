@@ -39,6 +39,21 @@ async fn the_client_prefers_the_leader_and_refuses_dead_endpoints_clearly() {
     let c = Client::connect(&with_dead, Options::default()).await.unwrap();
     c.put(put("k", "v")).await.unwrap();
     assert_eq!(c.get("k", Consistency::Linearizable).await.unwrap().as_deref(), Some(&b"v"[..]));
+
+    // Builders, and a per-call bound: a write with no time to complete has an unknown outcome.
+    use kv_client::{Get, Put};
+    c.put(Put::new("app/x", "1")).await.unwrap();
+    let r = c.range(Get::prefix("app/").count_only()).await.unwrap();
+    assert_eq!(r.count, 1);
+    // The leader (where calls go first) is paused: the put is sent and never answered.
+    assert_eq!(c.endpoint(), cluster.members[l].endpoint);
+    cluster.members[l].signal(Signal::SIGSTOP);
+    let outcome = c.with_timeout(Duration::from_millis(300)).put(Put::new("app/y", "2")).await;
+    cluster.members[l].signal(Signal::SIGCONT);
+    match outcome {
+        Err(ClientError::OutcomeUnknown(_)) => {}
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
