@@ -1,7 +1,9 @@
 //! `cargo xtask <task>`: the project's entry points, the same for people and CI.
 //!
 //! - `test [cargo test args]`: every test of the workspace;
-//! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check.
+//! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check;
+//! - `sim [seeds] [base seed]`: the deterministic simulation over that many seeds (default
+//!   1000 from seed 100), in release mode in `target/sim`.
 //!
 //! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
 //! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
@@ -33,9 +35,30 @@ fn task() -> Result<()> {
                 &["check", "-p", "raft-core", "-p", "kv-server", "--all-targets"],
                 &[],
                 &[("RUSTFLAGS", "--cfg madsim"), ("CARGO_TARGET_DIR", "target/sim")],
+            )?;
+            cargo(
+                &["clippy", "-p", "simulation", "--all-targets", "--release", "--", "-D", "warnings"],
+                &[],
+                &[("RUSTFLAGS", "--cfg madsim"), ("CARGO_TARGET_DIR", "target/sim")],
             )
         }
-        _ => bail!("usage: cargo xtask test [cargo test args] | cargo xtask lint"),
+        "sim" => {
+            let seeds = rest.first().map(String::as_str).unwrap_or("1000");
+            let base = rest.get(1).map(String::as_str).unwrap_or("100");
+            cargo(
+                &["test", "-p", "simulation", "--release"],
+                &[],
+                &[
+                    ("RUSTFLAGS", "--cfg madsim"),
+                    ("CARGO_TARGET_DIR", "target/sim"),
+                    ("MADSIM_TEST_SEED", base),
+                    ("MADSIM_TEST_NUM", seeds),
+                ],
+            )
+        }
+        _ => {
+            bail!("usage: cargo xtask test [cargo test args] | cargo xtask lint | cargo xtask sim [seeds] [base seed]")
+        }
     }
 }
 
