@@ -46,7 +46,7 @@ fn task() -> Result<()> {
             let seeds = rest.first().map(String::as_str).unwrap_or("1000");
             let base = rest.get(1).map(String::as_str).unwrap_or("100");
             cargo(
-                &["test", "-p", "simulation", "--release"],
+                &["test", "-p", "simulation", "--release", "--", "--nocapture"],
                 &[],
                 &[
                     ("RUSTFLAGS", "--cfg madsim"),

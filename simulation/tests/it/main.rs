@@ -156,7 +156,43 @@ async fn isolate_then_crash() -> (Vec<Record>, String) {
     (history, state)
 }
 
+/// For 12 s, rounds of random faults: a random member cut off for a random while, and now and
+/// then a random member crashed (losing its unflushed writes) and restarted.
+async fn random_faults() -> (Vec<Record>, String) {
+    let c = SimCluster::start(3);
+    sleep(Duration::from_secs(2)).await;
+    let workload = {
+        let c2 = SimCluster { nodes: c.nodes.clone(), engines: c.engines.clone(), endpoints: c.endpoints.clone() };
+        madsim::task::spawn(async move { workload(&c2, 3, Duration::from_secs(12)).await })
+    };
+    let until = Instant::now() + Duration::from_secs(11);
+    while Instant::now() < until {
+        let (victim, pause, crash) = {
+            let mut rng = thread_rng();
+            (rng.gen_range(0..3), Duration::from_millis(rng.gen_range(100..2000)), rng.gen_bool(0.3))
+        };
+        if crash {
+            c.crash(victim);
+            sleep(pause).await;
+            c.restart(victim);
+        } else {
+            c.isolate(victim);
+            sleep(pause).await;
+            c.heal(victim);
+        }
+        sleep(Duration::from_millis(thread_rng().gen_range(100..1000))).await;
+    }
+    let history = workload.await.expect("workload");
+    let state = final_state(&c).await;
+    (history, state)
+}
+
 #[test]
 fn isolate_then_crash_is_linearizable() {
     run_seeds("isolate_then_crash", isolate_then_crash);
+}
+
+#[test]
+fn random_faults_are_linearizable() {
+    run_seeds("random_faults", random_faults);
 }
