@@ -401,15 +401,18 @@ impl<E: Engine> Node<E> {
     /// its last leadership confirmation (a quorum acknowledgement); on a follower, the age of the newest AppendEntries from
     /// the current leader whose commit index this member has applied.
     pub fn staleness(&self) -> Option<Duration> {
-        let m = self.metrics();
-        if m.state == ServerState::Leader {
+        let (state, term, applied) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term, m.last_applied.map_or(0, |l| l.index))
+        };
+        if state == ServerState::Leader {
             // Our own record of the last confirmation, not openraft's metric: a metric is only
             // as fresh as its last publication, which a paused process does not advance.
-            let lease = (*self.lease.lock()).filter(|l| l.term == m.current_term)?;
+            let lease = (*self.lease.lock()).filter(|l| l.term == term)?;
             return Some(lease.since.elapsed());
         }
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        self.receipts.lock().staleness(m.current_term, applied, Instant::now())
+        self.receipts.lock().staleness(term, applied, Instant::now())
     }
 
     fn check_staleness(&self, bound: Duration) -> Result<(), NodeError> {
@@ -511,9 +514,13 @@ impl<E: Engine> Node<E> {
     /// the lease, a renewal starts in the background so steady lease reads never wait.
     fn lease_index(&self) -> Option<u64> {
         let lease = (*self.lease.lock())?;
-        let m = self.raft.metrics().borrow().clone();
+        let (state, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state, m.current_term)
+        };
         let age = lease.since.elapsed();
-        if m.state != ServerState::Leader || m.current_term != lease.term || age >= self.lease_duration() {
+        if state != ServerState::Leader || term != lease.term || age >= self.lease_duration() {
             return None;
         }
         if age >= self.lease_duration() / 2 {

@@ -10,7 +10,8 @@ use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use raft_core::engine::MemEngine;
 
-/// A simulated cluster of `n` members, m1..mn on 10.0.0.1..n.
+/// A simulated cluster of `n` members, m1..mn on 10.0.0.1..n. Clones refer to the same members.
+#[derive(Clone)]
 pub struct SimCluster {
     /// Each member's simulated node.
     pub nodes: Vec<madsim::task::NodeId>,

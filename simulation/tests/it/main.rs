@@ -135,10 +135,7 @@ async fn isolate_then_crash() -> (Vec<Record>, String) {
     let c = SimCluster::start(3);
     sleep(Duration::from_secs(2)).await;
     let workload = {
-        let endpoints = c.endpoints.clone();
-        let nodes = c.nodes.clone();
-        let engines = c.engines.clone();
-        let c2 = SimCluster { nodes, engines, endpoints };
+        let c2 = c.clone();
         madsim::task::spawn(async move { workload(&c2, 3, Duration::from_secs(12)).await })
     };
     let victim = thread_rng().gen_range(0..3);
@@ -162,7 +159,7 @@ async fn random_faults() -> (Vec<Record>, String) {
     let c = SimCluster::start(3);
     sleep(Duration::from_secs(2)).await;
     let workload = {
-        let c2 = SimCluster { nodes: c.nodes.clone(), engines: c.engines.clone(), endpoints: c.endpoints.clone() };
+        let c2 = c.clone();
         madsim::task::spawn(async move { workload(&c2, 3, Duration::from_secs(12)).await })
     };
     let until = Instant::now() + Duration::from_secs(11);
