@@ -82,6 +82,11 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// Bugs planted on purpose for the simulation (feature `planted-bugs`; no flag sets them).
+    #[cfg(feature = "planted-bugs")]
+    #[arg(skip)]
+    #[serde(skip)]
+    pub planted: raft_core::planted::PlantedBugs,
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -12,7 +12,8 @@
 //! - [`node`]: a running member: batcher, writes, forwarding, read barrier, status;
 //! - [`reads`]: the lease and staleness bookkeeping behind the lease and bounded read levels;
 //! - [`network`]: the Raft transport between members;
-//! - [`ids`]: member and cluster ids derived from the cluster flags.
+//! - [`ids`]: member and cluster ids derived from the cluster flags;
+//! - `planted` (feature `planted-bugs`, tests only): switches that break a guarantee on purpose.
 
 pub mod engine;
 pub mod ids;
@@ -20,6 +21,8 @@ pub mod log_store;
 pub mod mvcc;
 pub mod network;
 pub mod node;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod reads;
 pub mod request;
 pub mod rt;

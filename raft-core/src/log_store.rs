@@ -21,11 +21,17 @@ const COMMITTED: &[u8] = b"committed";
 /// Log storage over an engine. Cheap to clone: clones share the engine.
 pub struct LogStore<E: Engine> {
     engine: Arc<E>,
+    #[cfg(feature = "planted-bugs")]
+    ack_before_flush: bool,
 }
 
 impl<E: Engine> Clone for LogStore<E> {
     fn clone(&self) -> Self {
-        LogStore { engine: self.engine.clone() }
+        LogStore {
+            engine: self.engine.clone(),
+            #[cfg(feature = "planted-bugs")]
+            ack_before_flush: self.ack_before_flush,
+        }
     }
 }
 
@@ -51,7 +57,18 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl<E: Engine> LogStore<E> {
     pub fn new(engine: Arc<E>) -> Self {
-        LogStore { engine }
+        LogStore {
+            engine,
+            #[cfg(feature = "planted-bugs")]
+            ack_before_flush: false,
+        }
+    }
+
+    /// The store with the planted bugs it should run with.
+    #[cfg(feature = "planted-bugs")]
+    pub fn with_planted(mut self, bugs: crate::planted::PlantedBugs) -> Self {
+        self.ack_before_flush = bugs.ack_before_flush;
+        self
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -141,6 +158,12 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
             b.put(Tree::RaftLog, index_key(e.log_id.index), bincode::serialize(&e).map_err(|e| write_err(*e))?);
         }
         self.engine.write(b).map_err(write_err)?;
+        #[cfg(feature = "planted-bugs")]
+        if self.ack_before_flush {
+            // Planted bug: the entry only sits in unflushed writes until something else flushes.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         // The ack below is what lets openraft count this entry towards a quorum: only after fsync.
         let flushed = self.engine.flush().map_err(std::io::Error::other);
         let failed = flushed.as_ref().err().map(|e| write_err(std::io::Error::other(e.to_string())));

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub batch: BatchConfig,
     /// Whether concurrent reads share one leadership confirmation (off only to measure it).
     pub share_read_index: bool,
+    #[cfg(feature = "planted-bugs")]
+    pub planted: crate::planted::PlantedBugs,
 }
 
 /// Bounds of one batched Raft entry.
@@ -78,6 +80,8 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(5),
             batch: BatchConfig::default(),
             share_read_index: true,
+            #[cfg(feature = "planted-bugs")]
+            planted: Default::default(),
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct Node<E: Engine> {
     started: Instant,
     election_timeout: Duration,
     request_timeout: Duration,
+    #[cfg(feature = "planted-bugs")]
+    planted: crate::planted::PlantedBugs,
 }
 
 impl<E: Engine> Clone for Node<E> {
@@ -166,6 +172,8 @@ impl<E: Engine> Clone for Node<E> {
             started: self.started,
             election_timeout: self.election_timeout,
             request_timeout: self.request_timeout,
+            #[cfg(feature = "planted-bugs")]
+            planted: self.planted,
         }
     }
 }
@@ -198,6 +206,8 @@ impl<E: Engine> Node<E> {
         let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
         let peers = Peers::new(config.id, cluster_id);
         let log = LogStore::new(engine);
+        #[cfg(feature = "planted-bugs")]
+        let log = log.with_planted(config.planted);
         let network = PeerNetwork { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
         let (tx, rx) = mpsc::channel(4096);
@@ -228,6 +238,8 @@ impl<E: Engine> Node<E> {
             started: Instant::now(),
             election_timeout: config.election_timeout,
             request_timeout: config.request_timeout,
+            #[cfg(feature = "planted-bugs")]
+            planted: config.planted,
         })
     }
 
@@ -364,6 +376,11 @@ impl<E: Engine> Node<E> {
             Consistency::Unspecified => Consistency::Linearizable,
             l => l,
         };
+        #[cfg(feature = "planted-bugs")]
+        if self.planted.local_linearizable_reads && level == Consistency::Linearizable {
+            // Planted bug: no ReadIndex round, whatever this member has applied is served.
+            return Ok(level);
+        }
         let outcome = match level {
             Consistency::Serializable => return Ok(level),
             Consistency::Bounded => {
@@ -542,6 +559,10 @@ impl<E: Engine> Node<E> {
     }
 
     /// Leadership confirmations (quorum rounds) this member ran for reads since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.store.snapshots_installed()
+    }
+
     pub fn read_index_rounds(&self) -> u64 {
         self.read_index_rounds.load(Ordering::Relaxed)
     }

@@ -70,6 +70,9 @@ struct Shared<E> {
     gate: RwLock<SmMeta>,
     /// The applied revision, published after every apply and install (session reads wait on it).
     revision: tokio::sync::watch::Sender<i64>,
+    /// Snapshots received from a leader and installed since this process started: how often a
+    /// member fell too far behind for the log (reported in Status for operators and tests).
+    installed: std::sync::atomic::AtomicU64,
 }
 
 /// The state machine. Clones share it: openraft owns one, the server reads through another.
@@ -126,11 +129,16 @@ impl<E: Engine> KvStore<E> {
     pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
         let meta = load_meta(&*engine)?;
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
-        Ok(KvStore { shared: Arc::new(Shared { engine, gate: RwLock::new(meta), revision }) })
+        Ok(KvStore { shared: Arc::new(Shared { engine, gate: RwLock::new(meta), revision, installed: Default::default() }) })
     }
 
     pub fn engine(&self) -> &Arc<E> {
         &self.shared.engine
+    }
+
+    /// Snapshots installed from a leader since this process started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.shared.installed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the applied revision is at least `revision`.
@@ -355,6 +363,7 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         *gate = fresh;
         drop(gate);
         self.shared.revision.send_replace(revision);
+        self.shared.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -5,12 +5,36 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kv_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use kv_api::etcdserverpb::{StatusRequest, StatusResponse};
 use kv_server::ServerConfig;
 use madsim::net::NetSim;
-use madsim::runtime::Handle;
+use madsim::runtime::{Handle, NodeHandle};
 use raft_core::engine::MemEngine;
 
-/// A simulated cluster of `n` members, m1..mn on 10.0.0.1..n. Clones refer to the same members.
+/// How to build a cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub members: usize,
+    /// Applied entries between snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Bugs the members run with (tests of the simulation itself).
+    #[cfg(feature = "planted-bugs")]
+    pub planted: raft_core::planted::PlantedBugs,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            members: 3,
+            snapshot_count: ServerConfig::default().snapshot_count,
+            #[cfg(feature = "planted-bugs")]
+            planted: Default::default(),
+        }
+    }
+}
+
+/// A simulated cluster, m1..mn on 10.0.0.1..n. Clones refer to the same members.
 #[derive(Clone)]
 pub struct SimCluster {
     /// Each member's simulated node.
@@ -19,6 +43,8 @@ pub struct SimCluster {
     pub engines: Vec<Arc<MemEngine>>,
     /// Each member's client URL.
     pub endpoints: Vec<String>,
+    /// A node of its own from which the harness asks members for their status and audits them.
+    pub control: NodeHandle,
 }
 
 fn ip(i: usize) -> IpAddr {
@@ -27,11 +53,13 @@ fn ip(i: usize) -> IpAddr {
 
 impl SimCluster {
     /// Starts the members; they elect a leader on their own.
-    pub fn start(n: usize) -> SimCluster {
+    pub fn start(opts: &Options) -> SimCluster {
         let h = Handle::current();
+        let n = opts.members;
         let initial: Vec<String> = (0..n).map(|i| format!("m{}=http://{}:2380", i + 1, ip(i))).collect();
         let initial = initial.join(",");
-        let mut c = SimCluster { nodes: Vec::new(), engines: Vec::new(), endpoints: Vec::new() };
+        let mut nodes = Vec::new();
+        let mut engines = Vec::new();
         for i in 0..n {
             let engine = Arc::new(MemEngine::new());
             let cfg = ServerConfig {
@@ -41,6 +69,9 @@ impl SimCluster {
                 listen_peer_urls: vec![format!("http://{}:2380", ip(i))],
                 initial_cluster: Some(initial.clone()),
                 request_timeout: Duration::from_secs(2),
+                snapshot_count: opts.snapshot_count,
+                #[cfg(feature = "planted-bugs")]
+                planted: opts.planted,
                 ..ServerConfig::default()
             };
             let e = engine.clone();
@@ -56,11 +87,20 @@ impl SimCluster {
                     }
                 })
                 .build();
-            c.nodes.push(node.id());
-            c.engines.push(engine);
-            c.endpoints.push(format!("http://{}:2379", ip(i)));
+            nodes.push(node.id());
+            engines.push(engine);
         }
-        c
+        let control = h.create_node().name("control").ip("10.0.3.1".parse().expect("valid IP")).build();
+        let endpoints = (0..n).map(|i| format!("http://{}:2379", ip(i))).collect();
+        SimCluster { nodes, engines, endpoints, control }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     /// kill -9 of member `i` and of its unflushed writes.
@@ -74,12 +114,88 @@ impl SimCluster {
         Handle::current().restart(self.nodes[i]);
     }
 
-    /// Cuts member `i` off from every other node, both ways.
+    /// Stops member `i`'s process without killing it (SIGSTOP): its timers and peers move on.
+    pub fn pause(&self, i: usize) {
+        Handle::current().pause(self.nodes[i]);
+    }
+
+    pub fn resume(&self, i: usize) {
+        Handle::current().resume(self.nodes[i]);
+    }
+
+    /// Cuts member `i` off from every other node (members and clients), both ways.
     pub fn isolate(&self, i: usize) {
         NetSim::current().clog_node(self.nodes[i]);
     }
 
-    pub fn heal(&self, i: usize) {
-        NetSim::current().unclog_node(self.nodes[i]);
+    /// Drops every message from member `from` to member `to`; the other direction still works.
+    pub fn clog_one_way(&self, from: usize, to: usize) {
+        NetSim::current().clog_link(self.nodes[from], self.nodes[to]);
+    }
+
+    /// Cuts every link between members of different groups, both ways. Clients still reach
+    /// every member.
+    pub fn partition(&self, groups: &[Vec<usize>]) {
+        let net = NetSim::current();
+        for (g, group) in groups.iter().enumerate() {
+            for other in &groups[g + 1..] {
+                for &a in group {
+                    for &b in other {
+                        net.clog_link(self.nodes[a], self.nodes[b]);
+                        net.clog_link(self.nodes[b], self.nodes[a]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Undoes every isolation, clogged link and partition.
+    pub fn heal_network(&self) {
+        let net = NetSim::current();
+        for &a in &self.nodes {
+            net.unclog_node(a);
+            for &b in &self.nodes {
+                if a != b {
+                    net.unclog_link(a, b);
+                }
+            }
+        }
+    }
+
+    /// Every member's status, or None where it did not answer within 300 ms.
+    pub async fn statuses(&self) -> Vec<Option<StatusResponse>> {
+        let endpoints = self.endpoints.clone();
+        self.control
+            .spawn(async move {
+                let mut out = Vec::new();
+                for ep in endpoints {
+                    let status = madsim::time::timeout(Duration::from_millis(300), async {
+                        let mut m = MaintenanceClient::connect(ep).await.ok()?;
+                        m.status(StatusRequest {}).await.ok().map(|r| r.into_inner())
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    out.push(status);
+                }
+                out
+            })
+            .await
+            .expect("control task")
+    }
+
+    /// The member that believes it leads in the highest term, if any answers.
+    pub async fn leader(&self) -> Option<usize> {
+        let statuses = self.statuses().await;
+        statuses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                let me = s.header.as_ref()?.member_id;
+                (s.leader == me && me != 0).then_some((s.raft_term, i))
+            })
+            .max()
+            .map(|(_, i)| i)
     }
 }

@@ -3,12 +3,21 @@
 //! histories checked after the simulation returns.
 //!
 //! Layout:
-//! - [`cluster`]: members on their own simulated nodes and IPs; crash, restart, isolate, heal;
-//! - [`history`]: what clients saw, and its linearizability check (porcupine-rs), run outside
-//!   the simulation (the checker uses threads and wall-clock budgets).
+//! - [`cluster`]: members on their own simulated nodes and IPs; crash, restart, pause,
+//!   isolate, partition, heal, and who leads;
+//! - [`nemesis`]: the faults, applied one at a time at random from a scenario's set;
+//! - [`workload`]: clients at every read level doing puts, compare-and-set and reads;
+//! - [`checks`]: one check per guarantee over what the clients saw (porcupine-rs for the
+//!   linearizable levels), run outside the simulation;
+//! - [`audit`]: after healing, do the members agree and is every acknowledged write there;
+//! - [`scenario`]: the named scenarios and the seed runner with its `sim-digest` lines.
 //!
 //! Everything here exists only under `--cfg madsim`.
 #![cfg(madsim)]
 
+pub mod audit;
+pub mod checks;
 pub mod cluster;
-pub mod history;
+pub mod nemesis;
+pub mod scenario;
+pub mod workload;

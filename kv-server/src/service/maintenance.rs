@@ -45,6 +45,7 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
             db_size_in_use: size,
             is_learner: learner,
             read_index_rounds: node.read_index_rounds(),
+            snapshots_installed: node.snapshots_installed(),
         }))
     }
 }

@@ -1,0 +1,15 @@
+//! Bugs planted on purpose, to show that the simulation finds them (cargo feature
+//! `planted-bugs`, never on by default and never in a release build of the server).
+//!
+//! Each switch breaks one guarantee in the way a plausible mistake would:
+//! - `local_linearizable_reads` serves a linearizable read from the member's own state, with
+//!   no ReadIndex round: a deposed leader or a lagging follower answers with stale data;
+//! - `ack_before_flush` tells openraft a log append is done before it is flushed, so a crash
+//!   can lose an entry a quorum counted as stored.
+
+/// Which planted bugs a member runs with; all off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    pub local_linearizable_reads: bool,
+    pub ack_before_flush: bool,
+}

@@ -1,0 +1,261 @@
+//! The scenarios and the seed runner: one run per seed, a `sim-digest` line per run, every
+//! check applied, and a replay command for a failure.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use madsim::time::{sleep, Instant};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{audit, Audit};
+use crate::checks::check_all;
+use crate::cluster::{Options, SimCluster};
+use crate::nemesis::{self, Fault};
+use crate::workload::{self, Record};
+
+/// A named combination of cluster, faults and extra steps.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub members: usize,
+    /// The faults the nemesis picks from.
+    pub faults: &'static [Fault],
+    /// Small snapshot threshold, and a follower down long enough to need a snapshot.
+    pub snapshot_catchup: bool,
+}
+
+/// Every scenario, each a test of its own.
+pub const SCENARIOS: [Scenario; 7] = [
+    Scenario {
+        name: "isolate_leader",
+        members: 3,
+        faults: &[Fault::IsolateLeader, Fault::IsolateOne, Fault::CrashOne],
+        snapshot_catchup: false,
+    },
+    Scenario {
+        name: "partitions",
+        members: 5,
+        faults: &[Fault::Split, Fault::OneWay, Fault::Bridge, Fault::RandomPartition, Fault::IsolateLeader],
+        snapshot_catchup: false,
+    },
+    Scenario {
+        name: "lossy_network",
+        members: 3,
+        faults: &[Fault::DelayLoss, Fault::OneWay],
+        snapshot_catchup: false,
+    },
+    Scenario {
+        name: "crashes",
+        members: 3,
+        faults: &[Fault::CrashOne, Fault::CrashLeader, Fault::CrashMajority],
+        snapshot_catchup: false,
+    },
+    Scenario { name: "pauses", members: 3, faults: &[Fault::PauseLeader, Fault::PauseOne], snapshot_catchup: false },
+    Scenario {
+        name: "snapshot_catchup",
+        members: 3,
+        faults: &[Fault::CrashOne, Fault::IsolateOne],
+        snapshot_catchup: true,
+    },
+    Scenario { name: "random_faults", members: 3, faults: &nemesis::ALL, snapshot_catchup: false },
+];
+
+pub fn scenario(name: &str) -> Scenario {
+    *SCENARIOS.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no scenario {name}"))
+}
+
+/// How long clients run; the nemesis starts a second after them and stops a second before.
+const WORKLOAD: Duration = Duration::from_secs(10);
+
+/// What one run produced.
+pub struct Run {
+    pub history: Vec<Record>,
+    pub faults: Vec<String>,
+    pub audit: Audit,
+}
+
+impl Scenario {
+    /// The scenario inside the simulation: cluster, clients, nemesis, audit.
+    pub async fn run(self, mut opts: Options) -> Run {
+        opts.members = self.members;
+        if self.snapshot_catchup {
+            opts.snapshot_count = 10;
+        }
+        let c = SimCluster::start(&opts);
+        sleep(Duration::from_secs(1)).await;
+        let clients = {
+            let c = c.clone();
+            madsim::task::spawn(async move { workload::run(&c, WORKLOAD).await })
+        };
+        let started = Instant::now();
+        sleep(Duration::from_secs(1)).await;
+        let mut faults = Vec::new();
+        let mut problems = Vec::new();
+        if self.snapshot_catchup {
+            snapshot_catchup(&c, &mut faults, &mut problems).await;
+        }
+        let left = WORKLOAD.saturating_sub(started.elapsed() + Duration::from_secs(1));
+        faults.extend(nemesis::run(&c, self.faults, left).await);
+        let history = clients.await.expect("clients");
+        let mut audit = audit(&c, &history).await;
+        audit.problems.extend(problems);
+        Run { history, faults, audit }
+    }
+}
+
+/// A follower is killed for 2 s of writes (far more entries than the leader keeps past its
+/// snapshot), restarted, and must catch up by installing a snapshot.
+async fn snapshot_catchup(c: &SimCluster, faults: &mut Vec<String>, problems: &mut Vec<String>) {
+    let leader = c.leader().await;
+    let victim = (0..c.len()).find(|&i| Some(i) != leader).expect("a follower");
+    c.crash(victim);
+    faults.push(format!("m{} killed for 2 s (snapshot catch-up)", victim + 1));
+    sleep(Duration::from_secs(2)).await;
+    c.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let installed = c.statuses().await[victim].as_ref().map_or(0, |s| s.snapshots_installed);
+        if installed > 0 {
+            faults.push(format!("m{} installed {installed} snapshot(s)", victim + 1));
+            return;
+        }
+        if Instant::now() > deadline {
+            problems.push(format!("m{} did not catch up by snapshot within 3 s of its restart", victim + 1));
+            return;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A run's outcome: its fingerprint and, if a check failed, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub digest: String,
+    pub failure: Option<String>,
+}
+
+/// Runs `scenario` once with `seed` in this process and checks it. The digest hashes the
+/// history, the fault log and the final state; a panic inside the simulation is a failure too.
+///
+/// Only the first run of a process is reproducible: tokio's and futures' `select!` seed their
+/// per-thread branch-order RNG from process-wide counters, so an earlier run changes a later
+/// one. [`sweep`] therefore gives every seed a process of its own.
+pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let run = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(scenario.run(opts.clone()))));
+    let run = match run {
+        Ok(run) => run,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let failure = format!("panicked inside the simulation: {what}");
+            return Outcome { digest: hash(&[failure.as_str()]), failure: Some(failure) };
+        }
+    };
+    let history: Vec<String> = run.history.iter().map(|r| format!("{r:?}")).collect();
+    let mut parts: Vec<&str> = history.iter().map(String::as_str).collect();
+    parts.extend(run.faults.iter().map(String::as_str));
+    parts.push(&run.audit.final_state);
+    let digest = hash(&parts);
+    let checked = check_all(&run.history, &run.audit.revisions, nemesis::MAX_DELAY);
+    let failure = match (run.audit.problems.first(), checked) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Err(e)) => Some(e),
+        (None, Ok(())) => None,
+    };
+    let failure = failure.map(|f| format!("{f}\nfaults: {}", run.faults.join("; ")));
+    if let Ok(path) = std::env::var("SIM_DUMP") {
+        // Everything a reader needs to find the bad step by hand.
+        let mut text = history;
+        text.extend(run.audit.revisions.iter().map(|(rev, kv)| format!("revision {rev}: {kv:?}")));
+        text.extend(run.faults);
+        let _ = std::fs::write(format!("{path}.{}.{seed}", scenario.name), text.join("\n"));
+    }
+    Outcome { digest, failure }
+}
+
+/// Set in a child process: the one seed it runs.
+const CHILD_SEED: &str = "SIM_CHILD_SEED";
+
+/// In a child process started by [`run_isolated`]: runs its seed of `scenario`, prints the
+/// outcome for the parent and returns true. Otherwise returns false.
+pub fn child(scenario: Scenario, opts: &Options) -> bool {
+    let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
+        return false;
+    };
+    let outcome = run_seed(scenario, opts, seed);
+    println!("sim-child-digest {}", outcome.digest);
+    if let Some(f) = outcome.failure {
+        println!("sim-child-failure {}", f.replace('\n', "\\n"));
+    }
+    true
+}
+
+/// Runs `seed` in a fresh process of this test binary, through the test `test` (which must
+/// call [`child`] first), and returns its outcome.
+pub fn run_isolated(test: &str, seed: u64) -> Outcome {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1", "-q"])
+        .env(CHILD_SEED, seed.to_string())
+        .output()
+        .expect("starting a child process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let field = |tag: &str| stdout.lines().find_map(|l| l.strip_prefix(tag)).map(str::to_string);
+    match field("sim-child-digest ") {
+        Some(digest) => Outcome { digest, failure: field("sim-child-failure ").map(|f| f.replace("\\n", "\n")) },
+        None => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            let failure = format!(
+                "the run's process ended without an outcome ({}): {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            Outcome { digest: hash(&[failure.as_str()]), failure: Some(failure) }
+        }
+    }
+}
+
+fn hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The seeds to run: MADSIM_TEST_SEED (default 1) and the MADSIM_TEST_NUM (default 1) after it.
+pub fn seeds_from_env() -> std::ops::Range<u64> {
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let base = env("MADSIM_TEST_SEED", 1);
+    base..base + env("MADSIM_TEST_NUM", 1)
+}
+
+/// The one-line command that replays `seed` of the test `test`.
+pub fn replay_command(test: &str, seed: u64, features: &str) -> String {
+    format!(
+        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 \
+         cargo test -p simulation --release{features} -- --exact {test} --nocapture"
+    )
+}
+
+/// The test body of a scenario: in a child, runs its one seed; otherwise runs every seed from
+/// the environment, each in its own process, printing `sim-digest` lines, and panics on the
+/// first failure with the command that replays it.
+pub fn sweep(scenario: Scenario, test: &str) {
+    if child(scenario, &Options::default()) {
+        return;
+    }
+    for seed in seeds_from_env() {
+        let outcome = run_isolated(test, seed);
+        println!("sim-digest {} seed={seed} {}", scenario.name, outcome.digest);
+        if let Some(f) = outcome.failure {
+            panic!("{} seed={seed} failed: {f}\nreplay: {}", scenario.name, replay_command(test, seed, ""));
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Clients on their own simulated nodes speaking the public gRPC API: puts of unique values,
+//! compare-and-set transactions and reads at one consistency level per client, on a few shared
+//! keys, through random members. What each client saw becomes [`Record`]s.
+
+use std::time::Duration;
+
+use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use kv_api::etcdserverpb::kv_client::KvClient;
+use kv_api::etcdserverpb::request_op::Request;
+use kv_api::etcdserverpb::{Compare, Consistency, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use madsim::rand::{thread_rng, Rng};
+use madsim::runtime::Handle;
+use madsim::time::{sleep, timeout, Instant};
+use tonic::transport::Channel;
+
+use crate::cluster::SimCluster;
+
+/// The keys every client works on: few, so clients contend.
+pub const KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// The bound of the bounded-staleness clients.
+pub const STALENESS_BOUND: Duration = Duration::from_millis(300);
+
+/// How long a client waits for an answer before it calls the outcome unknown.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A client's read level; its writes always go through Raft.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    Linearizable,
+    Lease,
+    Session,
+    Bounded,
+    Serializable,
+}
+
+/// One client per level, plus a second linearizable one.
+pub const CLIENT_LEVELS: [Level; 6] =
+    [Level::Linearizable, Level::Linearizable, Level::Lease, Level::Session, Level::Bounded, Level::Serializable];
+
+/// One client operation: its call and return times (ns since the workload began) and what it
+/// did. `ret == None`: no answer (timeout or error), so a write's effect is unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Record {
+    pub client: u32,
+    pub level: Level,
+    pub key: String,
+    pub call: i64,
+    pub ret: Option<i64>,
+    pub op: Op,
+}
+
+/// Values are unique per history: client × 1,000,000 + sequence.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `revision`: the revision the put was acknowledged at.
+    Put { value: u64, revision: Option<i64> },
+    /// Put `value` if the key holds `expect` (None: the key is absent). `outcome`: whether it
+    /// succeeded and the response's revision.
+    Cas { expect: Option<u64>, value: u64, outcome: Option<(bool, i64)> },
+    /// An answered read: the value and its mod revision (None: absent), the response's header
+    /// revision, and the `min_revision` sent (session reads).
+    Get { seen: Option<(u64, i64)>, revision: i64, min_revision: i64 },
+}
+
+impl Record {
+    /// The value and revision of a write that is known to have taken effect.
+    pub fn acked_write(&self) -> Option<(u64, i64)> {
+        match self.op {
+            Op::Put { value, revision: Some(r) } => Some((value, r)),
+            Op::Cas { value, outcome: Some((true, r)), .. } => Some((value, r)),
+            _ => None,
+        }
+    }
+
+    /// The value a write would put, known or not to have taken effect.
+    pub fn written_value(&self) -> Option<u64> {
+        match self.op {
+            Op::Put { value, .. } | Op::Cas { value, .. } => Some(value),
+            Op::Get { .. } => None,
+        }
+    }
+}
+
+/// Runs one client per entry of [`CLIENT_LEVELS`] for `for_how_long`; returns what they saw,
+/// client by client, each in its own order.
+pub async fn run(c: &SimCluster, for_how_long: Duration) -> Vec<Record> {
+    let h = Handle::current();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (client, level) in CLIENT_LEVELS.into_iter().enumerate() {
+        let endpoints = c.endpoints.clone();
+        let node = h.create_node().name(format!("client{client}")).ip(format!("10.0.1.{}", client + 1).parse().unwrap()).build();
+        tasks.push(node.spawn(async move {
+            let mut client = Client::new(client as u32, level, endpoints);
+            while start.elapsed() < for_how_long {
+                client.step(start).await;
+            }
+            client.out
+        }));
+    }
+    let mut history = Vec::new();
+    for t in tasks {
+        history.extend(t.await.expect("client task"));
+    }
+    history
+}
+
+struct Client {
+    id: u32,
+    level: Level,
+    endpoints: Vec<String>,
+    /// Open connections per member; dropped after a failure so the next call reconnects.
+    conns: Vec<Option<KvClient<Channel>>>,
+    next: u64,
+    /// The highest revision this client has seen (its session token).
+    token: i64,
+    /// What this client last knew of each key's value (its compare-and-set guess).
+    known: Vec<Option<u64>>,
+    out: Vec<Record>,
+}
+
+impl Client {
+    fn new(id: u32, level: Level, endpoints: Vec<String>) -> Client {
+        let conns = vec![None; endpoints.len()];
+        Client { id, level, endpoints, conns, next: 0, token: 0, known: vec![None; KEYS.len()], out: Vec::new() }
+    }
+
+    async fn step(&mut self, start: Instant) {
+        let (k, member, dice) = {
+            let mut rng = thread_rng();
+            (rng.gen_range(0..KEYS.len()), rng.gen_range(0..self.endpoints.len()), rng.gen_range(0..100))
+        };
+        let key = KEYS[k].to_string();
+        let value = u64::from(self.id) * 1_000_000 + self.next;
+        self.next += 1;
+        let call = start.elapsed().as_nanos() as i64;
+        let mut op = if dice < 50 {
+            let min_revision = if self.level == Level::Session { self.token } else { 0 };
+            Op::Get { seen: None, revision: 0, min_revision }
+        } else if dice < 75 {
+            Op::Put { value, revision: None }
+        } else {
+            Op::Cas { expect: self.known[k], value, outcome: None }
+        };
+        let answered = timeout(CLIENT_TIMEOUT, self.call(member, &key, &mut op)).await.ok().and_then(Result::ok);
+        let ret = start.elapsed().as_nanos() as i64;
+        if answered.is_none() {
+            self.conns[member] = None;
+            if let Op::Get { .. } = op {
+                // A failed read says nothing; back off a little and go on.
+                sleep(Duration::from_millis(20)).await;
+                return;
+            }
+        }
+        let revision = match &op {
+            Op::Put { value, revision: Some(r) } => {
+                self.known[k] = Some(*value);
+                *r
+            }
+            Op::Cas { value, outcome: Some((ok, r)), .. } => {
+                if *ok {
+                    self.known[k] = Some(*value);
+                }
+                *r
+            }
+            Op::Get { seen, revision, .. } => {
+                self.known[k] = seen.map(|(v, _)| v);
+                *revision
+            }
+            _ => 0,
+        };
+        self.token = self.token.max(revision);
+        self.out.push(Record { client: self.id, level: self.level, key, call, ret: answered.map(|()| ret), op });
+    }
+
+    /// Sends `op` to member `member` and fills in its outcome.
+    async fn call(&mut self, member: usize, key: &str, op: &mut Op) -> Result<(), tonic::Status> {
+        if self.conns[member].is_none() {
+            let kv = KvClient::connect(self.endpoints[member].clone())
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            self.conns[member] = Some(kv);
+        }
+        let kv = self.conns[member].as_mut().expect("connected above");
+        match op {
+            Op::Put { value, revision } => {
+                let req = PutRequest { key: key.into(), value: value.to_string().into(), ..Default::default() };
+                let r = kv.put(req).await?.into_inner();
+                *revision = Some(r.header.map_or(0, |h| h.revision));
+            }
+            Op::Cas { expect, value, outcome } => {
+                let compare = match expect {
+                    Some(v) => Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Value as i32,
+                        key: key.into(),
+                        target_union: Some(TargetUnion::Value(v.to_string().into())),
+                        ..Default::default()
+                    },
+                    None => Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Version as i32,
+                        key: key.into(),
+                        target_union: Some(TargetUnion::Version(0)),
+                        ..Default::default()
+                    },
+                };
+                let put = PutRequest { key: key.into(), value: value.to_string().into(), ..Default::default() };
+                let req = TxnRequest {
+                    compare: vec![compare],
+                    success: vec![RequestOp { request: Some(Request::RequestPut(put)) }],
+                    failure: vec![],
+                };
+                let r = kv.txn(req).await?.into_inner();
+                *outcome = Some((r.succeeded, r.header.map_or(0, |h| h.revision)));
+            }
+            Op::Get { seen, revision, min_revision } => {
+                let (consistency, max_staleness_ms) = match self.level {
+                    Level::Linearizable => (Consistency::Linearizable, 0),
+                    Level::Lease => (Consistency::Lease, 0),
+                    Level::Session => (Consistency::Session, 0),
+                    Level::Bounded => (Consistency::Bounded, STALENESS_BOUND.as_millis() as i64),
+                    Level::Serializable => (Consistency::Serializable, 0),
+                };
+                let req = RangeRequest {
+                    key: key.into(),
+                    consistency: consistency as i32,
+                    min_revision: *min_revision,
+                    max_staleness_ms,
+                    ..Default::default()
+                };
+                let r = kv.range(req).await?.into_inner();
+                *revision = r.header.map_or(0, |h| h.revision);
+                *seen = r.kvs.first().map(|kv| (parse_value(&kv.value), kv.mod_revision));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored value as written by the workload; anything else is reported as u64::MAX, which no
+/// write ever puts, so the checks flag it.
+pub fn parse_value(v: &[u8]) -> u64 {
+    std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX)
+}
