@@ -210,6 +210,7 @@ impl<E: Engine> Node<E> {
         let log = log.with_planted(config.planted);
         let network = PeerNetwork { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
+        peers.watch_metrics(raft.metrics());
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
@@ -415,19 +416,24 @@ impl<E: Engine> Node<E> {
     }
 
     /// How far behind the leader this member is (DESIGN's staleness): on the leader, the age of
-    /// its last leadership confirmation (a quorum acknowledgement); on a follower, the age of the newest AppendEntries from
-    /// the current leader whose commit index this member has applied.
+    /// its last leadership confirmation (a quorum acknowledgement); on a follower, the age of
+    /// the newest AppendEntries from the current leader whose commit index this member has
+    /// applied, counted from when that leader was last confirmed by a quorum before sending it.
     pub fn staleness(&self) -> Option<Duration> {
-        let (state, term, applied) = {
+        let (state, term) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            (m.state, m.current_term, m.last_applied.map_or(0, |l| l.index))
+            (m.state, m.current_term)
         };
+        // The store's own record: openraft's metrics may publish an apply after its reply.
+        let applied = self.store.meta().last_applied.map_or(0, |l| l.index);
         if state == ServerState::Leader {
-            // Our own record of the last confirmation, not openraft's metric: a metric is only
-            // as fresh as its last publication, which a paused process does not advance.
-            let lease = (*self.lease.lock()).filter(|l| l.term == term)?;
-            return Some(lease.since.elapsed());
+            // Our own record of the last quorum acknowledgement, not openraft's metric: a
+            // metric is only as fresh as its last publication, which a paused process does not
+            // advance.
+            let confirmed = self.peers.confirmed_at(term)?;
+            let lease = (*self.lease.lock()).filter(|l| l.term == term).map(|l| l.since);
+            return Some(confirmed.max(lease.unwrap_or(confirmed)).elapsed());
         }
         self.receipts.lock().staleness(term, applied, Instant::now())
     }
@@ -445,10 +451,17 @@ impl<E: Engine> Node<E> {
         }
     }
 
-    /// Notes an AppendEntries from the leader of `term` carrying commit index `commit`
-    /// (called by the peer service on receipt).
-    pub fn note_append_entries(&self, term: u64, commit: u64, received: Instant) {
-        self.receipts.lock().record(term, commit, received);
+    /// Notes an accepted AppendEntries from the leader of `term` carrying commit index
+    /// `commit` and echoing `stamp`, one of this member's [`Node::clock_stamp`]s (called by the
+    /// peer service).
+    pub fn note_append_entries(&self, term: u64, commit: u64, stamp: u64) {
+        let at = self.started + Duration::from_micros(stamp);
+        self.receipts.lock().record(term, commit, at);
+    }
+
+    /// Now on this member's clock, as microseconds since it started (peer receipt stamps).
+    pub fn clock_stamp(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     /// Whether this member still refuses votes: for twice the election timeout after it starts,
@@ -529,6 +542,10 @@ impl<E: Engine> Node<E> {
 
     /// The read index of the current lease, if this member leads and the lease holds. Past half
     /// the lease, a renewal starts in the background so steady lease reads never wait.
+    ///
+    /// The index is the higher of the confirmation's index and what this leader has applied
+    /// now: writes acknowledged since the confirmation are past the former, and a follower
+    /// serving a lease read must wait for them too (the simulation found this).
     fn lease_index(&self) -> Option<u64> {
         let lease = (*self.lease.lock())?;
         let (state, term) = {
@@ -536,6 +553,8 @@ impl<E: Engine> Node<E> {
             let m = m.borrow();
             (m.state, m.current_term)
         };
+        // The store's own record: openraft's metrics may publish an apply after its reply.
+        let applied = self.store.meta().last_applied.map_or(0, |l| l.index);
         let age = lease.since.elapsed();
         if state != ServerState::Leader || term != lease.term || age >= self.lease_duration() {
             return None;
@@ -546,7 +565,7 @@ impl<E: Engine> Node<E> {
                 let _ = node.read_index().await;
             });
         }
-        Some(lease.index)
+        Some(lease.index.max(applied))
     }
 
     fn confirmer(&self) -> Confirmer {

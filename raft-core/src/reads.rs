@@ -48,9 +48,11 @@ pub(crate) struct Lease {
 /// Most AppendEntries receipts remembered for the staleness estimate.
 const MAX_RECEIPTS: usize = 4096;
 
-/// When this member received AppendEntries from the leader of `term`, and the commit index each
-/// carried. A receipt at time T with commit index C says: everything the leader had committed
-/// at T is at most C. Once this member has applied C, it is at most `now - T` behind.
+/// AppendEntries accepted from the leader of `term`, each with the commit index C it carried
+/// and the time T of the receipt stamp it echoed: an earlier moment on this member's clock
+/// whose answer reached the leader before a quorum last confirmed it. Every write
+/// acknowledged before T is therefore at most C; once this member has applied C, it is at most
+/// `now - T` behind.
 #[derive(Debug, Default)]
 pub(crate) struct Receipts {
     term: u64,
@@ -70,7 +72,7 @@ impl Receipts {
         }
         match self.seen.back_mut() {
             // Same commit index, newer receipt: the newer one says more.
-            Some(last) if last.1 == commit => last.0 = now,
+            Some(last) if last.1 == commit => last.0 = last.0.max(now),
             // Out of order (an older message delivered late): it adds nothing.
             Some(last) if last.1 > commit => {}
             _ => self.seen.push_back((now, commit)),

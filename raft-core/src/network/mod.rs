@@ -33,7 +33,8 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::typ::{NodeId, PeerNode, TypeConfig};
+use crate::typ::{NodeId, PeerNode, RaftMetrics, TypeConfig};
+use tokio::time::Instant;
 
 /// Largest peer message either side sends or accepts. Write batches are capped far below it
 /// (`BatchConfig::max_bytes`), and an AppendEntries larger than [`MAX_APPEND_BYTES`] is split.
@@ -82,6 +83,13 @@ struct Inner {
     cluster_id: u64,
     /// Peer URLs the channel was made for, and the channel (HTTP/2 multiplexes every call).
     channels: Mutex<HashMap<NodeId, (Vec<String>, Channel)>>,
+    /// As leader: per peer, the term and send time of the newest AppendEntries it accepted.
+    acks: Mutex<HashMap<NodeId, (u64, Instant)>>,
+    /// As leader: per peer, the term, the peer's newest receipt stamp and when its answer
+    /// came back (see `echo_us` in peer.proto).
+    receipts: Mutex<HashMap<NodeId, (u64, u64, Instant)>>,
+    /// This member's Raft metrics (for the voter set), once Raft runs.
+    metrics: Mutex<Option<tokio::sync::watch::Receiver<RaftMetrics>>>,
 }
 
 /// The member's view of its peers: channels, envelope, failure classification. Cheap to clone.
@@ -92,7 +100,68 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(me: NodeId, cluster_id: u64) -> Peers {
-        Peers { inner: Arc::new(Inner { me, cluster_id, channels: Mutex::new(HashMap::new()) }) }
+        Peers {
+            inner: Arc::new(Inner {
+                me,
+                cluster_id,
+                channels: Mutex::new(HashMap::new()),
+                acks: Mutex::new(HashMap::new()),
+                receipts: Mutex::new(HashMap::new()),
+                metrics: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Lets [`Peers::confirmed_at`] see the voter set.
+    pub fn watch_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>) {
+        *self.inner.metrics.lock() = Some(metrics);
+    }
+
+    /// As leader of `term`: when the newest AppendEntries that a quorum of voters (this member
+    /// included) accepted was sent. Every write acknowledged before then is within this
+    /// leader's commit index, since no other leader could have committed anything by then.
+    pub fn confirmed_at(&self, term: u64) -> Option<Instant> {
+        let voters: Vec<NodeId> = {
+            let metrics = self.inner.metrics.lock();
+            let m = metrics.as_ref()?.borrow();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        let me = self.inner.me;
+        let acks = self.inner.acks.lock();
+        let mut times: Vec<Instant> = voters
+            .iter()
+            .filter(|&&v| v != me)
+            .filter_map(|v| acks.get(v).filter(|(t, _)| *t == term).map(|(_, sent)| *sent))
+            .collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let others_needed = (voters.len() / 2 + 1).saturating_sub(usize::from(voters.contains(&me)));
+        match others_needed {
+            0 => Some(Instant::now()),
+            n => times.get(n - 1).copied(),
+        }
+    }
+
+    fn record_ack(&self, target: NodeId, term: u64, sent: Instant, receipt_us: Option<u64>) {
+        let mut acks = self.inner.acks.lock();
+        let e = acks.entry(target).or_insert((term, sent));
+        if (term, sent) > *e {
+            *e = (term, sent);
+        }
+        if let Some(stamp) = receipt_us {
+            let mut receipts = self.inner.receipts.lock();
+            let e = receipts.entry(target).or_insert((term, stamp, Instant::now()));
+            if (term, stamp) > (e.0, e.1) {
+                *e = (term, stamp, Instant::now());
+            }
+        }
+    }
+
+    /// The receipt stamp of `target` to echo in an AppendEntries of `term`: its newest one
+    /// whose answer came back before the moment a quorum last confirmed this leader.
+    fn echo_for(&self, target: NodeId, term: u64) -> Option<u64> {
+        let confirmed = self.confirmed_at(term)?;
+        let (t, stamp, back) = *self.inner.receipts.lock().get(&target)?;
+        (t == term && back <= confirmed).then_some(stamp)
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -128,7 +197,7 @@ impl Peers {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let bytes = bincode::serialize(payload).map_err(|e| PeerError::Failed { target, reason: e.to_string() })?;
-        self.call_raw(target, node, rpc, bytes, timeout).await
+        Ok(self.call_raw(target, node, rpc, bytes, None, timeout).await?.0)
     }
 
     async fn call_raw<Resp: DeserializeOwned>(
@@ -137,13 +206,19 @@ impl Peers {
         node: &PeerNode,
         rpc: Rpc,
         payload: Vec<u8>,
+        echo_us: Option<u64>,
         timeout: Duration,
-    ) -> Result<Resp, PeerError> {
+    ) -> Result<(Resp, Option<u64>), PeerError> {
         let channel = self.channel(target, node)?;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
-        let req = PeerRequest { cluster_id: self.inner.cluster_id, from: self.inner.me, payload };
+        let req = PeerRequest {
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me,
+            payload,
+            echo_us,
+        };
         let call = async move {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(req).await,
@@ -158,8 +233,9 @@ impl Peers {
             Ok(Err(status)) => return Err(classify(target, status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        bincode::deserialize(&reply.payload)
-            .map_err(|e| PeerError::Failed { target, reason: format!("undecodable reply: {e}") })
+        let resp = bincode::deserialize(&reply.payload)
+            .map_err(|e| PeerError::Failed { target, reason: format!("undecodable reply: {e}") })?;
+        Ok((resp, reply.receipt_us))
     }
 }
 
@@ -202,15 +278,16 @@ impl PeerClientHandle {
         rpc: Rpc,
         action: RPCTypes,
         payload: Vec<u8>,
+        echo_us: Option<u64>,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
+    ) -> Result<(Resp, Option<u64>), RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl();
-        let reply: Result<Resp, RaftError<NodeId, E>> =
-            self.peers.call_raw(self.target, &self.node, rpc, payload, timeout).await.map_err(|e| match e {
+        let (reply, receipt_us): (Result<Resp, RaftError<NodeId, E>>, _) =
+            self.peers.call_raw(self.target, &self.node, rpc, payload, echo_us, timeout).await.map_err(|e| match e {
                 PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
@@ -219,7 +296,10 @@ impl PeerClientHandle {
                 }
                 PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
-        reply.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        match reply {
+            Ok(r) => Ok((r, receipt_us)),
+            Err(e) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),
+        }
     }
 }
 
@@ -240,7 +320,16 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
             let hint = (n * MAX_APPEND_BYTES as u64 / payload.len() as u64).clamp(1, n - 1);
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
-        self.rpc(Rpc::AppendEntries, RPCTypes::AppendEntries, payload, &option).await
+        let term = rpc.vote.leader_id().get_term();
+        let leading = rpc.vote.is_committed();
+        let sent = Instant::now();
+        let echo = if leading { self.peers.echo_for(self.target, term) } else { None };
+        let (resp, receipt_us) = self.rpc(Rpc::AppendEntries, RPCTypes::AppendEntries, payload, echo, &option).await?;
+        // Any answer but a higher vote means the peer still accepts this leader's term.
+        if leading && !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.peers.record_ack(self.target, term, sent, receipt_us);
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(
@@ -250,7 +339,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
     {
         let payload = encode(&rpc);
-        self.rpc(Rpc::InstallSnapshot, RPCTypes::InstallSnapshot, payload, &option).await
+        Ok(self.rpc(Rpc::InstallSnapshot, RPCTypes::InstallSnapshot, payload, None, &option).await?.0)
     }
 
     async fn vote(
@@ -259,7 +348,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
         let payload = encode(&rpc);
-        self.rpc(Rpc::Vote, RPCTypes::Vote, payload, &option).await
+        Ok(self.rpc(Rpc::Vote, RPCTypes::Vote, payload, None, &option).await?.0)
     }
 
     fn backoff(&self) -> Backoff {

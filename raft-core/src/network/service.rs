@@ -47,22 +47,27 @@ impl<E: Engine> PeerService<E> {
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
     let payload = bincode::serialize(v).map_err(|e| Status::internal(format!("raftkv: encoding reply: {e}")))?;
-    Ok(Response::new(PeerReply { payload }))
+    Ok(Response::new(PeerReply { payload, receipt_us: None }))
 }
 
 #[tonic::async_trait]
 impl<E: Engine> Peer for PeerService<E> {
     async fn append_entries(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let echo = req.get_ref().echo_us;
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
         let (term, commit) = (rpc.vote.leader_id().get_term(), rpc.leader_commit.map_or(0, |c| c.index));
         let committed_vote = rpc.vote.is_committed();
-        let received = tokio::time::Instant::now();
+        let receipt_us = self.node.clock_stamp();
         let resp = self.node.raft().append_entries(rpc).await;
-        // Only an accepted message from an established leader tells how current this member is.
-        if committed_vote && matches!(resp, Ok(openraft::raft::AppendEntriesResponse::Success)) {
-            self.node.note_append_entries(term, commit, received);
+        // Only an accepted message from an established leader tells how current this member is,
+        // and only as of a stamp of ours it echoes: a message delayed in the network or in a
+        // paused process says nothing about when it was sent.
+        if let (true, Some(stamp), Ok(openraft::raft::AppendEntriesResponse::Success)) = (committed_vote, echo, &resp) {
+            self.node.note_append_entries(term, commit, stamp);
         }
-        reply(&resp)
+        let mut out = reply(&resp)?;
+        out.get_mut().receipt_us = Some(receipt_us);
+        Ok(out)
     }
 
     async fn vote(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
