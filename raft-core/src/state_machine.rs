@@ -129,7 +129,9 @@ impl<E: Engine> KvStore<E> {
     pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
         let meta = load_meta(&*engine)?;
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
-        Ok(KvStore { shared: Arc::new(Shared { engine, gate: RwLock::new(meta), revision, installed: Default::default() }) })
+        Ok(KvStore {
+            shared: Arc::new(Shared { engine, gate: RwLock::new(meta), revision, installed: Default::default() }),
+        })
     }
 
     pub fn engine(&self) -> &Arc<E> {

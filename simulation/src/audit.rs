@@ -41,7 +41,8 @@ pub async fn audit(c: &SimCluster, history: &[Record]) -> Audit {
             break (format!("applied index {} at revision {}", first.0, first.1), first.1);
         }
         if Instant::now() > deadline {
-            out.problems.push(format!("members did not converge within {CONVERGE_WITHIN:?}: applied/revision {applied:?}"));
+            out.problems
+                .push(format!("members did not converge within {CONVERGE_WITHIN:?}: applied/revision {applied:?}"));
             return out;
         }
         sleep(Duration::from_millis(200)).await;
@@ -99,7 +100,7 @@ pub async fn audit(c: &SimCluster, history: &[Record]) -> Audit {
         }
     }
     for (rev, (key, value)) in &out.revisions {
-        if !written.get(value).is_some_and(|r| r.key == *key) {
+        if written.get(value).is_none_or(|r| r.key != *key) {
             out.problems.push(format!("revision {rev} holds {key}={value}, which no client wrote"));
         }
     }
@@ -119,5 +120,8 @@ async fn read_all(kv: &mut Option<KvClient<Channel>>, revision: i64) -> Result<V
     };
     let r = timeout(Duration::from_secs(2), kv.range(req)).await.map_err(|_| "timed out".to_string())?;
     let r = r.map_err(|s| s.message().to_string())?.into_inner();
-    Ok(r.kvs.iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), parse_value(&kv.value), kv.mod_revision)).collect())
+    Ok(r.kvs
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), parse_value(&kv.value), kv.mod_revision))
+        .collect())
 }

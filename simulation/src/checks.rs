@@ -29,7 +29,11 @@ enum RegOp {
     Put(u64),
     /// `ok == None`: the outcome is unknown. Placed at its linearization point it acts as a
     /// compare-and-set; "never happened" is the same as happening at the end of time.
-    Cas { expect: Option<u64>, value: u64, ok: Option<bool> },
+    Cas {
+        expect: Option<u64>,
+        value: u64,
+        ok: Option<bool>,
+    },
     Get(Option<u64>),
 }
 
@@ -75,8 +79,7 @@ impl Model for Register {
 pub fn linearizable(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -> Result<(), String> {
     let stored_at: HashMap<u64, i64> = revisions.iter().map(|(rev, (_, v))| (*v, *rev)).collect();
     // For each revision, the earliest acknowledgement of a write at that revision or later.
-    let mut acked: Vec<(i64, i64)> =
-        history.iter().filter_map(|r| Some((r.acked_write()?.1, r.ret?))).collect();
+    let mut acked: Vec<(i64, i64)> = history.iter().filter_map(|r| Some((r.acked_write()?.1, r.ret?))).collect();
     acked.sort_unstable();
     let mut earliest_after = acked.clone();
     for i in (0..earliest_after.len().saturating_sub(1)).rev() {
@@ -148,7 +151,9 @@ pub fn only_written_values(history: &[Record]) -> Result<(), String> {
     for r in history {
         if let Op::Get { seen: Some((v, mod_rev)), .. } = r.op {
             match writes.get(&v) {
-                None => return Err(format!("{:?} client {} read {}={v}, which nobody wrote", r.level, r.client, r.key)),
+                None => {
+                    return Err(format!("{:?} client {} read {}={v}, which nobody wrote", r.level, r.client, r.key))
+                }
                 Some(Some(rev)) if *rev != mod_rev => {
                     return Err(format!(
                         "{:?} client {} read {}={v} at mod revision {mod_rev}, but it was written at {rev}",
@@ -220,7 +225,9 @@ pub fn bounded(history: &[Record], slack: Duration) -> Result<(), String> {
             let mod_rev = seen.map_or(0, |(_, m)| m);
             let must = acked
                 .get(r.key.as_str())
-                .map(|l| l.iter().take_while(|(ret, _)| *ret < r.call - horizon).map(|(_, rev)| *rev).max().unwrap_or(0))
+                .map(|l| {
+                    l.iter().take_while(|(ret, _)| *ret < r.call - horizon).map(|(_, rev)| *rev).max().unwrap_or(0)
+                })
                 .unwrap_or(0);
             if mod_rev < must {
                 return Err(format!(

@@ -67,14 +67,15 @@ enum Undo {
 }
 
 /// Applies random faults from `faults` for `for_how_long`; returns the log of what it did
-/// (times in ms since it began). Everything is healed, restarted and resumed when it returns.
-pub async fn run(c: &SimCluster, faults: &[Fault], for_how_long: Duration) -> Vec<String> {
+/// (times in ms since `clock`, the clients' start, so they match the history's). Everything is
+/// healed, restarted and resumed when it returns.
+pub async fn run(c: &SimCluster, faults: &[Fault], for_how_long: Duration, clock: Instant) -> Vec<String> {
     let start = Instant::now();
     let mut log = Vec::new();
     while start.elapsed() < for_how_long {
         let fault = *faults.choose(&mut thread_rng()).expect("a scenario allows some fault");
         let (what, undo) = apply(c, fault).await;
-        log.push(format!("{} ms: {what}", start.elapsed().as_millis()));
+        log.push(format!("{} ms: {what}", clock.elapsed().as_millis()));
         let hold = Duration::from_millis(thread_rng().gen_range(200..2000));
         sleep(hold).await;
         match undo {
@@ -85,7 +86,7 @@ pub async fn run(c: &SimCluster, faults: &[Fault], for_how_long: Duration) -> Ve
             Undo::Restart(members) => members.iter().for_each(|&i| c.restart(i)),
             Undo::Resume(i) => c.resume(i),
         }
-        log.push(format!("{} ms: healed", start.elapsed().as_millis()));
+        log.push(format!("{} ms: healed", clock.elapsed().as_millis()));
         sleep(Duration::from_millis(thread_rng().gen_range(200..1000))).await;
     }
     log

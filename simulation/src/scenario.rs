@@ -38,12 +38,7 @@ pub const SCENARIOS: [Scenario; 7] = [
         faults: &[Fault::Split, Fault::OneWay, Fault::Bridge, Fault::RandomPartition, Fault::IsolateLeader],
         snapshot_catchup: false,
     },
-    Scenario {
-        name: "lossy_network",
-        members: 3,
-        faults: &[Fault::DelayLoss, Fault::OneWay],
-        snapshot_catchup: false,
-    },
+    Scenario { name: "lossy_network", members: 3, faults: &[Fault::DelayLoss, Fault::OneWay], snapshot_catchup: false },
     Scenario {
         name: "crashes",
         members: 3,
@@ -92,10 +87,10 @@ impl Scenario {
         let mut faults = Vec::new();
         let mut problems = Vec::new();
         if self.snapshot_catchup {
-            snapshot_catchup(&c, &mut faults, &mut problems).await;
+            snapshot_catchup(&c, &mut faults, &mut problems, started).await;
         }
         let left = WORKLOAD.saturating_sub(started.elapsed() + Duration::from_secs(1));
-        faults.extend(nemesis::run(&c, self.faults, left).await);
+        faults.extend(nemesis::run(&c, self.faults, left, started).await);
         let history = clients.await.expect("clients");
         let mut audit = audit(&c, &history).await;
         audit.problems.extend(problems);
@@ -105,18 +100,22 @@ impl Scenario {
 
 /// A follower is killed for 2 s of writes (far more entries than the leader keeps past its
 /// snapshot), restarted, and must catch up by installing a snapshot.
-async fn snapshot_catchup(c: &SimCluster, faults: &mut Vec<String>, problems: &mut Vec<String>) {
+async fn snapshot_catchup(c: &SimCluster, faults: &mut Vec<String>, problems: &mut Vec<String>, clock: Instant) {
     let leader = c.leader().await;
     let victim = (0..c.len()).find(|&i| Some(i) != leader).expect("a follower");
     c.crash(victim);
-    faults.push(format!("m{} killed for 2 s (snapshot catch-up)", victim + 1));
+    faults.push(format!("{} ms: m{} killed for 2 s (snapshot catch-up)", clock.elapsed().as_millis(), victim + 1));
     sleep(Duration::from_secs(2)).await;
     c.restart(victim);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let installed = c.statuses().await[victim].as_ref().map_or(0, |s| s.snapshots_installed);
         if installed > 0 {
-            faults.push(format!("m{} installed {installed} snapshot(s)", victim + 1));
+            faults.push(format!(
+                "{} ms: m{} installed {installed} snapshot(s)",
+                clock.elapsed().as_millis(),
+                victim + 1
+            ));
             return;
         }
         if Instant::now() > deadline {

@@ -5,7 +5,7 @@
 //! cargo test -p simulation --release` (or `cargo xtask sim <N> <S>`)
 #![cfg(madsim)]
 
-use simulation::scenario::{sweep, scenario};
+use simulation::scenario::{scenario, sweep};
 
 #[test]
 fn isolate_leader() {

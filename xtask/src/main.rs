@@ -2,8 +2,9 @@
 //!
 //! - `test [cargo test args]`: every test of the workspace;
 //! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check;
-//! - `sim [seeds] [base seed]`: the deterministic simulation over that many seeds (default
-//!   1000 from seed 100), in release mode in `target/sim`.
+//! - `sim [seeds] [base seed]`: the deterministic simulation, every scenario over that many
+//!   seeds (default 1000 from seed 100), then the planted-bug tests from the base seed, in
+//!   release mode in `target/sim`.
 //!
 //! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
 //! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
@@ -37,7 +38,18 @@ fn task() -> Result<()> {
                 &[("RUSTFLAGS", "--cfg madsim"), ("CARGO_TARGET_DIR", "target/sim")],
             )?;
             cargo(
-                &["clippy", "-p", "simulation", "--all-targets", "--release", "--", "-D", "warnings"],
+                &[
+                    "clippy",
+                    "-p",
+                    "simulation",
+                    "--all-targets",
+                    "--release",
+                    "--features",
+                    "planted-bugs",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
                 &[],
                 &[("RUSTFLAGS", "--cfg madsim"), ("CARGO_TARGET_DIR", "target/sim")],
             )
@@ -45,15 +57,29 @@ fn task() -> Result<()> {
         "sim" => {
             let seeds = rest.first().map(String::as_str).unwrap_or("1000");
             let base = rest.get(1).map(String::as_str).unwrap_or("100");
+            let sim = [
+                ("RUSTFLAGS", "--cfg madsim"),
+                ("CARGO_TARGET_DIR", "target/sim"),
+                ("MADSIM_TEST_SEED", base),
+                ("MADSIM_TEST_NUM", seeds),
+            ];
+            // Every scenario over the seeds, then the planted bugs (each within 200 seeds).
+            cargo(&["test", "-p", "simulation", "--release", "--test", "scenarios", "--", "--nocapture"], &[], &sim)?;
             cargo(
-                &["test", "-p", "simulation", "--release", "--", "--nocapture"],
-                &[],
                 &[
-                    ("RUSTFLAGS", "--cfg madsim"),
-                    ("CARGO_TARGET_DIR", "target/sim"),
-                    ("MADSIM_TEST_SEED", base),
-                    ("MADSIM_TEST_NUM", seeds),
+                    "test",
+                    "-p",
+                    "simulation",
+                    "--release",
+                    "--features",
+                    "planted-bugs",
+                    "--test",
+                    "planted",
+                    "--",
+                    "--nocapture",
                 ],
+                &[],
+                &sim,
             )
         }
         _ => {

@@ -213,12 +213,7 @@ impl Peers {
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
-        let req = PeerRequest {
-            cluster_id: self.inner.cluster_id,
-            from: self.inner.me,
-            payload,
-            echo_us,
-        };
+        let req = PeerRequest { cluster_id: self.inner.cluster_id, from: self.inner.me, payload, echo_us };
         let call = async move {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(req).await,
@@ -287,15 +282,17 @@ impl PeerClientHandle {
     {
         let timeout = option.hard_ttl();
         let (reply, receipt_us): (Result<Resp, RaftError<NodeId, E>>, _) =
-            self.peers.call_raw(self.target, &self.node, rpc, payload, echo_us, timeout).await.map_err(|e| match e {
-                PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                PeerError::Timeout { .. } => {
-                    RPCError::Timeout(Timeout { action, id: self.peers.inner.me, target: self.target, timeout })
-                }
-                PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
+            self.peers.call_raw(self.target, &self.node, rpc, payload, echo_us, timeout).await.map_err(
+                |e| match e {
+                    PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
+                    PeerError::Timeout { .. } => {
+                        RPCError::Timeout(Timeout { action, id: self.peers.inner.me, target: self.target, timeout })
+                    }
+                    PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+                },
+            )?;
         match reply {
             Ok(r) => Ok((r, receipt_us)),
             Err(e) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),
