@@ -185,6 +185,10 @@ pub fn child(scenario: Scenario, opts: &Options) -> bool {
     let Some(seed) = std::env::var(CHILD_SEED).ok().and_then(|s| s.parse().ok()) else {
         return false;
     };
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The members' logs on stderr, filtered by RUST_LOG.
+        madsim::runtime::init_logger();
+    }
     let outcome = run_seed(scenario, opts, seed);
     println!("sim-child-digest {}", outcome.digest);
     if let Some(f) = outcome.failure {
@@ -197,11 +201,13 @@ pub fn child(scenario: Scenario, opts: &Options) -> bool {
 /// call [`child`] first), and returns its outcome.
 pub fn run_isolated(test: &str, seed: u64) -> Outcome {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let out = std::process::Command::new(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1", "-q"])
-        .env(CHILD_SEED, seed.to_string())
-        .output()
-        .expect("starting a child process");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1", "-q"]).env(CHILD_SEED, seed.to_string());
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Logs asked for go straight to the terminal.
+        cmd.stderr(std::process::Stdio::inherit());
+    }
+    let out = cmd.output().expect("starting a child process");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let field = |tag: &str| stdout.lines().find_map(|l| l.strip_prefix(tag)).map(str::to_string);
     match field("sim-child-digest ") {
