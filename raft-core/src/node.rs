@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::log_store::LogStore;
-use crate::network::{PeerError, PeerNetwork, Peers, Rpc};
+use crate::network::{PeerError, PeerNetwork, Peers, Rpc, Stamp};
 use crate::reads::{IndexKind, Lease, ReadRequirement, Receipts};
 use crate::request::{RequestBatch, WriteRequest, WriteResponse};
 use crate::state_machine::KvStore;
@@ -151,6 +151,8 @@ pub struct Node<E: Engine> {
     receipts: Arc<parking_lot::Mutex<Receipts>>,
     /// When this member started: it refuses to vote for twice the election timeout after that.
     started: Instant,
+    /// Differs on every start (wall-clock nanoseconds at start): tags receipt stamps.
+    epoch: u64,
     election_timeout: Duration,
     request_timeout: Duration,
     #[cfg(feature = "planted-bugs")]
@@ -170,6 +172,7 @@ impl<E: Engine> Clone for Node<E> {
             lease: self.lease.clone(),
             receipts: self.receipts.clone(),
             started: self.started,
+            epoch: self.epoch,
             election_timeout: self.election_timeout,
             request_timeout: self.request_timeout,
             #[cfg(feature = "planted-bugs")]
@@ -210,7 +213,8 @@ impl<E: Engine> Node<E> {
         let log = log.with_planted(config.planted);
         let network = PeerNetwork { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
-        peers.watch_metrics(raft.metrics());
+        let sm = store.clone();
+        peers.watch_metrics(raft.metrics(), Box::new(move || sm.meta().last_applied));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
@@ -237,6 +241,9 @@ impl<E: Engine> Node<E> {
             lease,
             receipts: Arc::default(),
             started: Instant::now(),
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             election_timeout: config.election_timeout,
             request_timeout: config.request_timeout,
             #[cfg(feature = "planted-bugs")]
@@ -387,11 +394,14 @@ impl<E: Engine> Node<E> {
             Consistency::Bounded => {
                 return match self.check_staleness(req.max_staleness) {
                     Ok(()) => Ok(level),
-                    // A leader that has not confirmed itself within the bound does so now.
-                    Err(e) if self.metrics().state == ServerState::Leader => match self.read_index().await {
-                        Ok(_) => Ok(level),
-                        Err(_) => Err(e),
-                    },
+                    // A leader that has not confirmed itself within the bound does so now, and
+                    // serves once it has applied that round's index.
+                    Err(e) if self.metrics().state == ServerState::Leader => {
+                        match within(deadline, self.index_read(IndexKind::Confirmed, deadline)).await {
+                            Ok(Ok(())) => Ok(level),
+                            _ => Err(e),
+                        }
+                    }
                     Err(e) => Err(e),
                 };
             }
@@ -426,8 +436,14 @@ impl<E: Engine> Node<E> {
             (m.state, m.current_term)
         };
         // The store's own record: openraft's metrics may publish an apply after its reply.
-        let applied = self.store.meta().last_applied.map_or(0, |l| l.index);
+        let last_applied = self.store.meta().last_applied;
+        let applied = last_applied.map_or(0, |l| l.index);
         if state == ServerState::Leader {
+            // A leader new in its term may not have applied what earlier leaders acknowledged
+            // until it applies an entry of its own term.
+            if last_applied.map(|l| l.leader_id.term) != Some(term) {
+                return None;
+            }
             // Our own record of the last quorum acknowledgement, not openraft's metric: a
             // metric is only as fresh as its last publication, which a paused process does not
             // advance.
@@ -451,17 +467,21 @@ impl<E: Engine> Node<E> {
         }
     }
 
-    /// Notes an accepted AppendEntries from the leader of `term` carrying commit index
-    /// `commit` and echoing `stamp`, one of this member's [`Node::clock_stamp`]s (called by the
-    /// peer service).
-    pub fn note_append_entries(&self, term: u64, commit: u64, stamp: u64) {
-        let at = self.started + Duration::from_micros(stamp);
-        self.receipts.lock().record(term, commit, at);
+    /// Notes an accepted AppendEntries from the leader of `term` echoing `stamp`, one of this
+    /// member's [`Node::clock_stamp`]s, with the leader's applied `index` (called by the peer
+    /// service): every write acknowledged before the stamp is at or below `index`.
+    pub fn note_append_entries(&self, term: u64, index: u64, stamp: Stamp) {
+        // A stamp of an earlier life of this member says nothing about this one's clock.
+        if stamp.epoch != self.epoch {
+            return;
+        }
+        let at = self.started + Duration::from_micros(stamp.us);
+        self.receipts.lock().record(term, index, at);
     }
 
-    /// Now on this member's clock, as microseconds since it started (peer receipt stamps).
-    pub fn clock_stamp(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64
+    /// Now on this member's clock (peer receipt stamps).
+    pub fn clock_stamp(&self) -> Stamp {
+        Stamp { epoch: self.epoch, us: self.started.elapsed().as_micros() as u64 }
     }
 
     /// Whether this member still refuses votes: for twice the election timeout after it starts,

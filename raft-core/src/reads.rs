@@ -48,11 +48,9 @@ pub(crate) struct Lease {
 /// Most AppendEntries receipts remembered for the staleness estimate.
 const MAX_RECEIPTS: usize = 4096;
 
-/// AppendEntries accepted from the leader of `term`, each with the commit index C it carried
-/// and the time T of the receipt stamp it echoed: an earlier moment on this member's clock
-/// whose answer reached the leader before a quorum last confirmed it. Every write
-/// acknowledged before T is therefore at most C; once this member has applied C, it is at most
-/// `now - T` behind.
+/// Echoes accepted from the leader of `term` (see `echo_us` in peer.proto): each a time T on
+/// this member's clock and an index C such that every write acknowledged before T is at or
+/// below C. Once this member has applied C, it is at most `now - T` behind.
 #[derive(Debug, Default)]
 pub(crate) struct Receipts {
     term: u64,

@@ -31,21 +31,25 @@ pub struct Audit {
 pub async fn audit(c: &SimCluster, history: &[Record]) -> Audit {
     let mut out = Audit::default();
     let deadline = Instant::now() + CONVERGE_WITHIN;
+    // A write whose client gave up may still commit after the clients stop: the members must
+    // agree, and still agree a second later, before their state is compared.
+    let mut previous = None;
     let (agreed, revision) = loop {
-        let statuses = c.statuses().await;
-        let applied: Vec<Option<(u64, i64)>> = statuses
-            .iter()
-            .map(|s| s.as_ref().map(|s| (s.raft_applied_index, s.header.as_ref().map_or(0, |h| h.revision))))
-            .collect();
+        let applied = applied(c).await;
         if let Some(Some(first)) = applied.first().copied().filter(|_| applied.iter().all(|a| *a == applied[0])) {
-            break (format!("applied index {} at revision {}", first.0, first.1), first.1);
+            if previous == Some(first) {
+                break (format!("applied index {} at revision {}", first.0, first.1), first.1);
+            }
+            previous = Some(first);
+        } else {
+            previous = None;
         }
         if Instant::now() > deadline {
             out.problems
                 .push(format!("members did not converge within {CONVERGE_WITHIN:?}: applied/revision {applied:?}"));
             return out;
         }
-        sleep(Duration::from_millis(200)).await;
+        sleep(Duration::from_secs(1)).await;
     };
     let endpoints = c.endpoints.clone();
     let (states, revisions) = c
@@ -69,6 +73,11 @@ pub async fn audit(c: &SimCluster, history: &[Record]) -> Audit {
         })
         .await
         .expect("audit task");
+    let after = applied(c).await;
+    if after.iter().any(|a| a.map(|a| a.1) != Some(revision)) {
+        out.problems
+            .push(format!("members changed during the audit, after a second at revision {revision}: {after:?}"));
+    }
     let states: Vec<String> = if states.iter().all(|(_, s)| *s == states[0].1) {
         vec![format!("all members: {}", states[0].1)]
     } else {
@@ -106,6 +115,15 @@ pub async fn audit(c: &SimCluster, history: &[Record]) -> Audit {
     }
     out.problems.truncate(5);
     out
+}
+
+/// Each member's applied index and revision (None: no answer).
+async fn applied(c: &SimCluster) -> Vec<Option<(u64, i64)>> {
+    let statuses = c.statuses().await;
+    statuses
+        .iter()
+        .map(|s| s.as_ref().map(|s| (s.raft_applied_index, s.header.as_ref().map_or(0, |h| h.revision))))
+        .collect()
 }
 
 /// A member's keys with value and mod revision (at `revision`, 0 for the latest), read locally.

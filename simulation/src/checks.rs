@@ -10,12 +10,11 @@ use porcupine::{CheckResult, Model, Operation};
 use crate::workload::{Level, Op, Record};
 
 /// Every check of the history. `revisions` is the write of each revision as the converged
-/// members store it ([`crate::audit`]); `slack` is the longest one-way message delay of the run
-/// (a bounded read's staleness is measured from when the member received the leader's message).
-pub fn check_all(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>, slack: Duration) -> Result<(), String> {
+/// members store it ([`crate::audit`]).
+pub fn check_all(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -> Result<(), String> {
     only_written_values(history)?;
     session(history)?;
-    bounded(history, slack)?;
+    bounded(history)?;
     linearizable(history, revisions)
 }
 
@@ -207,9 +206,10 @@ pub fn session(history: &[Record]) -> Result<(), String> {
 }
 
 /// A bounded read is never older than its bound: it reflects every write of its key that was
-/// acknowledged more than bound + slack before the read began.
-pub fn bounded(history: &[Record], slack: Duration) -> Result<(), String> {
-    let horizon = (crate::workload::STALENESS_BOUND + slack).as_nanos() as i64;
+/// acknowledged more than the bound before the read began. No allowance for message delay:
+/// members measure staleness on their own clocks (docs/consistency.md).
+pub fn bounded(history: &[Record]) -> Result<(), String> {
+    let horizon = crate::workload::STALENESS_BOUND.as_nanos() as i64;
     // Acknowledged writes per key as (acknowledged at, revision), in acknowledgement order.
     let mut acked: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
     for r in history {

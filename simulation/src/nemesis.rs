@@ -56,7 +56,7 @@ pub const ALL: [Fault; 12] = [
     Fault::PauseLeader,
 ];
 
-/// The longest one-way delay [`Fault::DelayLoss`] sets (the bounded check's slack).
+/// The longest one-way delay [`Fault::DelayLoss`] sets.
 pub const MAX_DELAY: Duration = Duration::from_millis(200);
 
 /// How to undo an applied fault.

@@ -159,7 +159,7 @@ pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
     parts.extend(run.faults.iter().map(String::as_str));
     parts.push(&run.audit.final_state);
     let digest = hash(&parts);
-    let checked = check_all(&run.history, &run.audit.revisions, nemesis::MAX_DELAY);
+    let checked = check_all(&run.history, &run.audit.revisions);
     let failure = match (run.audit.problems.first(), checked) {
         (Some(p), _) => Some(p.clone()),
         (None, Err(e)) => Some(e),

@@ -44,6 +44,8 @@ pub const CLIENT_LEVELS: [Level; 6] =
 pub struct Record {
     pub client: u32,
     pub level: Level,
+    /// The member the request went to (index into the cluster's members).
+    pub member: usize,
     pub key: String,
     pub call: i64,
     pub ret: Option<i64>,
@@ -175,7 +177,15 @@ impl Client {
             _ => 0,
         };
         self.token = self.token.max(revision);
-        self.out.push(Record { client: self.id, level: self.level, key, call, ret: answered.map(|()| ret), op });
+        self.out.push(Record {
+            client: self.id,
+            level: self.level,
+            member,
+            key,
+            call,
+            ret: answered.map(|()| ret),
+            op,
+        });
     }
 
     /// Sends `op` to member `member` and fills in its outcome.

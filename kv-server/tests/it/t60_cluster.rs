@@ -133,7 +133,12 @@ async fn peer_requests_from_another_cluster_are_refused() {
     let mut peer = PeerClient::connect(cluster.peer_urls[1].clone()).await.unwrap();
     // A vote request from a member of another cluster (its id would win an election here).
     let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(1000, 7), None);
-    let req = PeerRequest { cluster_id: 0xdead_beef, from: 7, payload: bincode::serialize(&vote).unwrap() };
+    let req = PeerRequest {
+        cluster_id: 0xdead_beef,
+        from: 7,
+        payload: bincode::serialize(&vote).unwrap(),
+        ..Default::default()
+    };
     let err = peer.vote(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("refused"), "{err:?}");
@@ -145,7 +150,7 @@ async fn peer_requests_from_another_cluster_are_refused() {
     // A garbled payload from this cluster is refused too, and nothing breaks.
     let st = c.status().await.unwrap();
     let cluster_id = st.header().unwrap().cluster_id();
-    let garbage = PeerRequest { cluster_id, from: 7, payload: vec![0xff; 3] };
+    let garbage = PeerRequest { cluster_id, from: 7, payload: vec![0xff; 3], ..Default::default() };
     assert_eq!(peer.append_entries(garbage).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     c.put("still", "serving", None).await.unwrap();
 }

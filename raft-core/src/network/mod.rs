@@ -12,7 +12,7 @@
 
 pub mod service;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::typ::{NodeId, PeerNode, RaftMetrics, TypeConfig};
+use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, TypeConfig};
 use tokio::time::Instant;
 
 /// Largest peer message either side sends or accepts. Write batches are capped far below it
@@ -46,6 +46,26 @@ pub const MAX_APPEND_BYTES: usize = 16 << 20;
 /// How long a replication stream waits before retrying a peer it could not reach. openraft's
 /// default (500 ms) would delay a restarted member's catch-up for no benefit on a LAN.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A member's receipt stamp: microseconds since it started, in the epoch of that start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub epoch: u64,
+    pub us: u64,
+}
+
+/// What a leader echoes to a follower: one of its stamps, and the leader's applied index.
+#[derive(Clone, Copy, Debug)]
+struct Echo {
+    stamp: Stamp,
+    applied_index: u64,
+}
+
+/// Reads the last log id the state machine applied.
+pub type AppliedFn = Box<dyn Fn() -> Option<LogId> + Send + Sync>;
+
+/// Receipt stamps kept per peer until a confirmation covers them (a few heartbeats' worth).
+const MAX_STAMPS: usize = 64;
 
 /// The peer RPCs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +105,13 @@ struct Inner {
     channels: Mutex<HashMap<NodeId, (Vec<String>, Channel)>>,
     /// As leader: per peer, the term and send time of the newest AppendEntries it accepted.
     acks: Mutex<HashMap<NodeId, (u64, Instant)>>,
-    /// As leader: per peer, the term, the peer's newest receipt stamp and when its answer
-    /// came back (see `echo_us` in peer.proto).
-    receipts: Mutex<HashMap<NodeId, (u64, u64, Instant)>>,
+    /// As leader: per peer, the term, the peer's epoch and its recent receipt stamps with when
+    /// each answer came back (see `echo_us` in peer.proto), oldest first.
+    receipts: Mutex<HashMap<NodeId, (u64, u64, VecDeque<(u64, Instant)>)>>,
     /// This member's Raft metrics (for the voter set), once Raft runs.
     metrics: Mutex<Option<tokio::sync::watch::Receiver<RaftMetrics>>>,
+    /// What this member's state machine has applied, read at the moment of asking.
+    applied: Mutex<Option<AppliedFn>>,
 }
 
 /// The member's view of its peers: channels, envelope, failure classification. Cheap to clone.
@@ -108,13 +130,15 @@ impl Peers {
                 acks: Mutex::new(HashMap::new()),
                 receipts: Mutex::new(HashMap::new()),
                 metrics: Mutex::new(None),
+                applied: Mutex::new(None),
             }),
         }
     }
 
-    /// Lets [`Peers::confirmed_at`] see the voter set.
-    pub fn watch_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>) {
+    /// Lets [`Peers::confirmed_at`] see the voter set, and echoes carry the applied index.
+    pub fn watch_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>, applied: AppliedFn) {
         *self.inner.metrics.lock() = Some(metrics);
+        *self.inner.applied.lock() = Some(applied);
     }
 
     /// As leader of `term`: when the newest AppendEntries that a quorum of voters (this member
@@ -141,27 +165,48 @@ impl Peers {
         }
     }
 
-    fn record_ack(&self, target: NodeId, term: u64, sent: Instant, receipt_us: Option<u64>) {
+    fn record_ack(&self, target: NodeId, term: u64, sent: Instant, receipt: Option<Stamp>) {
         let mut acks = self.inner.acks.lock();
         let e = acks.entry(target).or_insert((term, sent));
         if (term, sent) > *e {
             *e = (term, sent);
         }
-        if let Some(stamp) = receipt_us {
+        if let Some(Stamp { epoch, us }) = receipt {
             let mut receipts = self.inner.receipts.lock();
-            let e = receipts.entry(target).or_insert((term, stamp, Instant::now()));
-            if (term, stamp) > (e.0, e.1) {
-                *e = (term, stamp, Instant::now());
+            let (t, ep, stamps) = receipts.entry(target).or_default();
+            if (*t, *ep) != (term, epoch) {
+                (*t, *ep) = (term, epoch);
+                stamps.clear();
+            }
+            if stamps.back().is_none_or(|(s, _)| *s < us) {
+                stamps.push_back((us, Instant::now()));
+            }
+            if stamps.len() > MAX_STAMPS {
+                stamps.pop_front();
             }
         }
     }
 
-    /// The receipt stamp of `target` to echo in an AppendEntries of `term`: its newest one
-    /// whose answer came back before the moment a quorum last confirmed this leader.
-    fn echo_for(&self, target: NodeId, term: u64) -> Option<u64> {
+    /// The receipt stamp of `target` to echo in an AppendEntries of `term`, with the index
+    /// this leader has applied: its newest stamp whose answer came back before the moment a
+    /// quorum last confirmed this leader. (The newest stamp of all never qualifies: its answer
+    /// came back after every confirmation counted so far.) None until this leader has applied
+    /// an entry of its own term: until then what earlier leaders committed may be missing.
+    fn echo_for(&self, target: NodeId, term: u64) -> Option<Echo> {
+        let applied = (*self.inner.applied.lock().as_ref()?)()?;
+        if applied.leader_id.term != term {
+            return None;
+        }
         let confirmed = self.confirmed_at(term)?;
-        let (t, stamp, back) = *self.inner.receipts.lock().get(&target)?;
-        (t == term && back <= confirmed).then_some(stamp)
+        let mut receipts = self.inner.receipts.lock();
+        let (t, epoch, stamps) = receipts.get_mut(&target)?;
+        if *t != term {
+            return None;
+        }
+        let newest = stamps.iter().rposition(|(_, back)| *back <= confirmed)?;
+        // Older stamps can never be the answer again.
+        stamps.drain(..newest);
+        Some(Echo { stamp: Stamp { epoch: *epoch, us: stamps[0].0 }, applied_index: applied.index })
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -206,14 +251,21 @@ impl Peers {
         node: &PeerNode,
         rpc: Rpc,
         payload: Vec<u8>,
-        echo_us: Option<u64>,
+        echo: Option<Echo>,
         timeout: Duration,
-    ) -> Result<(Resp, Option<u64>), PeerError> {
+    ) -> Result<(Resp, Option<Stamp>), PeerError> {
         let channel = self.channel(target, node)?;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
-        let req = PeerRequest { cluster_id: self.inner.cluster_id, from: self.inner.me, payload, echo_us };
+        let req = PeerRequest {
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.me,
+            payload,
+            echo_us: echo.map(|e| e.stamp.us),
+            echo_applied_index: echo.map(|e| e.applied_index),
+            echo_epoch: echo.map(|e| e.stamp.epoch),
+        };
         let call = async move {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(req).await,
@@ -230,7 +282,8 @@ impl Peers {
         };
         let resp = bincode::deserialize(&reply.payload)
             .map_err(|e| PeerError::Failed { target, reason: format!("undecodable reply: {e}") })?;
-        Ok((resp, reply.receipt_us))
+        let stamp = reply.receipt_us.zip(reply.receipt_epoch).map(|(us, epoch)| Stamp { epoch, us });
+        Ok((resp, stamp))
     }
 }
 
@@ -273,26 +326,24 @@ impl PeerClientHandle {
         rpc: Rpc,
         action: RPCTypes,
         payload: Vec<u8>,
-        echo_us: Option<u64>,
+        echo: Option<Echo>,
         option: &RPCOption,
-    ) -> Result<(Resp, Option<u64>), RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
+    ) -> Result<(Resp, Option<Stamp>), RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl();
         let (reply, receipt_us): (Result<Resp, RaftError<NodeId, E>>, _) =
-            self.peers.call_raw(self.target, &self.node, rpc, payload, echo_us, timeout).await.map_err(
-                |e| match e {
-                    PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
-                        RPCError::Unreachable(Unreachable::new(&e))
-                    }
-                    PeerError::Timeout { .. } => {
-                        RPCError::Timeout(Timeout { action, id: self.peers.inner.me, target: self.target, timeout })
-                    }
-                    PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
-                },
-            )?;
+            self.peers.call_raw(self.target, &self.node, rpc, payload, echo, timeout).await.map_err(|e| match e {
+                PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                PeerError::Timeout { .. } => {
+                    RPCError::Timeout(Timeout { action, id: self.peers.inner.me, target: self.target, timeout })
+                }
+                PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+            })?;
         match reply {
             Ok(r) => Ok((r, receipt_us)),
             Err(e) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),

@@ -8,6 +8,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
+use crate::network::Stamp;
 use crate::reads::IndexKind;
 use crate::request::WriteRequest;
 use crate::typ::{NodeId, TypeConfig};
@@ -47,26 +48,33 @@ impl<E: Engine> PeerService<E> {
 
 fn reply<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
     let payload = bincode::serialize(v).map_err(|e| Status::internal(format!("raftkv: encoding reply: {e}")))?;
-    Ok(Response::new(PeerReply { payload, receipt_us: None }))
+    Ok(Response::new(PeerReply { payload, ..Default::default() }))
 }
 
 #[tonic::async_trait]
 impl<E: Engine> Peer for PeerService<E> {
     async fn append_entries(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let echo = req.get_ref().echo_us;
+        let r = req.get_ref();
+        let echo = match (r.echo_us, r.echo_applied_index, r.echo_epoch) {
+            (Some(us), Some(index), Some(epoch)) => Some((Stamp { epoch, us }, index)),
+            _ => None,
+        };
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
-        let (term, commit) = (rpc.vote.leader_id().get_term(), rpc.leader_commit.map_or(0, |c| c.index));
+        let term = rpc.vote.leader_id().get_term();
         let committed_vote = rpc.vote.is_committed();
-        let receipt_us = self.node.clock_stamp();
+        let receipt = self.node.clock_stamp();
         let resp = self.node.raft().append_entries(rpc).await;
         // Only an accepted message from an established leader tells how current this member is,
         // and only as of a stamp of ours it echoes: a message delayed in the network or in a
         // paused process says nothing about when it was sent.
-        if let (true, Some(stamp), Ok(openraft::raft::AppendEntriesResponse::Success)) = (committed_vote, echo, &resp) {
-            self.node.note_append_entries(term, commit, stamp);
+        if let (true, Some((stamp, index)), Ok(openraft::raft::AppendEntriesResponse::Success)) =
+            (committed_vote, echo, &resp)
+        {
+            self.node.note_append_entries(term, index, stamp);
         }
         let mut out = reply(&resp)?;
-        out.get_mut().receipt_us = Some(receipt_us);
+        out.get_mut().receipt_us = Some(receipt.us);
+        out.get_mut().receipt_epoch = Some(receipt.epoch);
         Ok(out)
     }
 
