@@ -145,20 +145,27 @@ impl Peers {
     /// included) accepted was sent. Every write acknowledged before then is within this
     /// leader's commit index, since no other leader could have committed anything by then.
     pub fn confirmed_at(&self, term: u64) -> Option<Instant> {
+        self.quorum_sent_at(term, None)
+    }
+
+    /// When the newest AppendEntries was sent that, together with this member and `also` (a
+    /// voter whose acceptance is counted separately), a quorum of voters accepted.
+    fn quorum_sent_at(&self, term: u64, also: Option<NodeId>) -> Option<Instant> {
         let voters: Vec<NodeId> = {
             let metrics = self.inner.metrics.lock();
             let m = metrics.as_ref()?.borrow();
             m.membership_config.membership().voter_ids().collect()
         };
         let me = self.inner.me;
+        let counted = |v: &NodeId| *v == me || Some(*v) == also;
         let acks = self.inner.acks.lock();
         let mut times: Vec<Instant> = voters
             .iter()
-            .filter(|&&v| v != me)
+            .filter(|v| !counted(v))
             .filter_map(|v| acks.get(v).filter(|(t, _)| *t == term).map(|(_, sent)| *sent))
             .collect();
         times.sort_unstable_by(|a, b| b.cmp(a));
-        let others_needed = (voters.len() / 2 + 1).saturating_sub(usize::from(voters.contains(&me)));
+        let others_needed = (voters.len() / 2 + 1).saturating_sub(voters.iter().filter(|v| counted(v)).count());
         match others_needed {
             0 => Some(Instant::now()),
             n => times.get(n - 1).copied(),
@@ -189,15 +196,16 @@ impl Peers {
 
     /// The receipt stamp of `target` to echo in an AppendEntries of `term`, with the index
     /// this leader has applied: its newest stamp whose answer came back before the moment a
-    /// quorum last confirmed this leader. (The newest stamp of all never qualifies: its answer
-    /// came back after every confirmation counted so far.) None until this leader has applied
-    /// an entry of its own term: until then what earlier leaders committed may be missing.
+    /// quorum confirmed this leader, counting `target` itself, which records the echo only if it
+    /// accepts the message carrying it (sent after every answer so far). In a 3-member cluster
+    /// that is the newest stamp. None until this leader has applied an entry of its own term:
+    /// until then what earlier leaders committed may be missing.
     fn echo_for(&self, target: NodeId, term: u64) -> Option<Echo> {
         let applied = (*self.inner.applied.lock().as_ref()?)()?;
         if applied.leader_id.term != term {
             return None;
         }
-        let confirmed = self.confirmed_at(term)?;
+        let confirmed = self.quorum_sent_at(term, Some(target))?;
         let mut receipts = self.inner.receipts.lock();
         let (t, epoch, stamps) = receipts.get_mut(&target)?;
         if *t != term {
