@@ -47,6 +47,15 @@ pub const MAX_APPEND_BYTES: usize = 16 << 20;
 /// default (500 ms) would delay a restarted member's catch-up for no benefit on a LAN.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 
+/// A peer's recent receipt stamps in one term and one life of the peer, oldest first, each with
+/// when its answer came back to this leader.
+#[derive(Debug, Default)]
+struct PeerStamps {
+    term: u64,
+    epoch: u64,
+    stamps: VecDeque<(u64, Instant)>,
+}
+
 /// A member's receipt stamp: microseconds since it started, in the epoch of that start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -105,9 +114,8 @@ struct Inner {
     channels: Mutex<HashMap<NodeId, (Vec<String>, Channel)>>,
     /// As leader: per peer, the term and send time of the newest AppendEntries it accepted.
     acks: Mutex<HashMap<NodeId, (u64, Instant)>>,
-    /// As leader: per peer, the term, the peer's epoch and its recent receipt stamps with when
-    /// each answer came back (see `echo_us` in peer.proto), oldest first.
-    receipts: Mutex<HashMap<NodeId, (u64, u64, VecDeque<(u64, Instant)>)>>,
+    /// As leader: each peer's recent receipt stamps (see `echo_us` in peer.proto).
+    receipts: Mutex<HashMap<NodeId, PeerStamps>>,
     /// This member's Raft metrics (for the voter set), once Raft runs.
     metrics: Mutex<Option<tokio::sync::watch::Receiver<RaftMetrics>>>,
     /// What this member's state machine has applied, read at the moment of asking.
@@ -180,16 +188,15 @@ impl Peers {
         }
         if let Some(Stamp { epoch, us }) = receipt {
             let mut receipts = self.inner.receipts.lock();
-            let (t, ep, stamps) = receipts.entry(target).or_default();
-            if (*t, *ep) != (term, epoch) {
-                (*t, *ep) = (term, epoch);
-                stamps.clear();
+            let peer = receipts.entry(target).or_default();
+            if (peer.term, peer.epoch) != (term, epoch) {
+                *peer = PeerStamps { term, epoch, stamps: VecDeque::new() };
             }
-            if stamps.back().is_none_or(|(s, _)| *s < us) {
-                stamps.push_back((us, Instant::now()));
+            if peer.stamps.back().is_none_or(|(s, _)| *s < us) {
+                peer.stamps.push_back((us, Instant::now()));
             }
-            if stamps.len() > MAX_STAMPS {
-                stamps.pop_front();
+            if peer.stamps.len() > MAX_STAMPS {
+                peer.stamps.pop_front();
             }
         }
     }
@@ -207,14 +214,11 @@ impl Peers {
         }
         let confirmed = self.quorum_sent_at(term, Some(target))?;
         let mut receipts = self.inner.receipts.lock();
-        let (t, epoch, stamps) = receipts.get_mut(&target)?;
-        if *t != term {
-            return None;
-        }
-        let newest = stamps.iter().rposition(|(_, back)| *back <= confirmed)?;
+        let peer = receipts.get_mut(&target).filter(|p| p.term == term)?;
+        let newest = peer.stamps.iter().rposition(|(_, back)| *back <= confirmed)?;
         // Older stamps can never be the answer again.
-        stamps.drain(..newest);
-        Some(Echo { stamp: Stamp { epoch: *epoch, us: stamps[0].0 }, applied_index: applied.index })
+        peer.stamps.drain(..newest);
+        Some(Echo { stamp: Stamp { epoch: peer.epoch, us: peer.stamps[0].0 }, applied_index: applied.index })
     }
 
     pub fn cluster_id(&self) -> u64 {
