@@ -1,0 +1,180 @@
+//! Driving the load: closed loop or open loop, with one histogram per client merged at the end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use kv_api::etcdserverpb::kv_client::KvClient;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::report::Report;
+use crate::workload::{Op, Workload};
+use crate::BenchError;
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub endpoints: Vec<String>,
+    pub workload: Workload,
+    /// Concurrent clients (closed loop), or most requests in flight (open loop).
+    pub clients: usize,
+    /// gRPC connections the clients share, spread over the endpoints.
+    pub connections: usize,
+    pub duration: Duration,
+    /// Open loop: requests per second in total. None: closed loop.
+    pub rate: Option<f64>,
+    pub key_space: u64,
+    pub value_size: usize,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Latencies up to a minute, 3 significant digits, in microseconds.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs `spec` and summarises it.
+pub async fn run(spec: &Spec) -> Result<Report, BenchError> {
+    if spec.clients == 0 || spec.connections == 0 || spec.endpoints.is_empty() {
+        return Err(BenchError::Invalid("clients, connections and endpoints must not be zero".into()));
+    }
+    if spec.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(BenchError::Invalid("the rate must be a positive number of requests per second".into()));
+    }
+    let mut channels = Vec::new();
+    for i in 0..spec.connections {
+        let endpoint = &spec.endpoints[i % spec.endpoints.len()];
+        let connect_err = |reason: String| BenchError::Connect { endpoint: endpoint.clone(), reason };
+        let ch = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| connect_err(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        channels.push(ch);
+    }
+    let bar = progress(spec);
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let hist = match spec.rate {
+        None => closed_loop(spec, &channels, &done, &errors).await,
+        Some(rate) => open_loop(spec, &channels, rate, &done, &errors).await,
+    };
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    Ok(Report::new(spec, &hist, errors.load(Ordering::Relaxed), elapsed))
+}
+
+fn progress(spec: &Spec) -> ProgressBar {
+    if !spec.progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(spec.duration.as_secs().max(1));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} s").expect("valid template").progress_chars("=> "),
+    );
+    bar.set_message(format!("{} × {}", spec.workload, spec.clients));
+    let ticker = bar.clone();
+    tokio::spawn(async move {
+        while !ticker.is_finished() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ticker.inc(1);
+        }
+    });
+    bar
+}
+
+fn client(spec: &Spec, channels: &[Channel], i: usize) -> Op {
+    let kv = KvClient::new(channels[i % channels.len()].clone());
+    Op::new(kv, spec.workload, spec.key_space, spec.value_size, 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001))
+}
+
+/// Each client sends its next request when the previous one is answered.
+async fn closed_loop(
+    spec: &Spec,
+    channels: &[Channel],
+    done: &Arc<AtomicU64>,
+    errors: &Arc<AtomicU64>,
+) -> Histogram<u64> {
+    let deadline = Instant::now() + spec.duration;
+    let mut tasks = Vec::new();
+    for i in 0..spec.clients {
+        let mut op = client(spec, channels, i);
+        let (done, errors) = (done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op.once().await {
+                    Ok(()) => {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            h
+        }));
+    }
+    let mut all = histogram();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = all.add(h);
+        }
+    }
+    all
+}
+
+/// Requests are due at a fixed rate; each latency runs from when it was due, so time spent
+/// waiting for a free client counts (no coordinated omission). At most `clients` in flight.
+async fn open_loop(
+    spec: &Spec,
+    channels: &[Channel],
+    rate: f64,
+    done: &Arc<AtomicU64>,
+    errors: &Arc<AtomicU64>,
+) -> Histogram<u64> {
+    let start = Instant::now();
+    let total = (rate * spec.duration.as_secs_f64()).ceil() as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(histogram()));
+    let mut tasks = Vec::new();
+    for i in 0..spec.clients {
+        let mut op = client(spec, channels, i);
+        let (next, hist, done, errors) = (next.clone(), hist.clone(), done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let due = start + Duration::from_secs_f64(n as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                match op.once().await {
+                    Ok(()) => {
+                        let _ = h.record(due.elapsed().as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let _ = hist.lock().await.add(h);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let h = hist.lock().await.clone();
+    h
+}

@@ -1,0 +1,79 @@
+//! A brief run of every workload against a one-member raftkv started in this process: the
+//! generator connects, every request is answered, and the report adds up. (Not a timing: the
+//! figures are whatever this machine gives.)
+
+use std::time::Duration;
+
+use raftkv_bench::{run, Report, Spec, Workload};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kv_server::ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen_client_urls: vec!["http://127.0.0.1:0".into()],
+        listen_peer_urls: vec!["http://127.0.0.1:0".into()],
+        ..kv_server::ServerConfig::default()
+    };
+    let member = kv_server::start(cfg).await.unwrap();
+    let endpoint = member.client_urls[0].clone();
+    let mut rows = vec![Report::markdown_header()];
+    for (workload, rate) in [
+        ("put", None),
+        ("get", None),
+        ("get-serializable", None),
+        ("get-lease", None),
+        ("get-session", None),
+        ("get-bounded", None),
+        ("txn", None),
+        ("range", None),
+        ("mixed-90", None),
+        ("put", Some(200.0)),
+    ] {
+        let spec = Spec {
+            endpoints: vec![endpoint.clone()],
+            workload: workload.parse::<Workload>().unwrap(),
+            clients: 4,
+            connections: 2,
+            duration: Duration::from_millis(500),
+            rate,
+            key_space: 100,
+            value_size: 256,
+            progress: false,
+        };
+        let report = run(&spec).await.unwrap();
+        assert!(report.ops > 0, "{workload}: no operation completed");
+        assert_eq!(report.errors, 0, "{workload}: requests failed");
+        assert!(report.p50_ms <= report.p99_ms && report.p99_ms <= report.p999_ms && report.p999_ms <= report.max_ms);
+        if let Some(rate) = rate {
+            // The open loop sends exactly what the rate and duration call for.
+            assert_eq!(report.ops, (rate * 0.5) as u64, "{workload} at {rate}/s");
+        }
+        let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(json["ops"], report.ops);
+        rows.push(report.markdown_row());
+    }
+    println!("{}", rows.join("\n"));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly() {
+    let err = "scan".parse::<Workload>().unwrap_err().to_string();
+    assert!(err.contains("unknown workload \"scan\""), "{err}");
+    assert!("mixed-101".parse::<Workload>().is_err());
+    let spec = Spec {
+        endpoints: vec!["http://127.0.0.1:1".into()],
+        workload: Workload::Put,
+        clients: 1,
+        connections: 1,
+        duration: Duration::from_millis(100),
+        rate: None,
+        key_space: 10,
+        value_size: 8,
+        progress: false,
+    };
+    let err = run(&spec).await.unwrap_err().to_string();
+    assert!(err.starts_with("cannot connect to http://127.0.0.1:1"), "{err}");
+    let err = run(&Spec { clients: 0, ..spec }).await.unwrap_err().to_string();
+    assert!(err.contains("must not be zero"), "{err}");
+}
