@@ -63,8 +63,13 @@ impl Listeners {
     ) -> Result<(), tonic::transport::Error> {
         #[cfg(not(madsim))]
         {
+            use futures::StreamExt;
             let incoming =
-                futures::stream::select_all(self.inner.into_iter().map(tokio_stream::wrappers::TcpListenerStream::new));
+                futures::stream::select_all(self.inner.into_iter().map(tokio_stream::wrappers::TcpListenerStream::new))
+                    // Small answers must leave at once: with Nagle's algorithm on, each waits
+                    // for the client's delayed ACK (40 ms on Linux), which capped a member at
+                    // about 1.5k reads/s at 64 clients (measured with kvbench).
+                    .map(|conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)));
             router.serve_with_incoming_shutdown(incoming, shutdown).await
         }
         #[cfg(madsim)]
