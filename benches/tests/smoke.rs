@@ -77,3 +77,25 @@ async fn bad_input_is_refused_clearly() {
     let err = run(&Spec { clients: 0, ..spec }).await.unwrap_err().to_string();
     assert!(err.contains("must not be zero"), "{err}");
 }
+
+/// The binary refuses bad input with one line on stderr and a non-zero exit.
+#[test]
+fn the_binary_reports_bad_input_in_one_line() {
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().unwrap();
+    let out = run(&["--clients", "0", "--quiet"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kvbench: invalid benchmark: clients, connections and endpoints must not be zero"),
+        "{stderr}"
+    );
+    let out = run(&["--endpoints", "http://127.0.0.1:1", "--duration", "1s", "--quiet"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("kvbench: cannot connect to http://127.0.0.1:1"), "{stderr}");
+    let out = run(&["--workload", "scan"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload \"scan\""));
+}

@@ -1,6 +1,7 @@
 //! kvbench: one measurement against any etcd v3 endpoints (raftkv or etcd), printed as a
 //! Markdown table row and optionally written as JSON.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -44,8 +45,18 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let a = Args::parse();
+async fn main() -> ExitCode {
+    match measure(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the environment asks of backtraces.
+            eprintln!("kvbench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn measure(a: Args) -> Result<()> {
     let spec = Spec {
         endpoints: a.endpoints,
         workload: a.workload,
