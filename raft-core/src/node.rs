@@ -214,7 +214,7 @@ impl<E: Engine> Node<E> {
         let network = PeerNetwork { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
         let sm = store.clone();
-        peers.watch_metrics(raft.metrics(), Box::new(move || sm.meta().last_applied));
+        peers.watch_metrics(raft.metrics(), Box::new(move || sm.last_applied()));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
@@ -436,7 +436,7 @@ impl<E: Engine> Node<E> {
             (m.state, m.current_term)
         };
         // The store's own record: openraft's metrics may publish an apply after its reply.
-        let last_applied = self.store.meta().last_applied;
+        let last_applied = self.store.last_applied();
         let applied = last_applied.map_or(0, |l| l.index);
         if state == ServerState::Leader {
             // A leader new in its term may not have applied what earlier leaders acknowledged
@@ -574,7 +574,7 @@ impl<E: Engine> Node<E> {
             (m.state, m.current_term)
         };
         // The store's own record: openraft's metrics may publish an apply after its reply.
-        let applied = self.store.meta().last_applied.map_or(0, |l| l.index);
+        let applied = self.store.last_applied().map_or(0, |l| l.index);
         let age = lease.since.elapsed();
         if state != ServerState::Leader || term != lease.term || age >= self.lease_duration() {
             return None;

@@ -150,6 +150,12 @@ impl<E: Engine> KvStore<E> {
         let _ = rx.wait_for(|r| *r >= revision).await;
     }
 
+    /// The last log id applied, without copying the rest of the meta (read paths call this
+    /// per request, and openraft's metrics may publish an apply only after its reply).
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.shared.gate.read().last_applied
+    }
+
     /// A copy of the current meta.
     pub fn meta(&self) -> SmMeta {
         self.shared.gate.read().clone()
