@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_api::etcdserverpb::kv_client::KvClient;
-use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
@@ -59,13 +59,18 @@ pub async fn run(spec: &Spec) -> Result<Report, BenchError> {
         channels.push(ch);
     }
     let bar = progress(spec);
-    let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let hist = match spec.rate {
-        None => closed_loop(spec, &channels, &done, &errors).await,
-        Some(rate) => open_loop(spec, &channels, rate, &done, &errors).await,
+    let tasks = match spec.rate {
+        None => closed_loop(spec, &channels, &errors),
+        Some(rate) => open_loop(spec, &channels, rate, &errors),
     };
+    let mut hist = histogram();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = hist.add(h);
+        }
+    }
     let elapsed = start.elapsed();
     bar.finish_and_clear();
     Ok(Report::new(spec, &hist, errors.load(Ordering::Relaxed), elapsed))
@@ -95,86 +100,58 @@ fn client(spec: &Spec, channels: &[Channel], i: usize) -> Op {
     Op::new(kv, spec.workload, spec.key_space, spec.value_size, 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001))
 }
 
-/// Each client sends its next request when the previous one is answered.
-async fn closed_loop(
-    spec: &Spec,
-    channels: &[Channel],
-    done: &Arc<AtomicU64>,
-    errors: &Arc<AtomicU64>,
-) -> Histogram<u64> {
-    let deadline = Instant::now() + spec.duration;
-    let mut tasks = Vec::new();
-    for i in 0..spec.clients {
-        let mut op = client(spec, channels, i);
-        let (done, errors) = (done.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                match op.once().await {
-                    Ok(()) => {
-                        let _ = h.record(t.elapsed().as_micros() as u64);
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            h
-        }));
-    }
-    let mut all = histogram();
-    for t in tasks {
-        if let Ok(h) = t.await {
-            let _ = all.add(h);
+/// Sends one request and records its latency since `since` (or counts the failure).
+async fn timed(op: &mut Op, since: Instant, h: &mut Histogram<u64>, errors: &AtomicU64) {
+    match op.once().await {
+        Ok(()) => {
+            let _ = h.record(since.elapsed().as_micros() as u64);
+        }
+        Err(_) => {
+            errors.fetch_add(1, Ordering::Relaxed);
         }
     }
-    all
+}
+
+/// Each client sends its next request when the previous one is answered.
+fn closed_loop(spec: &Spec, channels: &[Channel], errors: &Arc<AtomicU64>) -> Vec<JoinHandle<Histogram<u64>>> {
+    let deadline = Instant::now() + spec.duration;
+    (0..spec.clients)
+        .map(|i| {
+            let mut op = client(spec, channels, i);
+            let errors = errors.clone();
+            tokio::spawn(async move {
+                let mut h = histogram();
+                while Instant::now() < deadline {
+                    timed(&mut op, Instant::now(), &mut h, &errors).await;
+                }
+                h
+            })
+        })
+        .collect()
 }
 
 /// Requests are due at a fixed rate; each latency runs from when it was due, so time spent
 /// waiting for a free client counts (no coordinated omission). At most `clients` in flight.
-async fn open_loop(
-    spec: &Spec,
-    channels: &[Channel],
-    rate: f64,
-    done: &Arc<AtomicU64>,
-    errors: &Arc<AtomicU64>,
-) -> Histogram<u64> {
+fn open_loop(spec: &Spec, channels: &[Channel], rate: f64, errors: &Arc<AtomicU64>) -> Vec<JoinHandle<Histogram<u64>>> {
     let start = Instant::now();
     let total = (rate * spec.duration.as_secs_f64()).ceil() as u64;
     let next = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(histogram()));
-    let mut tasks = Vec::new();
-    for i in 0..spec.clients {
-        let mut op = client(spec, channels, i);
-        let (next, hist, done, errors) = (next.clone(), hist.clone(), done.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    break;
-                }
-                let due = start + Duration::from_secs_f64(n as f64 / rate);
-                tokio::time::sleep_until(due).await;
-                match op.once().await {
-                    Ok(()) => {
-                        let _ = h.record(due.elapsed().as_micros() as u64);
-                        done.fetch_add(1, Ordering::Relaxed);
+    (0..spec.clients)
+        .map(|i| {
+            let mut op = client(spec, channels, i);
+            let (next, errors) = (next.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut h = histogram();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return h;
                     }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let due = start + Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(due).await;
+                    timed(&mut op, due, &mut h, &errors).await;
                 }
-            }
-            let _ = hist.lock().await.add(h);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let h = hist.lock().await.clone();
-    h
+            })
+        })
+        .collect()
 }
