@@ -6,10 +6,18 @@
 //! - [`run`]: the closed loop (N clients over M connections, each waiting for its answer) and
 //!   the open loop (a fixed rate, latency counted from when each request was due, so a slow
 //!   server cannot hide its queue: no coordinated omission);
-//! - [`report`]: HDR histograms summarised as ops/s and percentiles, in JSON and Markdown.
+//! - [`report`]: HDR histograms summarised as ops/s and percentiles, in JSON and Markdown;
+//! - [`compare`]: the side-by-side comparison of a local 3-member raftkv and etcd
+//!   ([`cluster`] starts them, [`failover`] kills their leaders, [`summary`] and [`plot`] write
+//!   the report).
 
+pub mod cluster;
+pub mod compare;
+pub mod failover;
+pub mod plot;
 pub mod report;
 pub mod run;
+pub mod summary;
 pub mod workload;
 
 pub use report::Report;
@@ -23,4 +31,8 @@ pub enum BenchError {
     Connect { endpoint: String, reason: String },
     #[error("invalid benchmark: {0}")]
     Invalid(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("report: {0}")]
+    Report(String),
 }

@@ -82,7 +82,7 @@ async fn bad_input_is_refused_clearly() {
 #[test]
 fn the_binary_reports_bad_input_in_one_line() {
     let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().unwrap();
-    let out = run(&["--clients", "0", "--quiet"]);
+    let out = run(&["run", "--clients", "0", "--quiet"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
@@ -90,12 +90,17 @@ fn the_binary_reports_bad_input_in_one_line() {
         stderr.starts_with("kvbench: invalid benchmark: clients, connections and endpoints must not be zero"),
         "{stderr}"
     );
-    let out = run(&["--endpoints", "http://127.0.0.1:1", "--duration", "1s", "--quiet"]);
+    let out = run(&["run", "--endpoints", "http://127.0.0.1:1", "--duration", "1s", "--quiet"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("kvbench: cannot connect to http://127.0.0.1:1"), "{stderr}");
-    let out = run(&["--workload", "scan"]);
+    let out = run(&["run", "--workload", "scan"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload \"scan\""));
+    let out = run(&["compare", "--kv-server", "/nonexistent/kv-server"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("kvbench: no kv-server binary at /nonexistent/kv-server"), "{stderr}");
 }

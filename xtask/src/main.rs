@@ -4,7 +4,9 @@
 //! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check;
 //! - `sim [seeds] [base seed]`: the deterministic simulation, every scenario over that many
 //!   seeds (default 1000 from seed 100), then the planted-bug tests from the base seed, in
-//!   release mode in `target/sim`.
+//!   release mode in `target/sim`;
+//! - `bench [kvbench compare args]`: builds kv-server and kvbench in release mode and runs the
+//!   side-by-side comparison with etcd (docs/benchmarks.md), writing `target/bench-report/`.
 //!
 //! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
 //! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
@@ -82,8 +84,28 @@ fn task() -> Result<()> {
                 &sim,
             )
         }
+        "bench" => {
+            cargo(&["build", "--release", "--bin", "kv-server", "--bin", "kvbench"], &[], &[])?;
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+            let kvbench = root.join(target).join("release").join("kvbench");
+            eprintln!("xtask: {} compare {}", kvbench.display(), rest.join(" "));
+            let status = Command::new(&kvbench)
+                .arg("compare")
+                .args(&rest)
+                .current_dir(root)
+                .status()
+                .with_context(|| format!("running {}", kvbench.display()))?;
+            if !status.success() {
+                bail!("kvbench compare failed: {status}");
+            }
+            Ok(())
+        }
         _ => {
-            bail!("usage: cargo xtask test [cargo test args] | cargo xtask lint | cargo xtask sim [seeds] [base seed]")
+            bail!(
+                "usage: cargo xtask test [cargo test args] | cargo xtask lint | cargo xtask sim [seeds] [base seed] \
+                 | cargo xtask bench [kvbench compare args]"
+            )
         }
     }
 }

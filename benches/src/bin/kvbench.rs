@@ -1,16 +1,35 @@
-//! kvbench: one measurement against any etcd v3 endpoints (raftkv or etcd), printed as a
-//! Markdown table row and optionally written as JSON.
+//! kvbench: load for any etcd v3 endpoints (raftkv or etcd).
+//!
+//! - `kvbench run`: one measurement, printed as a Markdown table row and optionally as JSON;
+//! - `kvbench compare`: the side-by-side comparison of a local 3-member raftkv and etcd,
+//!   written as report.md, report.json and SVG plots (docs/benchmarks.md).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Parser;
-use raftkv_bench::{run, Report, Spec, Workload};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use raftkv_bench::compare::{compare, CompareSpec};
+use raftkv_bench::{cluster, run, summary, Report, Spec, Workload};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
-struct Args {
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One measurement against running endpoints.
+    Run(RunArgs),
+    /// Start a 3-member raftkv and a 3-member etcd here and compare them side by side.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
     /// Comma-separated client URLs.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     endpoints: Vec<String>,
@@ -38,15 +57,62 @@ struct Args {
     value_size: usize,
     /// Write the report as JSON to this file.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// Where to write report.md, report.json, throughput.svg and latency.svg.
+    #[arg(long, default_value = "target/bench-report")]
+    out: PathBuf,
+    /// Where the members keep their data and logs (wiped first).
+    #[arg(long, default_value = "target/bench-clusters")]
+    work_dir: PathBuf,
+    /// The kv-server binary (default: next to this kvbench).
+    #[arg(long)]
+    kv_server: Option<PathBuf>,
+    /// The etcd binary (default: from PATH, installed from Debian's etcd-server if missing).
+    #[arg(long)]
+    etcd: Option<PathBuf>,
+    /// Workloads run on both systems.
+    #[arg(long, value_delimiter = ',', default_value = "put,get,get-serializable,txn,range")]
+    workloads: Vec<Workload>,
+    /// Workloads run on raftkv only (its own read levels).
+    #[arg(long, value_delimiter = ',', default_value = "get-lease,get-session,get-bounded")]
+    raftkv_only: Vec<Workload>,
+    /// Client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Most gRPC connections per run.
+    #[arg(long, default_value_t = 8)]
+    max_connections: usize,
+    /// Rounds; every figure is the median over them.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of each run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Distinct keys, all written once before the runs.
+    #[arg(long, default_value_t = 10_000)]
+    key_space: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Writers during the leader kill.
+    #[arg(long, default_value_t = 16)]
+    failover_clients: usize,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match measure(Args::parse()).await {
+    let result = match Cli::parse().command {
+        Cmd::Run(a) => measure(a).await,
+        Cmd::Compare(a) => side_by_side(a).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the environment asks of backtraces.
@@ -56,7 +122,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn measure(a: Args) -> Result<()> {
+async fn measure(a: RunArgs) -> Result<()> {
     let spec = Spec {
         endpoints: a.endpoints,
         workload: a.workload,
@@ -74,5 +140,38 @@ async fn measure(a: Args) -> Result<()> {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+async fn side_by_side(a: CompareArgs) -> Result<()> {
+    let kv_server = match a.kv_server {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("kv-server"),
+    };
+    if !kv_server.is_file() {
+        bail!("no kv-server binary at {} (build it with `cargo build --release --bin kv-server`)", kv_server.display());
+    }
+    let etcd = match a.etcd {
+        Some(p) => p,
+        None => cluster::etcd_binary()?,
+    };
+    let spec = CompareSpec {
+        kv_server: std::path::absolute(kv_server)?,
+        etcd,
+        work_dir: std::path::absolute(a.work_dir)?,
+        workloads: a.workloads,
+        raftkv_only: a.raftkv_only,
+        clients: a.clients,
+        max_connections: a.max_connections,
+        rounds: a.rounds,
+        duration: a.duration,
+        key_space: a.key_space,
+        value_size: a.value_size,
+        failover_clients: a.failover_clients,
+    };
+    let comparison = compare(spec).await?;
+    summary::write(&comparison, &a.out)?;
+    print!("{}", summary::markdown(&comparison));
+    eprintln!("kvbench: report written to {}", a.out.display());
     Ok(())
 }

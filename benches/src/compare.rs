@@ -1,0 +1,454 @@
+//! The side-by-side comparison: a 3-member raftkv and a 3-member etcd on this machine, the same
+//! load from the same generator, runs alternating between the systems so that a noisy machine
+//! slows both alike, and medians over rounds.
+//!
+//! Order of a comparison:
+//! 1. start both clusters and wait for their leaders;
+//! 2. load every key of the key space once on each, measuring the data directories before and
+//!    after (disk bytes per key);
+//! 3. for each round, workload and client count, run raftkv and etcd back to back (the first
+//!    system alternates), sampling every member's RSS during the 64-client runs; raftkv's own
+//!    read levels (lease, session, bounded) run on raftkv only, as etcd has no equivalent;
+//! 4. kill -9 the leader of each system under write load, once per round (`failover`);
+//! 5. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kv_api::etcdserverpb::kv_client::KvClient;
+use kv_api::etcdserverpb::PutRequest;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tonic::transport::Endpoint;
+
+use crate::cluster::{LocalCluster, System};
+use crate::failover::{leader_kill, Gap};
+use crate::report::Report;
+use crate::run::{run, Spec};
+use crate::workload::{key, Workload};
+use crate::BenchError;
+
+/// What to compare and where.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareSpec {
+    /// The kv-server binary.
+    pub kv_server: PathBuf,
+    /// The etcd binary.
+    pub etcd: PathBuf,
+    /// Where the members keep their data and logs (wiped at the start).
+    pub work_dir: PathBuf,
+    /// Workloads run on both systems.
+    pub workloads: Vec<Workload>,
+    /// Workloads run on raftkv only (its extension read levels).
+    pub raftkv_only: Vec<Workload>,
+    pub clients: Vec<usize>,
+    /// Most gRPC connections per run; a run uses min(clients, this).
+    pub max_connections: usize,
+    pub rounds: usize,
+    pub duration: Duration,
+    pub key_space: u64,
+    pub value_size: usize,
+    /// Writers during the leader kill.
+    pub failover_clients: usize,
+}
+
+/// The medians over the rounds of one workload at one client count on one system.
+#[derive(Clone, Debug, Serialize)]
+pub struct Median {
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// Failed requests, summed over the rounds.
+    pub errors: u64,
+}
+
+/// One row of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub clients: usize,
+    pub raftkv: Median,
+    /// None for raftkv-only workloads.
+    pub etcd: Option<Median>,
+}
+
+impl Row {
+    /// raftkv ops/s over etcd's.
+    pub fn throughput_ratio(&self) -> Option<f64> {
+        self.etcd.as_ref().filter(|e| e.ops_per_sec > 0.0).map(|e| self.raftkv.ops_per_sec / e.ops_per_sec)
+    }
+}
+
+/// Per member of one system.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Footprint {
+    /// Highest resident memory seen during the 64-client runs (or the largest client count if
+    /// 64 is not among them), in bytes, per member.
+    pub peak_rss_bytes: Vec<u64>,
+    /// Data directory bytes right after start, after loading the key space, and at the end.
+    pub disk_empty_bytes: Vec<u64>,
+    pub disk_loaded_bytes: Vec<u64>,
+    pub disk_end_bytes: Vec<u64>,
+    /// (loaded − empty) / keys, per member.
+    pub disk_bytes_per_key: Vec<f64>,
+}
+
+/// Everything a comparison measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub spec: CompareSpec,
+    pub machine: Machine,
+    /// Every single run, in the order they ran.
+    pub runs: Vec<(System, usize, Report)>,
+    pub rows: Vec<Row>,
+    pub footprint: BTreeMap<System, Footprint>,
+    /// One leader kill per round.
+    pub failover: BTreeMap<System, Vec<Gap>>,
+}
+
+/// Where the figures come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub date: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub raftkv_commit: String,
+    pub etcd_version: String,
+}
+
+impl Machine {
+    fn probe(spec: &CompareSpec) -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        let mem_kib: f64 = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let out = |prog: &str, args: &[&str]| {
+            std::process::Command::new(prog)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        Machine {
+            date: out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            raftkv_commit: out("git", &["describe", "--always", "--dirty"]),
+            etcd_version: crate::cluster::version_of(&spec.etcd).replace("etcd Version: ", "etcd "),
+        }
+    }
+}
+
+/// The client count whose runs are sampled for memory.
+fn rss_clients(spec: &CompareSpec) -> usize {
+    if spec.clients.contains(&64) {
+        64
+    } else {
+        spec.clients.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// Runs the whole comparison. Progress goes to stderr, one line per run.
+pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
+    if spec.rounds == 0 || spec.clients.is_empty() || spec.clients.contains(&0) || spec.key_space == 0 {
+        return Err(BenchError::Invalid("rounds, client counts and the key space must not be zero".into()));
+    }
+    let machine = Machine::probe(&spec);
+    let systems = [System::Raftkv, System::Etcd];
+    let mut clusters = BTreeMap::new();
+    for s in systems {
+        let program = match s {
+            System::Raftkv => &spec.kv_server,
+            System::Etcd => &spec.etcd,
+        };
+        clusters.insert(s, LocalCluster::start(s, program, &spec.work_dir)?);
+    }
+    let mut footprint: BTreeMap<System, Footprint> = BTreeMap::new();
+    for (s, c) in &clusters {
+        c.wait_ready(Duration::from_secs(30)).await?;
+        // Let the first entries of the new term settle before measuring the empty size.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let f = footprint.entry(*s).or_default();
+        f.disk_empty_bytes = c.members.iter().map(|m| m.disk_bytes()).collect();
+        load(&c.endpoints(), spec.key_space, spec.value_size).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        f.disk_loaded_bytes = c.members.iter().map(|m| m.disk_bytes()).collect();
+        f.disk_bytes_per_key = f
+            .disk_loaded_bytes
+            .iter()
+            .zip(&f.disk_empty_bytes)
+            .map(|(l, e)| l.saturating_sub(*e) as f64 / spec.key_space as f64)
+            .collect();
+        f.peak_rss_bytes = vec![0; c.members.len()];
+    }
+
+    let plan = plan(&spec);
+    let bar = ProgressBar::new(plan.len() as u64 + spec.rounds as u64 * 2);
+    bar.set_style(
+        ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}").expect("valid template"),
+    );
+    let mut runs = Vec::new();
+    for step in &plan {
+        let c = &clusters[&step.system];
+        let run_spec = Spec {
+            endpoints: c.endpoints(),
+            workload: step.workload,
+            clients: step.clients,
+            connections: step.clients.min(spec.max_connections.max(1)),
+            duration: spec.duration,
+            rate: None,
+            key_space: spec.key_space,
+            value_size: spec.value_size,
+            progress: false,
+        };
+        bar.set_message(format!("round {} {} × {} on {}", step.round + 1, step.workload, step.clients, step.system));
+        let sampler = (step.clients == rss_clients(&spec)).then(|| sample_rss(c));
+        let report = run(&run_spec).await?;
+        if let Some((peaks, stop)) = sampler {
+            stop.notify_one();
+            let f = footprint.get_mut(&step.system).expect("footprint per system");
+            for (p, seen) in f.peak_rss_bytes.iter_mut().zip(peaks.lock().iter()) {
+                *p = (*p).max(*seen);
+            }
+        }
+        bar.println(format!(
+            "round {} {:>16} × {:>3} {:>6}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            step.round + 1,
+            step.workload.to_string(),
+            step.clients,
+            step.system.to_string(),
+            report.ops_per_sec,
+            report.p50_ms,
+            report.p99_ms,
+            report.errors
+        ));
+        runs.push((step.system, step.round, report));
+        bar.inc(1);
+    }
+
+    let mut failover: BTreeMap<System, Vec<Gap>> = BTreeMap::new();
+    for round in 0..spec.rounds {
+        for s in order(round) {
+            bar.set_message(format!("round {} leader kill on {s}", round + 1));
+            let c = clusters.get_mut(&s).expect("cluster per system");
+            let g = leader_kill(c, spec.failover_clients, spec.key_space, spec.value_size).await?;
+            bar.println(format!(
+                "round {} leader kill {:>6}: first write after {} ms, full throughput after {} ms",
+                round + 1,
+                s.to_string(),
+                fmt_opt(g.to_first_write_ms),
+                fmt_opt(g.to_full_throughput_ms)
+            ));
+            failover.entry(s).or_default().push(g);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    for (s, c) in &clusters {
+        footprint.get_mut(s).expect("footprint per system").disk_end_bytes =
+            c.members.iter().map(|m| m.disk_bytes()).collect();
+    }
+    let rows = summarise(&spec, &runs);
+    Ok(Comparison { spec, machine, runs, rows, footprint, failover })
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".into(), |v| format!("{v:.0}"))
+}
+
+/// The systems in the order a round runs them: alternating, so neither always goes first.
+fn order(round: usize) -> [System; 2] {
+    if round.is_multiple_of(2) {
+        [System::Raftkv, System::Etcd]
+    } else {
+        [System::Etcd, System::Raftkv]
+    }
+}
+
+/// One run of the plan.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Step {
+    round: usize,
+    workload: Workload,
+    clients: usize,
+    system: System,
+}
+
+/// Every run in order: per round, per workload, per client count, both systems back to back.
+fn plan(spec: &CompareSpec) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for round in 0..spec.rounds {
+        for (w, workload) in spec.workloads.iter().chain(&spec.raftkv_only).enumerate() {
+            let shared = w < spec.workloads.len();
+            for (k, &clients) in spec.clients.iter().enumerate() {
+                let systems = if shared { order(round + w + k).to_vec() } else { vec![System::Raftkv] };
+                for system in systems {
+                    steps.push(Step { round, workload: *workload, clients, system });
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// The median of each figure over the rounds.
+fn summarise(spec: &CompareSpec, runs: &[(System, usize, Report)]) -> Vec<Row> {
+    let median_of = |system: System, workload: Workload, clients: usize| -> Option<Median> {
+        let reports: Vec<&Report> = runs
+            .iter()
+            .filter(|(s, _, r)| *s == system && r.workload == workload && r.clients == clients)
+            .map(|(_, _, r)| r)
+            .collect();
+        if reports.is_empty() {
+            return None;
+        }
+        let med = |f: fn(&Report) -> f64| median(reports.iter().map(|r| f(r)).collect());
+        Some(Median {
+            ops_per_sec: med(|r| r.ops_per_sec),
+            p50_ms: med(|r| r.p50_ms),
+            p99_ms: med(|r| r.p99_ms),
+            p999_ms: med(|r| r.p999_ms),
+            errors: reports.iter().map(|r| r.errors).sum(),
+        })
+    };
+    let mut rows = Vec::new();
+    for workload in spec.workloads.iter().chain(&spec.raftkv_only) {
+        for &clients in &spec.clients {
+            if let Some(raftkv) = median_of(System::Raftkv, *workload, clients) {
+                let etcd = median_of(System::Etcd, *workload, clients);
+                rows.push(Row { workload: workload.to_string(), clients, raftkv, etcd });
+            }
+        }
+    }
+    rows
+}
+
+/// The median (mean of the middle two for an even count); 0 for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Samples every member's RSS each 200 ms until notified, keeping the peak per member.
+fn sample_rss(c: &LocalCluster) -> (Arc<Mutex<Vec<u64>>>, Arc<tokio::sync::Notify>) {
+    let pids: Vec<Option<u32>> = c.members.iter().map(|m| m.pid()).collect();
+    let peaks = Arc::new(Mutex::new(vec![0u64; pids.len()]));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (p, s) = (peaks.clone(), stop.clone());
+    tokio::spawn(async move {
+        loop {
+            for (i, pid) in pids.iter().enumerate() {
+                if let Some(rss) = pid.and_then(crate::cluster::rss_of_pid) {
+                    let mut peaks = p.lock();
+                    peaks[i] = peaks[i].max(rss);
+                }
+            }
+            tokio::select! {
+                _ = s.notified() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    });
+    (peaks, stop)
+}
+
+/// Writes every key of the key space once, 64 writers at a time.
+async fn load(endpoints: &[String], key_space: u64, value_size: usize) -> Result<(), BenchError> {
+    const WRITERS: u64 = 64;
+    let mut channels = Vec::new();
+    for url in endpoints {
+        let ch = Endpoint::from_shared(url.clone())
+            .map_err(|e| BenchError::Connect { endpoint: url.clone(), reason: e.to_string() })?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| BenchError::Connect { endpoint: url.clone(), reason: e.to_string() })?;
+        channels.push(ch);
+    }
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let mut kv = KvClient::new(channels[w as usize % channels.len()].clone());
+            let value = vec![b'v'; value_size];
+            tokio::spawn(async move {
+                for n in (w..key_space).step_by(WRITERS as usize) {
+                    let req = PutRequest { key: key(n), value: value.clone(), ..Default::default() };
+                    kv.put(req).await.map_err(|e| BenchError::Cluster(format!("loading key {n}: {}", e.message())))?;
+                }
+                Ok::<(), BenchError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| BenchError::Cluster(e.to_string()))??;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> CompareSpec {
+        CompareSpec {
+            kv_server: "kv-server".into(),
+            etcd: "etcd".into(),
+            work_dir: "w".into(),
+            workloads: vec![Workload::Put, "get".parse().unwrap()],
+            raftkv_only: vec!["get-lease".parse().unwrap()],
+            clients: vec![1, 64],
+            max_connections: 8,
+            rounds: 2,
+            duration: Duration::from_secs(1),
+            key_space: 10,
+            value_size: 4,
+            failover_clients: 16,
+        }
+    }
+
+    #[test]
+    fn every_shared_run_has_its_etcd_twin_and_the_first_system_alternates() {
+        let steps = plan(&spec());
+        // 2 rounds × (2 shared workloads × 2 counts × 2 systems + 1 raftkv-only × 2 counts).
+        assert_eq!(steps.len(), 2 * (2 * 2 * 2 + 2));
+        let firsts: Vec<System> = steps
+            .chunks(1)
+            .zip(steps.iter().skip(1))
+            .filter(|(a, b)| a[0].workload == b.workload && a[0].clients == b.clients && a[0].system != b.system)
+            .map(|(a, _)| a[0].system)
+            .collect();
+        assert!(firsts.contains(&System::Raftkv) && firsts.contains(&System::Etcd), "{firsts:?}");
+        assert!(steps.iter().filter(|s| s.workload.to_string() == "get-lease").all(|s| s.system == System::Raftkv));
+    }
+
+    #[test]
+    fn medians_take_the_middle_of_the_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+}

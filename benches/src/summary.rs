@@ -1,0 +1,149 @@
+//! The comparison's report files: `report.md` (the tables docs/benchmarks.md quotes),
+//! `report.json` (every run and every figure) and `throughput.svg` / `latency.svg`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::compare::{median, Comparison, Median};
+use crate::plot::{self, Metric};
+use crate::BenchError;
+
+/// Writes the four report files into `dir` (created if missing).
+pub fn write(c: &Comparison, dir: &Path) -> Result<(), BenchError> {
+    let io = |what: &str, e: std::io::Error| BenchError::Report(format!("writing {what} in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io("the directory", e))?;
+    let json = serde_json::to_string_pretty(c).map_err(|e| BenchError::Report(e.to_string()))?;
+    std::fs::write(dir.join("report.json"), json).map_err(|e| io("report.json", e))?;
+    std::fs::write(dir.join("report.md"), markdown(c)).map_err(|e| io("report.md", e))?;
+    plot::draw(&c.rows, Metric::Throughput, &dir.join("throughput.svg"))?;
+    plot::draw(&c.rows, Metric::P99, &dir.join("latency.svg"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "—".into(), |r| format!("{r:.2}×"))
+}
+
+/// The report as Markdown.
+pub fn markdown(c: &Comparison) -> String {
+    let s = &c.spec;
+    let m = &c.machine;
+    let mut out = String::new();
+    let _ = writeln!(out, "## Comparison of {} (raftkv {}, {})\n", m.date, m.raftkv_commit, m.etcd_version);
+    let _ = writeln!(
+        out,
+        "Machine: {}, {} cores, {:.0} GiB, Linux {}. Both systems: 3 members on loopback, default \
+         settings (fsync before acknowledging). Load: {}-byte keys, {}-byte values over {} keys \
+         (each written once before the runs), closed loop, min(clients, {}) connections spread over \
+         the members. Each figure is the median of {} rounds of {} s; within a round the two \
+         systems run back to back, alternating which goes first.\n",
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        m.kernel,
+        crate::workload::key(0).len(),
+        s.value_size,
+        s.key_space,
+        s.max_connections,
+        s.rounds,
+        s.duration.as_secs_f64()
+    );
+    let _ = writeln!(out, "### Throughput and latency\n");
+    let _ = writeln!(
+        out,
+        "| workload | clients | raftkv ops/s | etcd ops/s | raftkv/etcd | p50 ms raftkv / etcd | p99 ms raftkv / etcd | p99.9 ms raftkv / etcd | errors raftkv / etcd |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let pair = |a: f64, b: Option<f64>| match b {
+        Some(b) => format!("{a:.2} / {b:.2}"),
+        None => format!("{a:.2} / —"),
+    };
+    for r in &c.rows {
+        let e: Option<&Median> = r.etcd.as_ref();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} / {} |",
+            r.workload,
+            r.clients,
+            r.raftkv.ops_per_sec,
+            e.map_or_else(|| "—".into(), |e| format!("{:.0}", e.ops_per_sec)),
+            ratio(r.throughput_ratio()),
+            pair(r.raftkv.p50_ms, e.map(|e| e.p50_ms)),
+            pair(r.raftkv.p99_ms, e.map(|e| e.p99_ms)),
+            pair(r.raftkv.p999_ms, e.map(|e| e.p999_ms)),
+            r.raftkv.errors,
+            e.map_or_else(|| "—".into(), |e| e.errors.to_string()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n`get` is a stock etcd get (linearizable on both); `get-lease`, `get-session` and \
+         `get-bounded` are raftkv's own levels, which etcd does not have.\n"
+    );
+
+    let _ = writeln!(out, "### Memory and disk per member\n");
+    let _ = writeln!(
+        out,
+        "| system | peak RSS MiB (m1, m2, m3) | data dir MiB: empty → loaded → end | disk bytes per key (m1, m2, m3) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    for (system, f) in &c.footprint {
+        let list = |v: &[u64]| v.iter().map(|b| mib(*b)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "| {system} | {} | {} → {} → {} | {} |",
+            list(&f.peak_rss_bytes),
+            list(&f.disk_empty_bytes),
+            list(&f.disk_loaded_bytes),
+            list(&f.disk_end_bytes),
+            f.disk_bytes_per_key.iter().map(|b| format!("{b:.0}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nPeak RSS is sampled every 200 ms during the {}-client runs. Disk bytes per key is the \
+         growth of each data directory (file lengths) while the key space was loaded, divided by \
+         the number of keys; etcd preallocates its WAL in 64 MiB segments, so its figure counts \
+         the bbolt file's growth but not the WAL's. \"End\" is after every run, history included.\n",
+        if s.clients.contains(&64) { 64 } else { s.clients.iter().copied().max().unwrap_or(0) }
+    );
+
+    let _ = writeln!(out, "### Leader kill -9 under write load\n");
+    let _ = writeln!(
+        out,
+        "{} clients write; after 3 s the leader gets SIGKILL. *First write*: the first write sent \
+         after the kill that is acknowledged. *Full throughput*: the start of the first half \
+         second from then on with at least 90% of the write rate before the kill. Clients use a \
+         1 s timeout and move to the next member after any error.\n",
+        s.failover_clients
+    );
+    let _ = writeln!(
+        out,
+        "| system | writes/s before | first write ms (median; each round) | full throughput ms (median; each round) |"
+    );
+    let _ = writeln!(out, "|---|---:|---|---|");
+    for (system, gaps) in &c.failover {
+        let figures = |f: fn(&crate::failover::Gap) -> Option<f64>| {
+            let each: Vec<String> =
+                gaps.iter().map(|g| f(g).map_or_else(|| "none in 8 s".into(), |v| format!("{v:.0}"))).collect();
+            let reached: Vec<f64> = gaps.iter().filter_map(f).collect();
+            let med = if reached.len() == gaps.len() { format!("{:.0}", median(reached)) } else { "—".into() };
+            format!("{med}; {}", each.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "| {system} | {:.0} | {} | {} |",
+            median(gaps.iter().map(|g| g.steady_ops_per_sec).collect()),
+            figures(|g| g.to_first_write_ms),
+            figures(|g| g.to_full_throughput_ms)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n![throughput per client count](throughput.svg)\n\n![p99 latency per client count](latency.svg)"
+    );
+    out
+}
