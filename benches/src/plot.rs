@@ -72,6 +72,10 @@ pub fn draw(rows: &[Row], metric: Metric, path: &Path) -> Result<(), BenchError>
             .x_labels(x_max as usize + 1)
             .x_label_formatter(&|v| format!("{}", 2f64.powf(*v).round()))
             .y_desc(metric.axis())
+            .y_label_formatter(&|v| match metric {
+                Metric::Throughput => format!("{v:.0}"),
+                Metric::P99 => format!("{v:.1}"),
+            })
             .draw()
             .map_err(|e| err(e.to_string()))?;
         let series = |f: &dyn Fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {

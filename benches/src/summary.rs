@@ -147,3 +147,103 @@ pub fn markdown(c: &Comparison) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::System;
+    use crate::compare::{CompareSpec, Footprint, Machine, Row};
+    use crate::failover::Gap;
+
+    fn med(ops: f64, p99: f64) -> Median {
+        Median { ops_per_sec: ops, p50_ms: p99 / 4.0, p99_ms: p99, p999_ms: p99 * 2.0, errors: 0 }
+    }
+
+    fn comparison() -> Comparison {
+        let spec = CompareSpec {
+            kv_server: "kv-server".into(),
+            etcd: "etcd".into(),
+            work_dir: "w".into(),
+            workloads: vec!["put".parse().unwrap()],
+            raftkv_only: vec!["get-lease".parse().unwrap()],
+            clients: vec![1, 64],
+            max_connections: 8,
+            rounds: 3,
+            duration: Duration::from_secs(5),
+            key_space: 1000,
+            value_size: 256,
+            failover_clients: 16,
+        };
+        let machine = Machine {
+            date: "today".into(),
+            cpu: "cpu".into(),
+            cores: 2,
+            memory_gib: 24.0,
+            kernel: "6".into(),
+            raftkv_commit: "abc".into(),
+            etcd_version: "etcd 3.4.23".into(),
+        };
+        let rows = vec![
+            Row { workload: "put".into(), clients: 1, raftkv: med(500.0, 4.0), etcd: Some(med(1000.0, 2.0)) },
+            Row { workload: "put".into(), clients: 64, raftkv: med(9000.0, 20.0), etcd: Some(med(6000.0, 30.0)) },
+            Row { workload: "get-lease".into(), clients: 64, raftkv: med(30000.0, 3.0), etcd: None },
+        ];
+        let mut footprint = BTreeMap::new();
+        for s in [System::Raftkv, System::Etcd] {
+            footprint.insert(
+                s,
+                Footprint {
+                    peak_rss_bytes: vec![64 << 20; 3],
+                    disk_empty_bytes: vec![0; 3],
+                    disk_loaded_bytes: vec![1 << 20; 3],
+                    disk_end_bytes: vec![2 << 20; 3],
+                    disk_bytes_per_key: vec![1048.6; 3],
+                },
+            );
+        }
+        let gap = |first: Option<f64>| Gap {
+            steady_ops_per_sec: 1000.0,
+            to_first_write_ms: first,
+            to_full_throughput_ms: first,
+        };
+        let mut failover = BTreeMap::new();
+        failover.insert(System::Raftkv, vec![gap(Some(300.0)), gap(Some(500.0)), gap(Some(400.0))]);
+        failover.insert(System::Etcd, vec![gap(Some(2000.0)), gap(None), gap(Some(1000.0))]);
+        Comparison { spec, machine, runs: vec![], rows, footprint, failover }
+    }
+
+    #[test]
+    fn the_markdown_report_carries_every_figure_and_ratio() {
+        let md = markdown(&comparison());
+        assert!(
+            md.contains("| put | 64 | 9000 | 6000 | 1.50× | 5.00 / 7.50 | 20.00 / 30.00 | 40.00 / 60.00 | 0 / 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| put | 1 | 500 | 1000 | 0.50× |"), "{md}");
+        assert!(md.contains("| get-lease | 64 | 30000 | — | — | 0.75 / — |"), "{md}");
+        assert!(md.contains("| raftkv | 64, 64, 64 | 0, 0, 0 → 1, 1, 1 → 2, 2, 2 | 1049, 1049, 1049 |"), "{md}");
+        // A round that never recovered leaves no median, but shows in the list.
+        assert!(md.contains("| raftkv | 1000 | 400; 300, 500, 400 | 400; 300, 500, 400 |"), "{md}");
+        assert!(md.contains("| etcd | 1000 | —; 2000, none in 8 s, 1000 |"), "{md}");
+    }
+
+    #[test]
+    fn the_report_files_are_written_with_both_systems_plotted() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&comparison(), dir.path()).unwrap();
+        for f in ["throughput.svg", "latency.svg"] {
+            let svg = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("raftkv") && svg.contains("etcd"), "{f}");
+            // Only workloads run on both systems get a panel.
+            assert!(svg.contains("put:") && !svg.contains("get-lease"), "{f}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap()).unwrap();
+        assert_eq!(json["rows"][1]["etcd"]["ops_per_sec"], 6000.0);
+        assert_eq!(json["failover"]["etcd"][1]["to_first_write_ms"], serde_json::Value::Null);
+        assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("(throughput.svg)"));
+    }
+}
