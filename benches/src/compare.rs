@@ -228,17 +228,20 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
                 *p = (*p).max(*seen);
             }
         }
-        bar.println(format!(
-            "round {} {:>16} × {:>3} {:>6}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-            step.round + 1,
-            step.workload.to_string(),
-            step.clients,
-            step.system.to_string(),
-            report.ops_per_sec,
-            report.p50_ms,
-            report.p99_ms,
-            report.errors
-        ));
+        say(
+            &bar,
+            format!(
+                "round {} {:>16} × {:>3} {:>6}: {:>8.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                step.round + 1,
+                step.workload.to_string(),
+                step.clients,
+                step.system.to_string(),
+                report.ops_per_sec,
+                report.p50_ms,
+                report.p99_ms,
+                report.errors
+            ),
+        );
         runs.push((step.system, step.round, report));
         bar.inc(1);
     }
@@ -249,13 +252,16 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
             bar.set_message(format!("round {} leader kill on {s}", round + 1));
             let c = clusters.get_mut(&s).expect("cluster per system");
             let g = leader_kill(c, spec.failover_clients, spec.key_space, spec.value_size).await?;
-            bar.println(format!(
-                "round {} leader kill {:>6}: first write after {} ms, full throughput after {} ms",
-                round + 1,
-                s.to_string(),
-                fmt_opt(g.to_first_write_ms),
-                fmt_opt(g.to_full_throughput_ms)
-            ));
+            say(
+                &bar,
+                format!(
+                    "round {} leader kill {:>6}: first write after {} ms, full throughput after {} ms",
+                    round + 1,
+                    s.to_string(),
+                    fmt_opt(g.to_first_write_ms),
+                    fmt_opt(g.to_full_throughput_ms)
+                ),
+            );
             failover.entry(s).or_default().push(g);
             bar.inc(1);
         }
@@ -267,6 +273,16 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
     }
     let rows = summarise(&spec, &runs);
     Ok(Comparison { spec, machine, runs, rows, footprint, failover })
+}
+
+/// One progress line: above the bar on a terminal, plainly on stderr otherwise (indicatif drops
+/// `println` on a hidden bar, and a log file is where these lines matter most).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn fmt_opt(v: Option<f64>) -> String {

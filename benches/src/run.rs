@@ -100,13 +100,17 @@ fn client(spec: &Spec, channels: &[Channel], i: usize) -> Op {
     Op::new(kv, spec.workload, spec.key_space, spec.value_size, 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001))
 }
 
+/// A request unanswered after this counts as failed (its outcome is unknown), so a stuck
+/// server cannot hold a run open forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sends one request and records its latency since `since` (or counts the failure).
 async fn timed(op: &mut Op, since: Instant, h: &mut Histogram<u64>, errors: &AtomicU64) {
-    match op.once().await {
-        Ok(()) => {
+    match tokio::time::timeout(REQUEST_TIMEOUT, op.once()).await {
+        Ok(Ok(())) => {
             let _ = h.record(since.elapsed().as_micros() as u64);
         }
-        Err(_) => {
+        Ok(Err(_)) | Err(_) => {
             errors.fetch_add(1, Ordering::Relaxed);
         }
     }

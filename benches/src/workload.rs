@@ -180,7 +180,10 @@ impl Op {
                 self.seen(r.into_inner().header.map(|h| h.revision));
             }
             Kind::Range => {
-                let end = key(self.next() % self.key_space.max(1) + 10);
+                // The 10 keys from the drawn one on (fewer near the end of the key space).
+                let start = self.next() % self.key_space.max(1);
+                let k = key(start);
+                let end = key(start + 10);
                 let r = self.kv.range(RangeRequest { key: k, range_end: end, ..Default::default() }).await?;
                 self.seen(r.into_inner().header.map(|h| h.revision));
             }

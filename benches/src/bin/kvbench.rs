@@ -169,9 +169,29 @@ async fn side_by_side(a: CompareArgs) -> Result<()> {
         value_size: a.value_size,
         failover_clients: a.failover_clients,
     };
-    let comparison = compare(spec).await?;
+    // Ctrl-C or SIGTERM drops the comparison, and with it the clusters: no member outlives it.
+    let comparison = tokio::select! {
+        c = compare(spec) => c?,
+        _ = interrupted() => bail!("interrupted; the clusters were stopped"),
+    };
     summary::write(&comparison, &a.out)?;
     print!("{}", summary::markdown(&comparison));
     eprintln!("kvbench: report written to {}", a.out.display());
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
