@@ -144,3 +144,19 @@ mod sim {
         }
     }
 }
+
+/// Runs `f`, which may block its thread (waiting for the state machine's gate while a snapshot
+/// is exported, or exporting one), without stalling the async runtime. On tokio's multi-thread
+/// runtime the worker first hands its queued tasks to another thread (`block_in_place`), so
+/// Raft's heartbeats and replication keep running; blocking a worker outright stalled every
+/// task queued behind it for the whole export, long enough for elections (docs/benchmarks.md).
+/// On a current-thread runtime and in the simulation `f` simply runs.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(not(madsim))]
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            return tokio::task::block_in_place(f);
+        }
+    }
+    f()
+}

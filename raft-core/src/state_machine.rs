@@ -133,6 +133,23 @@ impl<E: Engine> KvStore<E> {
             shared: Arc::new(Shared { engine, gate: RwLock::new(meta), revision, installed: Default::default() }),
         })
     }
+    /// The gate, shared. It is taken without waiting when it is free; otherwise (an apply is
+    /// queued behind a snapshot export) the wait goes through [`crate::rt::blocking`], so it
+    /// never holds up the runtime's other tasks.
+    fn read_gate(&self) -> parking_lot::RwLockReadGuard<'_, SmMeta> {
+        match self.shared.gate.try_read() {
+            Some(g) => g,
+            None => crate::rt::blocking(|| self.shared.gate.read()),
+        }
+    }
+
+    /// The gate, exclusively; see [`KvStore::read_gate`].
+    fn write_gate(&self) -> parking_lot::RwLockWriteGuard<'_, SmMeta> {
+        match self.shared.gate.try_write() {
+            Some(g) => g,
+            None => crate::rt::blocking(|| self.shared.gate.write()),
+        }
+    }
 
     pub fn engine(&self) -> &Arc<E> {
         &self.shared.engine
@@ -153,17 +170,17 @@ impl<E: Engine> KvStore<E> {
     /// The last log id applied, without copying the rest of the meta (read paths call this
     /// per request, and openraft's metrics may publish an apply only after its reply).
     pub fn last_applied(&self) -> Option<LogId> {
-        self.shared.gate.read().last_applied
+        self.read_gate().last_applied
     }
 
     /// A copy of the current meta.
     pub fn meta(&self) -> SmMeta {
-        self.shared.gate.read().clone()
+        self.read_gate().clone()
     }
 
     /// Records the cluster id on first start (durably); returns the id the store keeps.
     pub fn init_cluster_id(&self, id: u64) -> Result<u64, StorageError> {
-        let mut meta = self.shared.gate.write();
+        let mut meta = self.write_gate();
         if meta.cluster_id != 0 {
             return Ok(meta.cluster_id);
         }
@@ -177,13 +194,13 @@ impl<E: Engine> KvStore<E> {
 
     /// etcd Range against the local state (the caller has settled the consistency level).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let meta = self.shared.gate.read();
+        let meta = self.read_gate();
         read::range(&*self.shared.engine, req, meta.revisions())
     }
 
     /// A read-only txn (only Range ops) against the local state, without going through Raft.
     pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        let meta = self.shared.gate.read();
+        let meta = self.read_gate();
         let mut view = Overlay::new(&*self.shared.engine);
         let mut w = Writer { view: &mut view, revs: meta.revisions() };
         let resp = w.txn(req)?;
@@ -193,7 +210,7 @@ impl<E: Engine> KvStore<E> {
 
     /// Published member attributes.
     pub fn members(&self) -> Result<Vec<MemberAttrs>, StorageError> {
-        let _g = self.shared.gate.read();
+        let _g = self.read_gate();
         let mut out = Vec::new();
         for item in self.shared.engine.scan(Tree::Members, Bound::Unbounded, Bound::Unbounded, false) {
             out.push(decode(&item.map_err(sm_read_err)?.1)?);
@@ -220,7 +237,7 @@ impl<E: Engine> KvStore<E> {
     }
 
     fn export(&self) -> Result<(SmMeta, Vec<u8>), StorageError> {
-        let meta = self.shared.gate.read();
+        let meta = self.read_gate();
         let mut content = SnapshotContent { trees: Vec::new() };
         for tree in SM_TREES {
             let pairs = self
@@ -232,6 +249,45 @@ impl<E: Engine> KvStore<E> {
             content.trees.push((tree.name().to_string(), pairs));
         }
         Ok((meta.clone(), encode(&content)))
+    }
+
+    /// [`RaftStateMachine::install_snapshot`]'s work, blocking.
+    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        let content: SnapshotContent =
+            bincode::deserialize(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;
+        let mut gate = self.write_gate();
+        let engine = &self.shared.engine;
+        let mut batch = Batch::default();
+        for tree in SM_TREES {
+            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+                batch.delete(tree, item.map_err(sm_read_err)?.0);
+            }
+        }
+        for (name, pairs) in content.trees {
+            let tree = SM_TREES.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+                sm_read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown tree {name}")))
+            })?;
+            for (k, v) in pairs {
+                batch.put(tree, k, v);
+            }
+        }
+        self.persist_snapshot(meta, &data, batch)?;
+        let mut fresh = load_meta(&**engine)?;
+        // The snapshot's position is authoritative even if its content predates the meta keys.
+        fresh.last_applied = meta.last_log_id;
+        fresh.membership = meta.last_membership.clone();
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            revision = fresh.revision,
+            "installed snapshot up to log {}",
+            meta.last_log_id.map_or(0, |l| l.index)
+        );
+        let revision = fresh.revision;
+        *gate = fresh;
+        drop(gate);
+        self.shared.revision.send_replace(revision);
+        self.shared.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Stores `meta`/`data` as the current snapshot together with `batch`, durably. Caller
@@ -254,7 +310,8 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
     /// Exports the state under the shared gate (apply waits), so the snapshot is exactly the
     /// state at its last applied log id.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = self.export()?;
+        // Scanning and encoding the whole state takes long on a big store: off the runtime.
+        let (meta, data) = crate::rt::blocking(|| self.export())?;
         let snapshot_id = match &meta.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
             None => format!("empty-{}", meta.revision),
@@ -264,11 +321,14 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         // Builds run concurrently with installs: never replace a newer stored snapshot with an
         // older build. The flush also makes the state machine durable up to this point, so
         // logs the snapshot covers may be purged.
-        let _gate = self.shared.gate.write();
-        let newer_stored = self.stored_snapshot_meta()?.is_some_and(|m| m.last_log_id >= snap_meta.last_log_id);
-        if !newer_stored {
-            self.persist_snapshot(&snap_meta, &data, Batch::default())?;
-        }
+        crate::rt::blocking(|| {
+            let _gate = self.write_gate();
+            let newer_stored = self.stored_snapshot_meta()?.is_some_and(|m| m.last_log_id >= snap_meta.last_log_id);
+            if !newer_stored {
+                self.persist_snapshot(&snap_meta, &data, Batch::default())?;
+            }
+            Ok::<(), StorageError>(())
+        })?;
         Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -277,7 +337,7 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let m = self.shared.gate.read();
+        let m = self.read_gate();
         Ok((m.last_applied, m.membership.clone()))
     }
 
@@ -311,7 +371,7 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         }
         meta_ops(&mut view, &meta);
         let batch = view.into_batch();
-        let mut gate = self.shared.gate.write();
+        let mut gate = self.write_gate();
         engine.write(batch).map_err(sm_write_err)?;
         // Only what apply owns: cluster_id is set elsewhere and must not be overwritten.
         gate.revision = meta.revision;
@@ -337,42 +397,8 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let content: SnapshotContent =
-            bincode::deserialize(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;
-        let mut gate = self.shared.gate.write();
-        let engine = &self.shared.engine;
-        let mut batch = Batch::default();
-        for tree in SM_TREES {
-            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
-                batch.delete(tree, item.map_err(sm_read_err)?.0);
-            }
-        }
-        for (name, pairs) in content.trees {
-            let tree = SM_TREES.into_iter().find(|t| t.name() == name).ok_or_else(|| {
-                sm_read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown tree {name}")))
-            })?;
-            for (k, v) in pairs {
-                batch.put(tree, k, v);
-            }
-        }
-        self.persist_snapshot(meta, &data, batch)?;
-        let mut fresh = load_meta(&**engine)?;
-        // The snapshot's position is authoritative even if its content predates the meta keys.
-        fresh.last_applied = meta.last_log_id;
-        fresh.membership = meta.last_membership.clone();
-        tracing::info!(
-            snapshot = %meta.snapshot_id,
-            revision = fresh.revision,
-            "installed snapshot up to log {}",
-            meta.last_log_id.map_or(0, |l| l.index)
-        );
-        let revision = fresh.revision;
-        *gate = fresh;
-        drop(gate);
-        self.shared.revision.send_replace(revision);
-        self.shared.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        // Replacing the whole state takes long on a big store: off the runtime.
+        crate::rt::blocking(|| self.install(meta, snapshot.into_inner()))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
