@@ -251,7 +251,13 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
         for s in order(round) {
             bar.set_message(format!("round {} leader kill on {s}", round + 1));
             let c = clusters.get_mut(&s).expect("cluster per system");
-            let g = leader_kill(c, spec.failover_clients, spec.key_space, spec.value_size).await?;
+            // A cluster that does not recover is a result, not a reason to lose the report.
+            let g = leader_kill(c, spec.failover_clients, spec.key_space, spec.value_size)
+                .await
+                .unwrap_or_else(|e| Gap { failed: Some(e.to_string()), ..Gap::default() });
+            if let Some(why) = &g.failed {
+                say(&bar, format!("round {} leader kill {s}: {why}", round + 1));
+            }
             say(
                 &bar,
                 format!(

@@ -41,6 +41,9 @@ pub struct Gap {
     pub steady_ops_per_sec: f64,
     pub to_first_write_ms: Option<f64>,
     pub to_full_throughput_ms: Option<f64>,
+    /// Why the measurement could not finish (e.g. no leader agreed on within 30 s of the
+    /// restart); the figures above are then missing.
+    pub failed: Option<String>,
 }
 
 /// One acknowledged write: when it was sent and when its answer came, since the load began.
@@ -77,7 +80,12 @@ pub fn gap(completions: &[Completion], kill: Duration) -> Gap {
         }
     }
     let ms = |d: Duration| (d - kill).as_secs_f64() * 1000.0;
-    Gap { steady_ops_per_sec: steady, to_first_write_ms: first.map(ms), to_full_throughput_ms: full.map(ms) }
+    Gap {
+        steady_ops_per_sec: steady,
+        to_first_write_ms: first.map(ms),
+        to_full_throughput_ms: full.map(ms),
+        failed: None,
+    }
 }
 
 /// Writes with `clients` clients, kills the leader after a steady stretch, measures the gap,

@@ -127,8 +127,14 @@ pub fn markdown(c: &Comparison) -> String {
     let _ = writeln!(out, "|---|---:|---|---|");
     for (system, gaps) in &c.failover {
         let figures = |f: fn(&crate::failover::Gap) -> Option<f64>| {
-            let each: Vec<String> =
-                gaps.iter().map(|g| f(g).map_or_else(|| "none in 8 s".into(), |v| format!("{v:.0}"))).collect();
+            let each: Vec<String> = gaps
+                .iter()
+                .map(|g| match (f(g), &g.failed) {
+                    (Some(v), _) => format!("{v:.0}"),
+                    (None, Some(_)) => "failed".into(),
+                    (None, None) => "none in 8 s".into(),
+                })
+                .collect();
             let reached: Vec<f64> = gaps.iter().filter_map(f).collect();
             let med = if reached.len() == gaps.len() { format!("{:.0}", median(reached)) } else { "—".into() };
             format!("{med}; {}", each.join(", "))
@@ -140,6 +146,13 @@ pub fn markdown(c: &Comparison) -> String {
             figures(|g| g.to_first_write_ms),
             figures(|g| g.to_full_throughput_ms)
         );
+    }
+    for (system, gaps) in &c.failover {
+        for (round, g) in gaps.iter().enumerate() {
+            if let Some(why) = &g.failed {
+                let _ = writeln!(out, "\n{system}, round {}: the measurement failed: {why}.", round + 1);
+            }
+        }
     }
     let _ = writeln!(
         out,
@@ -208,10 +221,12 @@ mod tests {
             steady_ops_per_sec: 1000.0,
             to_first_write_ms: first,
             to_full_throughput_ms: first,
+            failed: None,
         };
         let mut failover = BTreeMap::new();
         failover.insert(System::Raftkv, vec![gap(Some(300.0)), gap(Some(500.0)), gap(Some(400.0))]);
-        failover.insert(System::Etcd, vec![gap(Some(2000.0)), gap(None), gap(Some(1000.0))]);
+        let failed = Gap { failed: Some("etcd did not elect a leader within 30s".into()), ..Gap::default() };
+        failover.insert(System::Etcd, vec![gap(Some(2000.0)), gap(None), failed]);
         Comparison { spec, machine, runs: vec![], rows, footprint, failover }
     }
 
@@ -227,7 +242,8 @@ mod tests {
         assert!(md.contains("| raftkv | 64, 64, 64 | 0, 0, 0 → 1, 1, 1 → 2, 2, 2 | 1049, 1049, 1049 |"), "{md}");
         // A round that never recovered leaves no median, but shows in the list.
         assert!(md.contains("| raftkv | 1000 | 400; 300, 500, 400 | 400; 300, 500, 400 |"), "{md}");
-        assert!(md.contains("| etcd | 1000 | —; 2000, none in 8 s, 1000 |"), "{md}");
+        assert!(md.contains("| etcd | 1000 | —; 2000, none in 8 s, failed |"), "{md}");
+        assert!(md.contains("etcd, round 3: the measurement failed: etcd did not elect a leader within 30s."), "{md}");
     }
 
     #[test]
