@@ -82,11 +82,6 @@ impl Member {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Resident memory from /proc, in bytes (None once the process is gone).
-    pub fn rss_bytes(&self) -> Option<u64> {
-        rss_of_pid(self.pid()?)
-    }
-
     /// Bytes of every file under the data directory (their lengths, as `du --apparent-size`).
     pub fn disk_bytes(&self) -> u64 {
         fn walk(p: &Path) -> u64 {

@@ -22,7 +22,6 @@ use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::PutRequest;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tonic::transport::Endpoint;
 
 use crate::cluster::{LocalCluster, System};
 use crate::failover::{leader_kill, Gap};
@@ -157,7 +156,7 @@ impl Machine {
 }
 
 /// The client count whose runs are sampled for memory.
-fn rss_clients(spec: &CompareSpec) -> usize {
+pub fn rss_clients(spec: &CompareSpec) -> usize {
     if spec.clients.contains(&64) {
         64
     } else {
@@ -404,13 +403,7 @@ async fn load(endpoints: &[String], key_space: u64, value_size: usize) -> Result
     const WRITERS: u64 = 64;
     let mut channels = Vec::new();
     for url in endpoints {
-        let ch = Endpoint::from_shared(url.clone())
-            .map_err(|e| BenchError::Connect { endpoint: url.clone(), reason: e.to_string() })?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| BenchError::Connect { endpoint: url.clone(), reason: e.to_string() })?;
-        channels.push(ch);
+        channels.push(crate::run::connect(url).await?);
     }
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {

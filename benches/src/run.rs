@@ -48,15 +48,7 @@ pub async fn run(spec: &Spec) -> Result<Report, BenchError> {
     }
     let mut channels = Vec::new();
     for i in 0..spec.connections {
-        let endpoint = &spec.endpoints[i % spec.endpoints.len()];
-        let connect_err = |reason: String| BenchError::Connect { endpoint: endpoint.clone(), reason };
-        let ch = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| connect_err(e.to_string()))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        channels.push(ch);
+        channels.push(connect(&spec.endpoints[i % spec.endpoints.len()]).await?);
     }
     let bar = progress(spec);
     let errors = Arc::new(AtomicU64::new(0));
@@ -74,6 +66,17 @@ pub async fn run(spec: &Spec) -> Result<Report, BenchError> {
     let elapsed = start.elapsed();
     bar.finish_and_clear();
     Ok(Report::new(spec, &hist, errors.load(Ordering::Relaxed), elapsed))
+}
+
+/// One gRPC connection to `endpoint`, with Nagle off (small requests must not wait for ACKs).
+pub async fn connect(endpoint: &str) -> Result<Channel, BenchError> {
+    let connect_err = |reason: String| BenchError::Connect { endpoint: endpoint.to_string(), reason };
+    Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| connect_err(e.to_string()))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| connect_err(e.to_string()))
 }
 
 fn progress(spec: &Spec) -> ProgressBar {

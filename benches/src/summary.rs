@@ -108,7 +108,7 @@ pub fn markdown(c: &Comparison) -> String {
          growth of each data directory (file lengths) while the key space was loaded, divided by \
          the number of keys; etcd preallocates its WAL in 64 MiB segments, so its figure counts \
          the bbolt file's growth but not the WAL's. \"End\" is after every run, history included.\n",
-        if s.clients.contains(&64) { 64 } else { s.clients.iter().copied().max().unwrap_or(0) }
+        crate::compare::rss_clients(s)
     );
 
     let _ = writeln!(out, "### Leader kill -9 under write load\n");
