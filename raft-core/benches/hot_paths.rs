@@ -55,7 +55,7 @@ mod hot {
     }
 
     fn entry(index: u64, requests: Vec<WriteRequest>) -> Entry {
-        Entry { log_id: log_id(index), payload: EntryPayload::Normal(RequestBatch { requests }) }
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(RequestBatch::new(&requests)) }
     }
 
     /// How a batch of `n` puts is laid out in Raft entries.

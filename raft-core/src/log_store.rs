@@ -18,6 +18,11 @@ const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
 
+/// Most stored bytes of log entries one AppendEntries carries (see
+/// [`LogStore::limited_get_log_entries`]): a few full write batches, which a follower appends and
+/// fsyncs in a few milliseconds.
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
 /// Log storage over an engine. Cheap to clone: clones share the engine.
 pub struct LogStore<E: Engine> {
     engine: Arc<E>,
@@ -85,7 +90,39 @@ impl<E: Engine> LogStore<E> {
     }
 }
 
+impl<E: Engine> LogStore<E> {
+    /// Entries `[start, end)` in order, stopping after the first whose stored bytes reach
+    /// `budget` (always at least one entry when the range is not empty).
+    fn entries_within(&self, start: u64, end: u64, budget: usize) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = (index_key(start), index_key(end));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in self.engine.scan(Tree::RaftLog, Bound::Included(&from), Bound::Excluded(&to), false) {
+            let (_, v) = item.map_err(read_err)?;
+            bytes += v.len();
+            out.push(bincode::deserialize(&v).map_err(|e| read_err(*e))?);
+            if bytes >= budget {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
+    /// What one AppendEntries carries (openraft's replication reads through this): at most
+    /// [`MAX_APPEND_BYTES`] of entries, however many openraft asks for (`max_payload_entries`,
+    /// 300, counts entries only). The whole AppendEntries, the follower's append and fsync
+    /// included, must finish within openraft 0.9's AppendEntries timeout, which is the heartbeat
+    /// interval: a catching-up follower sent 300 full batches never did, and the leader resent
+    /// it for ever.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.entries_within(start, end, MAX_APPEND_BYTES)
+    }
+
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,

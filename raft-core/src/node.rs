@@ -131,6 +131,20 @@ async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Result<F::Ou
 const CONFIRM_RETRY: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<WriteResponse, Refusal>>;
+
+/// A write a follower sends on to `leader`. The reply is the leader's answer, or the etcd error
+/// the forwarding itself failed with (its outcome as that error says).
+struct Forward {
+    leader: NodeId,
+    node: PeerNode,
+    req: WriteRequest,
+    reply: oneshot::Sender<Result<Result<WriteResponse, Refusal>, EtcdError>>,
+}
+
+/// Forward RPCs a follower keeps in flight to the leader. While they are, new writes queue and
+/// go together in the next one. More than one so the follower's writes can join every proposal
+/// of the leader (which has one in flight and takes what queued during it), not every other.
+const FORWARDS_IN_FLIGHT: usize = 4;
 type IndexReply = oneshot::Sender<Result<u64, Refusal>>;
 
 /// A running member. Cheap to clone.
@@ -140,6 +154,8 @@ pub struct Node<E: Engine> {
     store: KvStore<E>,
     peers: Peers,
     writes: mpsc::Sender<(WriteRequest, Reply)>,
+    /// Writes on their way to the leader (this member follows), gathered into batches.
+    forwards: mpsc::Sender<Forward>,
     /// Read-index requests waiting for the next shared leadership confirmation (None: each
     /// read confirms on its own).
     read_index_queue: Option<mpsc::Sender<IndexReply>>,
@@ -167,6 +183,7 @@ impl<E: Engine> Clone for Node<E> {
             store: self.store.clone(),
             peers: self.peers.clone(),
             writes: self.writes.clone(),
+            forwards: self.forwards.clone(),
             read_index_queue: self.read_index_queue.clone(),
             read_index_rounds: self.read_index_rounds.clone(),
             lease: self.lease.clone(),
@@ -217,6 +234,8 @@ impl<E: Engine> Node<E> {
         peers.watch_metrics(raft.metrics(), Box::new(move || sm.last_applied()));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
+        let (forwards, forwards_rx) = mpsc::channel(4096);
+        tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, config.request_timeout));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
         let lease = Arc::new(parking_lot::Mutex::new(None));
         let confirmer = Confirmer {
@@ -236,6 +255,7 @@ impl<E: Engine> Node<E> {
             store,
             peers,
             writes: tx,
+            forwards,
             read_index_queue,
             read_index_rounds,
             lease,
@@ -308,17 +328,10 @@ impl<E: Engine> Node<E> {
             let refusal = if leader == self.id {
                 self.propose(req.clone()).await
             } else {
-                let timeout = deadline.saturating_duration_since(Instant::now());
-                match self.peers.call(leader, &node, Rpc::Forward, &req, timeout).await {
-                    Ok(reply) => reply,
-                    // The leader this member knew is gone and never got the write: "no leader"
-                    // tells the client it may safely send it again.
-                    Err(PeerError::NotConnected { .. }) => return Err(EtcdError::NoLeader.into()),
-                    // The connection broke mid-call: whether the leader got the write is unknown.
-                    Err(PeerError::Unreachable { .. }) => return Err(EtcdError::LeaderChanged.into()),
-                    Err(PeerError::Timeout { .. }) => return Err(EtcdError::Timeout.into()),
-                    Err(e) => return Err(EtcdError::Other(e.to_string()).into()),
-                }
+                let (reply, rx) = oneshot::channel();
+                let forward = Forward { leader, node, req: req.clone(), reply };
+                self.forwards.send(forward).await.map_err(|_| EtcdError::ServerStopped)?;
+                rx.await.map_err(|_| EtcdError::ServerStopped)??
             };
             match refusal {
                 Ok(resp) => return Ok(resp),
@@ -696,7 +709,7 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<(WriteRequest, Reply)>, cfg:
             }
         }
         let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let outcome = propose_unless_deposed(&raft, RequestBatch { requests }).await;
+        let outcome = propose_unless_deposed(&raft, RequestBatch::new(&requests)).await;
         match outcome {
             Ok(results) => {
                 debug_assert_eq!(results.len(), replies.len());
@@ -710,6 +723,74 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<(WriteRequest, Reply)>, cfg:
                 }
             }
         }
+    }
+}
+
+/// Sends queued writes on to the leader, as many in one Forward RPC as queued (bounded like a
+/// Raft entry), with up to [`FORWARDS_IN_FLIGHT`] RPCs at once. One RPC per write made
+/// forwarding the largest CPU cost of a put that arrives at a follower.
+async fn forwarder(peers: Peers, mut rx: mpsc::Receiver<Forward>, cfg: BatchConfig, timeout: Duration) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
+    let mut carry: Option<Forward> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let first = match carry.take() {
+            Some(f) => f,
+            None => match rx.recv().await {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        let mut bytes = first.req.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < cfg.max_requests.max(1) {
+            match rx.try_recv() {
+                Ok(f) => {
+                    let len = f.req.encoded_len();
+                    if f.leader != batch[0].leader || bytes + len > cfg.max_bytes {
+                        carry = Some(f);
+                        break;
+                    }
+                    bytes += len;
+                    batch.push(f);
+                }
+                Err(_) => break,
+            }
+        }
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (leader, node) = (batch[0].leader, batch[0].node.clone());
+            let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|f| (f.req, f.reply)).unzip();
+            let answer =
+                peers.call::<_, Vec<Result<WriteResponse, Refusal>>>(leader, &node, Rpc::Forward, &requests, timeout);
+            match answer.await {
+                Ok(results) if results.len() == replies.len() => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                outcome => {
+                    let err = match outcome {
+                        // The leader this member knew is gone and never got the writes: "no
+                        // leader" tells the clients they may safely send them again.
+                        Err(PeerError::NotConnected { .. }) => EtcdError::NoLeader,
+                        // The connection broke mid-call: whether the leader got them is unknown.
+                        Err(PeerError::Unreachable { .. }) => EtcdError::LeaderChanged,
+                        Err(PeerError::Timeout { .. }) => EtcdError::Timeout,
+                        Err(e) => EtcdError::Other(e.to_string()),
+                        Ok(results) => EtcdError::Other(format!(
+                            "leader answered {} forwarded writes with {} results",
+                            replies.len(),
+                            results.len()
+                        )),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

@@ -62,10 +62,43 @@ pub struct MemberAttrs {
     pub client_urls: Vec<String>,
 }
 
-/// The Raft log payload `D`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The Raft log payload `D`: a batch of write requests, kept encoded (the bincode encoding of
+/// `Vec<WriteRequest>`).
+///
+/// Why encoded: a leader reads every entry back from its log once to apply it and once per
+/// follower to replicate it, and a follower stores what it receives. With decoded requests each
+/// of those steps decoded and re-encoded every protobuf message of the batch; a catching-up
+/// follower's AppendEntries of a few hundred full batches then took longer to build than
+/// openraft's AppendEntries timeout (the heartbeat interval), so it was rebuilt and resent for
+/// ever and the cluster stopped committing. Encoded, those steps copy bytes; the requests are
+/// decoded once per member, when applied.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestBatch {
-    pub requests: Vec<WriteRequest>,
+    #[serde(with = "serde_bytes")]
+    encoded: Vec<u8>,
+}
+
+impl RequestBatch {
+    /// Encodes `requests` as one batch.
+    pub fn new(requests: &[WriteRequest]) -> RequestBatch {
+        RequestBatch { encoded: bincode::serialize(requests).expect("in-memory encoding of requests cannot fail") }
+    }
+
+    /// The batch's requests, decoded. Fails only on a corrupt entry.
+    pub fn requests(&self) -> Result<Vec<WriteRequest>, bincode::Error> {
+        bincode::deserialize(&self.encoded)
+    }
+
+    /// Size of the encoded batch.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.len()
+    }
+}
+
+impl std::fmt::Debug for RequestBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestBatch({} bytes)", self.encoded.len())
+    }
 }
 
 /// The Raft response `R`: one result per request of the entry's batch (empty for blank and
@@ -96,14 +129,14 @@ mod tests {
 
     #[test]
     fn batches_round_trip_through_bincode() {
-        let batch = RequestBatch {
-            requests: vec![
-                WriteRequest::Put(PutRequest { key: b"k".to_vec(), value: vec![0, 1, 2], ..Default::default() }),
-                WriteRequest::PublishMember(MemberAttrs { id: 7, name: "n1".into(), client_urls: vec!["u".into()] }),
-            ],
-        };
+        let requests = vec![
+            WriteRequest::Put(PutRequest { key: b"k".to_vec(), value: vec![0, 1, 2], ..Default::default() }),
+            WriteRequest::PublishMember(MemberAttrs { id: 7, name: "n1".into(), client_urls: vec!["u".into()] }),
+        ];
+        let batch = RequestBatch::new(&requests);
         let bytes = bincode::serialize(&batch).unwrap();
-        assert_eq!(bincode::deserialize::<RequestBatch>(&bytes).unwrap(), batch);
+        let back = bincode::deserialize::<RequestBatch>(&bytes).unwrap();
+        assert_eq!(back.requests().unwrap(), requests);
         let resp = ResponseBatch { results: vec![Err(EtcdError::KeyNotFound), Ok(WriteResponse::PublishMember)] };
         let bytes = bincode::serialize(&resp).unwrap();
         assert_eq!(bincode::deserialize::<ResponseBatch>(&bytes).unwrap(), resp);

@@ -359,7 +359,10 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
                     EntryPayload::Blank => {}
                     EntryPayload::Membership(m) => meta.membership = StoredMembership::new(Some(entry.log_id), m),
                     EntryPayload::Normal(batch) => {
-                        for req in &batch.requests {
+                        let requests = batch.requests().map_err(|e| {
+                            StorageError::from(openraft::StorageIOError::read_log_at_index(entry.log_id.index, &*e))
+                        })?;
+                        for req in &requests {
                             reply.results.push(Self::apply_one(&mut w, req)?);
                         }
                     }

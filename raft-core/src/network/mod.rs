@@ -37,11 +37,14 @@ use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, TypeConfig};
 use tokio::time::Instant;
 
 /// Largest peer message either side sends or accepts. Write batches are capped far below it
-/// (`BatchConfig::max_bytes`), and an AppendEntries larger than [`MAX_APPEND_BYTES`] is split.
+/// (`BatchConfig::max_bytes`), and an AppendEntries larger than [`MAX_APPEND_SPLIT_BYTES`] is
+/// split.
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
-/// An AppendEntries whose encoding exceeds this is sent again with fewer entries.
-pub const MAX_APPEND_BYTES: usize = 16 << 20;
+/// An AppendEntries whose encoding exceeds this is sent again with fewer entries. The log
+/// reader already stops at [`crate::log_store::MAX_APPEND_BYTES`]; this catches the rest (a
+/// payload whose encoding grew).
+pub const MAX_APPEND_SPLIT_BYTES: usize = 16 << 20;
 
 /// How long a replication stream waits before retrying a peer it could not reach. openraft's
 /// default (500 ms) would delay a restarted member's catch-up for no benefit on a LAN.
@@ -374,10 +377,10 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
         let payload = encode(&rpc);
-        if payload.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
+        if payload.len() > MAX_APPEND_SPLIT_BYTES && rpc.entries.len() > 1 {
             // Ask openraft to resend with proportionally fewer entries.
             let n = rpc.entries.len() as u64;
-            let hint = (n * MAX_APPEND_BYTES as u64 / payload.len() as u64).clamp(1, n - 1);
+            let hint = (n * MAX_APPEND_SPLIT_BYTES as u64 / payload.len() as u64).clamp(1, n - 1);
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
         }
         let term = rpc.vote.leader_id().get_term();

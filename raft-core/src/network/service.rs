@@ -95,8 +95,11 @@ impl<E: Engine> Peer for PeerService<E> {
     }
 
     async fn forward(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let write: WriteRequest = self.open(req)?;
-        reply(&self.node.propose(write).await)
+        // A follower's batch of writes: each goes through the batcher on its own (in order) and
+        // gets its own result.
+        let writes: Vec<WriteRequest> = self.open(req)?;
+        let results = futures::future::join_all(writes.into_iter().map(|w| self.node.propose(w))).await;
+        reply(&results)
     }
 
     async fn read_index(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {

@@ -17,7 +17,7 @@ pub fn log_id(term: u64, index: u64) -> LogId {
 
 pub fn put_entry(index: u64, key: &str, value: Vec<u8>) -> Entry {
     let req = WriteRequest::Put(PutRequest { key: key.into(), value, ..Default::default() });
-    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(RequestBatch { requests: vec![req] }) }
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(RequestBatch::new(&[req])) }
 }
 
 pub fn membership_entry(index: u64) -> Entry {

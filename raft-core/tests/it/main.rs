@@ -7,3 +7,4 @@ mod t10_openraft_suite;
 mod t20_crash;
 mod t30_fsync;
 mod t40_read_index;
+mod t50_append_bound;

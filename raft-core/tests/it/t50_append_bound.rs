@@ -1,0 +1,33 @@
+//! What one AppendEntries carries is bounded by bytes, not only by openraft's entry count: a
+//! catching-up follower must get messages it can append within the AppendEntries timeout.
+
+use std::sync::Arc;
+
+use openraft::storage::RaftLogStorageExt;
+use openraft::RaftLogReader;
+use raft_core::engine::MemEngine;
+use raft_core::log_store::{LogStore, MAX_APPEND_BYTES};
+
+use crate::common::{log_id, put_entry};
+
+#[tokio::test]
+async fn replication_reads_stop_at_the_byte_budget() {
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine);
+    // Each entry a bit over a third of the budget: three of them reach it.
+    let value = vec![7u8; MAX_APPEND_BYTES / 3 + 1];
+    let entries: Vec<_> = (1..=10).map(|i| put_entry(i, "k", value.clone())).collect();
+    log.blocking_append(entries).await.unwrap();
+
+    let sent = log.limited_get_log_entries(1, 11).await.unwrap();
+    let ids: Vec<_> = sent.iter().map(|e| e.log_id).collect();
+    assert_eq!(ids, vec![log_id(1, 1), log_id(1, 2), log_id(1, 3)], "stops once the budget is reached");
+
+    let small: Vec<_> = (11..=20).map(|i| put_entry(i, "k", b"v".to_vec())).collect();
+    log.blocking_append(small).await.unwrap();
+    assert_eq!(log.limited_get_log_entries(11, 21).await.unwrap().len(), 10, "small entries all fit");
+    assert_eq!(log.limited_get_log_entries(4, 5).await.unwrap().len(), 1, "an oversized entry still goes alone");
+    assert!(log.limited_get_log_entries(5, 5).await.unwrap().is_empty());
+    // Applying reads whole ranges: the budget is only for replication.
+    assert_eq!(log.try_get_log_entries(1..21).await.unwrap().len(), 20);
+}
