@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::engine::Engine;
 use crate::log_store::LogStore;
 use crate::network::{PeerError, PeerNetwork, Peers, Rpc, Stamp};
-use crate::reads::{IndexKind, Lease, ReadRequirement, Receipts};
+use crate::reads::{IndexKind, Lease, ReadRequirement, Receipts, RestartFloor};
 use crate::request::{RequestBatch, WriteRequest, WriteResponse};
 use crate::state_machine::KvStore;
 use crate::typ::{NodeId, PeerNode, Raft, RaftMetrics};
@@ -225,7 +225,8 @@ impl<E: Engine> Node<E> {
         let store = KvStore::open(engine.clone()).map_err(fatal)?;
         let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
         let peers = Peers::new(config.id, cluster_id);
-        let log = LogStore::new(engine);
+        let mut log = LogStore::new(engine);
+        peers.set_restart_floor(restart_floor(&mut log, config.id).await?);
         #[cfg(feature = "planted-bugs")]
         let log = log.with_planted(config.planted);
         let network = PeerNetwork { peers: peers.clone() };
@@ -239,6 +240,7 @@ impl<E: Engine> Node<E> {
         let read_index_rounds = Arc::new(AtomicU64::new(0));
         let lease = Arc::new(parking_lot::Mutex::new(None));
         let confirmer = Confirmer {
+            floor: peers.restart_floor(),
             raft: raft.clone(),
             rounds: read_index_rounds.clone(),
             lease: lease.clone(),
@@ -457,6 +459,10 @@ impl<E: Engine> Node<E> {
             if last_applied.map(|l| l.leader_id.term) != Some(term) {
                 return None;
             }
+            // A leader restored at startup may not have applied what it acknowledged before.
+            if !self.peers.restart_floor().covers(term, applied) {
+                return None;
+            }
             // Our own record of the last quorum acknowledgement, not openraft's metric: a
             // metric is only as fresh as its last publication, which a paused process does not
             // advance.
@@ -603,6 +609,7 @@ impl<E: Engine> Node<E> {
 
     fn confirmer(&self) -> Confirmer {
         Confirmer {
+            floor: self.peers.restart_floor(),
             raft: self.raft.clone(),
             rounds: self.read_index_rounds.clone(),
             lease: self.lease.clone(),
@@ -631,9 +638,23 @@ impl<E: Engine> Node<E> {
     }
 }
 
+/// What this member must apply before serving reads if openraft restores it as leader of the
+/// term it led when it stopped (it does so when the stored vote is its own and committed).
+async fn restart_floor<E: Engine>(log: &mut LogStore<E>, me: NodeId) -> Result<RestartFloor, NodeError> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.map_err(fatal)?.unwrap_or_default();
+    if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+        return Ok(RestartFloor::default());
+    }
+    let last = log.get_log_state().await.map_err(fatal)?.last_log_id;
+    Ok(RestartFloor { term: vote.leader_id().get_term(), index: last.map_or(0, |l| l.index) })
+}
+
 /// Runs leadership confirmations and keeps the lease they establish.
 #[derive(Clone)]
 struct Confirmer {
+    /// Read indexes of a leader restored at startup cover its log as of then.
+    floor: RestartFloor,
     raft: Raft,
     rounds: Arc<AtomicU64>,
     lease: Arc<parking_lot::Mutex<Option<Lease>>>,
@@ -649,7 +670,9 @@ impl Confirmer {
         let since = Instant::now();
         let index = match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
             Err(_) => return Err(Refusal::Etcd(EtcdError::Timeout)),
-            Ok(Ok((read_log_id, _applied))) => read_log_id.map_or(0, |l| l.index),
+            // openraft's read index (its first entry of this term, or its commit index) misses
+            // entries it acknowledged before a restart as leader of the same term.
+            Ok(Ok((read_log_id, _applied))) => self.floor.raise(term, read_log_id.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Err(Refusal::NotLeader),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => return Err(Refusal::Unconfirmed),
             Ok(Err(RaftError::Fatal(_))) => return Err(Refusal::Etcd(EtcdError::ServerStopped)),

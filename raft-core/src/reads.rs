@@ -45,6 +45,34 @@ pub(crate) struct Lease {
     pub index: u64,
 }
 
+/// What a member that was leader when it stopped must have applied before it serves reads in
+/// that term again. openraft restores such a member as leader of the same term at once, with
+/// its commit index only as recent as its durable record (saved without a flush), so it may
+/// restart below entries it acknowledged before it stopped. It appended (and flushed) each of
+/// those to its own log before replicating it, so its last log index at startup covers them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RestartFloor {
+    pub term: u64,
+    pub index: u64,
+}
+
+impl RestartFloor {
+    /// Whether a leader of `term` that has applied up to `applied` covers everything it
+    /// acknowledged in an earlier life.
+    pub fn covers(&self, term: u64, applied: u64) -> bool {
+        term != self.term || applied >= self.index
+    }
+
+    /// A read index for a leader of `term` that covers this floor.
+    pub fn raise(&self, term: u64, index: u64) -> u64 {
+        if term == self.term {
+            index.max(self.index)
+        } else {
+            index
+        }
+    }
+}
+
 /// Most AppendEntries receipts remembered for the staleness estimate.
 const MAX_RECEIPTS: usize = 4096;
 
@@ -115,5 +143,17 @@ mod tests {
         r.record(3, 25, t0 + ms(80));
         assert_eq!(r.staleness(2, 20, t0 + ms(90)), None, "a new term starts afresh");
         assert_eq!(r.staleness(3, 25, t0 + ms(90)), Some(ms(10)));
+    }
+
+    #[test]
+    fn restart_floor_holds_only_in_its_term() {
+        let f = RestartFloor { term: 17, index: 168 };
+        assert!(!f.covers(17, 167));
+        assert!(f.covers(17, 168));
+        assert!(f.covers(18, 1), "a later term has its own first entry to apply");
+        assert_eq!(f.raise(17, 166), 168);
+        assert_eq!(f.raise(17, 170), 170);
+        assert_eq!(f.raise(18, 5), 5);
+        assert!(RestartFloor::default().covers(1, 0));
     }
 }

@@ -33,6 +33,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::reads::RestartFloor;
 use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, TypeConfig};
 use tokio::time::Instant;
 
@@ -123,6 +124,8 @@ struct Inner {
     metrics: Mutex<Option<tokio::sync::watch::Receiver<RaftMetrics>>>,
     /// What this member's state machine has applied, read at the moment of asking.
     applied: Mutex<Option<AppliedFn>>,
+    /// What this member must apply before it serves reads as a leader restored at startup.
+    restart_floor: Mutex<RestartFloor>,
 }
 
 /// The member's view of its peers: channels, envelope, failure classification. Cheap to clone.
@@ -142,6 +145,7 @@ impl Peers {
                 receipts: Mutex::new(HashMap::new()),
                 metrics: Mutex::new(None),
                 applied: Mutex::new(None),
+                restart_floor: Mutex::new(RestartFloor::default()),
             }),
         }
     }
@@ -150,6 +154,15 @@ impl Peers {
     pub fn watch_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>, applied: AppliedFn) {
         *self.inner.metrics.lock() = Some(metrics);
         *self.inner.applied.lock() = Some(applied);
+    }
+
+    /// Sets what this member must apply before it serves reads as a leader restored at startup.
+    pub(crate) fn set_restart_floor(&self, floor: RestartFloor) {
+        *self.inner.restart_floor.lock() = floor;
+    }
+
+    pub(crate) fn restart_floor(&self) -> RestartFloor {
+        *self.inner.restart_floor.lock()
     }
 
     /// As leader of `term`: when the newest AppendEntries that a quorum of voters (this member
@@ -208,11 +221,12 @@ impl Peers {
     /// this leader has applied: its newest stamp whose answer came back before the moment a
     /// quorum confirmed this leader, counting `target` itself, which records the echo only if it
     /// accepts the message carrying it (sent after every answer so far). In a 3-member cluster
-    /// that is the newest stamp. None until this leader has applied an entry of its own term:
-    /// until then what earlier leaders committed may be missing.
+    /// that is the newest stamp. None until this leader has applied an entry of its own term
+    /// (until then what earlier leaders committed may be missing) and, if it was restored as
+    /// leader at startup, its log as of then (what it acknowledged before: [`RestartFloor`]).
     fn echo_for(&self, target: NodeId, term: u64) -> Option<Echo> {
         let applied = (*self.inner.applied.lock().as_ref()?)()?;
-        if applied.leader_id.term != term {
+        if applied.leader_id.term != term || !self.restart_floor().covers(term, applied.index) {
             return None;
         }
         let confirmed = self.quorum_sent_at(term, Some(target))?;
