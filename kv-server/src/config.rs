@@ -82,6 +82,16 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// Most stored bytes of log entries one AppendEntries carries (raft-core's `NodeConfig`).
+    /// No flag or key: the default suits every deployment; the simulation varies it.
+    #[arg(skip = raft_core::log_store::MAX_APPEND_BYTES)]
+    #[serde(skip)]
+    pub max_append_bytes: usize,
+    /// Most entries one AppendEntries carries (openraft's `max_payload_entries`). No flag or
+    /// key, as above.
+    #[arg(skip = raft_core::NodeConfig::default().max_payload_entries)]
+    #[serde(skip)]
+    pub max_payload_entries: u64,
     /// Bugs planted on purpose for the simulation (feature `planted-bugs`; no flag sets them).
     #[cfg(feature = "planted-bugs")]
     #[arg(skip)]
@@ -209,6 +219,9 @@ impl ServerConfig {
                 "--max-request-bytes, --max-txn-ops, --snapshot-count and --max-batch-requests must be positive".into(),
             ));
         }
+        if self.max_append_bytes == 0 || self.max_payload_entries == 0 {
+            return Err(ConfigError("max_append_bytes and max_payload_entries must be positive".into()));
+        }
         if self.request_timeout.is_zero() {
             return Err(ConfigError("--request-timeout must be positive".into()));
         }
@@ -262,6 +275,8 @@ mod tests {
         let members = c.initial_members().unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].peer_urls, vec!["http://127.0.0.1:2380".to_string()]);
+        let node = raft_core::NodeConfig::default();
+        assert_eq!((c.max_append_bytes, c.max_payload_entries), (node.max_append_bytes, node.max_payload_entries));
     }
 
     #[test]
@@ -289,6 +304,9 @@ mod tests {
         std::fs::write(&path, "name = \"n9\"\nrequest-timeout = \"750ms\"\nmax-txn-ops = 7\n").unwrap();
         let c = ServerConfig { config_file: Some(path.clone()), ..ServerConfig::default() }.resolve().unwrap();
         assert_eq!((c.name.as_str(), c.max_txn_ops, c.request_timeout), ("n9", 7, Duration::from_millis(750)));
+        // Settings without a key keep raft-core's defaults.
+        let node = raft_core::NodeConfig::default();
+        assert_eq!((c.max_append_bytes, c.max_payload_entries), (node.max_append_bytes, node.max_payload_entries));
         std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
         let err = ServerConfig { config_file: Some(path), ..ServerConfig::default() }.resolve().unwrap_err();
         assert!(err.0.contains("unknown field"), "{err}");

@@ -137,6 +137,8 @@ pub(crate) async fn start_member<E: Engine>(
         request_timeout: cfg.request_timeout,
         batch: BatchConfig { max_requests: cfg.max_batch_requests, ..BatchConfig::default() },
         share_read_index: cfg.share_read_index,
+        max_append_bytes: cfg.max_append_bytes,
+        max_payload_entries: cfg.max_payload_entries,
         #[cfg(feature = "planted-bugs")]
         planted: cfg.planted,
     };

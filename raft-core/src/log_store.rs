@@ -18,7 +18,7 @@ const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
 
-/// Most stored bytes of log entries one AppendEntries carries (see
+/// Default of the most stored bytes of log entries one AppendEntries carries (see
 /// [`LogStore::limited_get_log_entries`]): a few full write batches, which a follower appends and
 /// fsyncs in a few milliseconds.
 pub const MAX_APPEND_BYTES: usize = 1 << 20;
@@ -26,6 +26,8 @@ pub const MAX_APPEND_BYTES: usize = 1 << 20;
 /// Log storage over an engine. Cheap to clone: clones share the engine.
 pub struct LogStore<E: Engine> {
     engine: Arc<E>,
+    /// Most stored bytes of entries one AppendEntries carries ([`LogStore::with_append_budget`]).
+    append_budget: usize,
     #[cfg(feature = "planted-bugs")]
     ack_before_flush: bool,
 }
@@ -34,6 +36,7 @@ impl<E: Engine> Clone for LogStore<E> {
     fn clone(&self) -> Self {
         LogStore {
             engine: self.engine.clone(),
+            append_budget: self.append_budget,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
         }
@@ -61,12 +64,22 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl<E: Engine> LogStore<E> {
+    /// The store over `engine`, replicating at most [`MAX_APPEND_BYTES`] per AppendEntries.
     pub fn new(engine: Arc<E>) -> Self {
         LogStore {
             engine,
+            append_budget: MAX_APPEND_BYTES,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
         }
+    }
+
+    /// The store with another bound on the stored bytes of entries one AppendEntries carries
+    /// (one entry always goes, however large): the node's `max_append_bytes`, which the
+    /// simulation lowers to replicate in other shapes.
+    pub fn with_append_budget(mut self, bytes: usize) -> Self {
+        self.append_budget = bytes;
+        self
     }
 
     /// The store with the planted bugs it should run with.
@@ -111,7 +124,7 @@ impl<E: Engine> LogStore<E> {
 
 impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
     /// What one AppendEntries carries (openraft's replication reads through this): at most
-    /// [`MAX_APPEND_BYTES`] of entries, however many openraft asks for (`max_payload_entries`,
+    /// the append budget ([`MAX_APPEND_BYTES`] by default) of entries, however many openraft asks for (`max_payload_entries`,
     /// 300, counts entries only). The whole AppendEntries, the follower's append and fsync
     /// included, must finish within openraft 0.9's AppendEntries timeout, which is the heartbeat
     /// interval: a catching-up follower sent 300 full batches never did, and the leader resent
@@ -120,7 +133,7 @@ impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
         if start >= end {
             return Ok(Vec::new());
         }
-        self.entries_within(start, end, MAX_APPEND_BYTES)
+        self.entries_within(start, end, self.append_budget)
     }
 
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(

@@ -49,6 +49,13 @@ pub struct NodeConfig {
     pub batch: BatchConfig,
     /// Whether concurrent reads share one leadership confirmation (off only to measure it).
     pub share_read_index: bool,
+    /// Most stored bytes of log entries one AppendEntries carries (one entry always goes), so a
+    /// catching-up follower appends it within openraft's AppendEntries timeout. No flag: the
+    /// simulation lowers it to replicate in other shapes.
+    pub max_append_bytes: usize,
+    /// Most entries one AppendEntries carries (openraft's `max_payload_entries`); whichever of
+    /// this and `max_append_bytes` is reached first ends the message. No flag, as above.
+    pub max_payload_entries: u64,
     #[cfg(feature = "planted-bugs")]
     pub planted: crate::planted::PlantedBugs,
 }
@@ -80,6 +87,8 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(5),
             batch: BatchConfig::default(),
             share_read_index: true,
+            max_append_bytes: crate::log_store::MAX_APPEND_BYTES,
+            max_payload_entries: Config::default().max_payload_entries,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }
@@ -218,6 +227,7 @@ impl<E: Engine> Node<E> {
             // Each chunk must arrive within this; chunks are small enough for a busy disk.
             install_snapshot_timeout: (4 * election_ms).max(1000),
             snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: config.max_payload_entries,
             ..Config::default()
         }
         .validate()
@@ -225,7 +235,7 @@ impl<E: Engine> Node<E> {
         let store = KvStore::open(engine.clone()).map_err(fatal)?;
         let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
         let peers = Peers::new(config.id, cluster_id);
-        let mut log = LogStore::new(engine);
+        let mut log = LogStore::new(engine).with_append_budget(config.max_append_bytes);
         peers.set_restart_floor(restart_floor(&mut log, config.id).await?);
         #[cfg(feature = "planted-bugs")]
         let log = log.with_planted(config.planted);

@@ -34,6 +34,107 @@ impl Default for Options {
     }
 }
 
+/// Member settings a sweep varies without editing code: environment variables read when a
+/// cluster starts and applied to every member (and printed by the sweep and in its replay
+/// commands). An unset one keeps kv-server's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `RAFTKV_SIM_HEARTBEAT_MS`: `--heartbeat-interval`.
+    pub heartbeat_ms: Option<u64>,
+    /// `RAFTKV_SIM_ELECTION_TIMEOUT_MS`: `--election-timeout`.
+    pub election_timeout_ms: Option<u64>,
+    /// `RAFTKV_SIM_MAX_APPEND_BYTES`: stored bytes of entries per AppendEntries (1: one entry).
+    pub max_append_bytes: Option<u64>,
+    /// `RAFTKV_SIM_MAX_PAYLOAD_ENTRIES`: entries per AppendEntries (openraft's count).
+    pub max_payload_entries: Option<u64>,
+}
+
+const HEARTBEAT_MS: &str = "RAFTKV_SIM_HEARTBEAT_MS";
+const ELECTION_TIMEOUT_MS: &str = "RAFTKV_SIM_ELECTION_TIMEOUT_MS";
+const MAX_APPEND_BYTES: &str = "RAFTKV_SIM_MAX_APPEND_BYTES";
+const MAX_PAYLOAD_ENTRIES: &str = "RAFTKV_SIM_MAX_PAYLOAD_ENTRIES";
+
+impl Overrides {
+    /// The overrides the environment sets. Panics, failing the test, on a value that is not a
+    /// positive integer, on settings members would refuse (an election timeout not above the
+    /// heartbeat), and on an unknown `RAFTKV_SIM_` variable (a misspelt one would otherwise
+    /// sweep the defaults unnoticed).
+    pub fn from_env() -> Overrides {
+        Overrides::parse(std::env::vars_os()).unwrap_or_else(|e| panic!("simulation overrides: {e}"))
+    }
+
+    fn parse(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Result<Overrides, String> {
+        let mut o = Overrides::default();
+        for (key, value) in vars {
+            let Some(key) = key.to_str().filter(|k| k.starts_with("RAFTKV_SIM_")) else { continue };
+            let slot = match key {
+                HEARTBEAT_MS => &mut o.heartbeat_ms,
+                ELECTION_TIMEOUT_MS => &mut o.election_timeout_ms,
+                MAX_APPEND_BYTES => &mut o.max_append_bytes,
+                MAX_PAYLOAD_ENTRIES => &mut o.max_payload_entries,
+                _ => {
+                    return Err(format!(
+                        "unknown variable {key} (known: {HEARTBEAT_MS}, {ELECTION_TIMEOUT_MS}, {MAX_APPEND_BYTES}, \
+                         {MAX_PAYLOAD_ENTRIES})"
+                    ))
+                }
+            };
+            let parsed = value.to_str().and_then(|v| v.trim().parse::<u64>().ok()).filter(|&v| v > 0);
+            *slot = Some(parsed.ok_or_else(|| format!("{key}={value:?} is not a positive integer"))?);
+        }
+        let mut cfg = ServerConfig::default();
+        o.apply(&mut cfg);
+        cfg.validate().map_err(|e| format!("{o}: {e}"))?;
+        Ok(o)
+    }
+
+    /// Sets the overridden settings in a member's configuration.
+    pub fn apply(&self, cfg: &mut ServerConfig) {
+        if let Some(ms) = self.heartbeat_ms {
+            cfg.heartbeat_interval = ms;
+        }
+        if let Some(ms) = self.election_timeout_ms {
+            cfg.election_timeout = ms;
+        }
+        if let Some(bytes) = self.max_append_bytes {
+            cfg.max_append_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.max_payload_entries {
+            cfg.max_payload_entries = n;
+        }
+    }
+
+    fn vars(&self) -> Vec<String> {
+        [
+            (HEARTBEAT_MS, self.heartbeat_ms),
+            (ELECTION_TIMEOUT_MS, self.election_timeout_ms),
+            (MAX_APPEND_BYTES, self.max_append_bytes),
+            (MAX_PAYLOAD_ENTRIES, self.max_payload_entries),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect()
+    }
+
+    /// The overrides as the start of a shell command (empty when none), e.g.
+    /// `RAFTKV_SIM_MAX_PAYLOAD_ENTRIES=16 `.
+    pub fn env_prefix(&self) -> String {
+        self.vars().into_iter().map(|v| v + " ").collect()
+    }
+}
+
+/// `RAFTKV_SIM_HEARTBEAT_MS=100 RAFTKV_SIM_ELECTION_TIMEOUT_MS=200`, or `none (defaults)`.
+impl std::fmt::Display for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vars = self.vars();
+        if vars.is_empty() {
+            f.write_str("none (defaults)")
+        } else {
+            f.write_str(&vars.join(" "))
+        }
+    }
+}
+
 /// A simulated cluster, m1..mn on 10.0.0.1..n. Clones refer to the same members.
 #[derive(Clone)]
 pub struct SimCluster {
@@ -52,8 +153,10 @@ fn ip(i: usize) -> IpAddr {
 }
 
 impl SimCluster {
-    /// Starts the members; they elect a leader on their own.
+    /// Starts the members, with the [`Overrides`] of the environment; they elect a leader on
+    /// their own.
     pub fn start(opts: &Options) -> SimCluster {
+        let overrides = Overrides::from_env();
         let h = Handle::current();
         let n = opts.members;
         let initial: Vec<String> = (0..n).map(|i| format!("m{}=http://{}:2380", i + 1, ip(i))).collect();
@@ -62,7 +165,7 @@ impl SimCluster {
         let mut engines = Vec::new();
         for i in 0..n {
             let engine = Arc::new(MemEngine::new());
-            let cfg = ServerConfig {
+            let mut cfg = ServerConfig {
                 name: format!("m{}", i + 1),
                 data_dir: format!("/sim/m{}", i + 1).into(),
                 listen_client_urls: vec![format!("http://{}:2379", ip(i))],
@@ -74,6 +177,7 @@ impl SimCluster {
                 planted: opts.planted,
                 ..ServerConfig::default()
             };
+            overrides.apply(&mut cfg);
             let e = engine.clone();
             let node = h
                 .create_node()

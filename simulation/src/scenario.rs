@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{audit, Audit};
 use crate::checks::check_all;
-use crate::cluster::{Options, SimCluster};
+use crate::cluster::{Options, Overrides, SimCluster};
 use crate::nemesis::{self, Fault};
 use crate::workload::{self, Record};
 
@@ -241,21 +241,25 @@ pub fn seeds_from_env() -> std::ops::Range<u64> {
     base..base + env("MADSIM_TEST_NUM", 1)
 }
 
-/// The one-line command that replays `seed` of the test `test`.
+/// The one-line command that replays `seed` of the test `test`, with the environment's
+/// [`Overrides`].
 pub fn replay_command(test: &str, seed: u64, features: &str) -> String {
     format!(
-        "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 \
-         cargo test -p simulation --release{features} -- --exact {test} --nocapture"
+        "{}RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim MADSIM_TEST_SEED={seed} MADSIM_TEST_NUM=1 \
+         cargo test -p simulation --release{features} -- --exact {test} --nocapture",
+        Overrides::from_env().env_prefix()
     )
 }
 
-/// The test body of a scenario: in a child, runs its one seed; otherwise runs every seed from
-/// the environment, each in its own process, printing `sim-digest` lines, and panics on the
-/// first failure with the command that replays it.
+/// The test body of a scenario: in a child, runs its one seed; otherwise prints the
+/// environment's [`Overrides`] (`sim-overrides` line), runs every seed from the environment,
+/// each in its own process, printing `sim-digest` lines, and panics on the first failure with
+/// the command that replays it.
 pub fn sweep(scenario: Scenario, test: &str) {
     if child(scenario, &Options::default()) {
         return;
     }
+    println!("sim-overrides {}: {}", scenario.name, Overrides::from_env());
     for seed in seeds_from_env() {
         let outcome = run_isolated(test, seed);
         println!("sim-digest {} seed={seed} {}", scenario.name, outcome.digest);

@@ -4,7 +4,8 @@
 //! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check;
 //! - `sim [seeds] [base seed]`: the deterministic simulation, every scenario over that many
 //!   seeds (default 1000 from seed 100), then the planted-bug tests from the base seed, in
-//!   release mode in `target/sim`;
+//!   release mode in `target/sim`; `RAFTKV_SIM_*` variables override the members' settings
+//!   (docs/testing.md);
 //! - `bench [kvbench compare args]`: builds kv-server and kvbench in release mode and runs the
 //!   side-by-side comparison with etcd (docs/benchmarks.md), writing `target/bench-report/`.
 //!
@@ -65,6 +66,14 @@ fn task() -> Result<()> {
                 ("MADSIM_TEST_SEED", base),
                 ("MADSIM_TEST_NUM", seeds),
             ];
+            // The members' settings the simulation overrides (it checks them and prints them
+            // with every test and replay command); children inherit them.
+            let overrides: Vec<String> = std::env::vars()
+                .filter(|(k, _)| k.starts_with("RAFTKV_SIM_"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let overrides = if overrides.is_empty() { "none (defaults)".into() } else { overrides.join(" ") };
+            eprintln!("xtask: sim overrides: {overrides}");
             // Every scenario over the seeds, then the planted bugs (each within 200 seeds).
             cargo(&["test", "-p", "simulation", "--release", "--test", "scenarios", "--", "--nocapture"], &[], &sim)?;
             cargo(

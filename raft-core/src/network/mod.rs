@@ -43,8 +43,8 @@ use tokio::time::Instant;
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
 /// An AppendEntries whose encoding exceeds this is sent again with fewer entries. The log
-/// reader already stops at [`crate::log_store::MAX_APPEND_BYTES`]; this catches the rest (a
-/// payload whose encoding grew).
+/// reader already stops at the node's `max_append_bytes`; this catches the rest (a payload
+/// whose encoding grew).
 pub const MAX_APPEND_SPLIT_BYTES: usize = 16 << 20;
 
 /// How long a replication stream waits before retrying a peer it could not reach. openraft's

@@ -31,3 +31,19 @@ async fn replication_reads_stop_at_the_byte_budget() {
     // Applying reads whole ranges: the budget is only for replication.
     assert_eq!(log.try_get_log_entries(1..21).await.unwrap().len(), 20);
 }
+
+#[tokio::test]
+async fn the_budget_is_set_by_the_node() {
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine).with_append_budget(1);
+    let entries: Vec<_> = (1..=5).map(|i| put_entry(i, "k", vec![7u8; 1000])).collect();
+    log.blocking_append(entries).await.unwrap();
+    // One byte: every AppendEntries carries a single entry.
+    for i in 1..=5 {
+        let sent = log.limited_get_log_entries(i, 6).await.unwrap();
+        assert_eq!(sent.iter().map(|e| e.log_id).collect::<Vec<_>>(), vec![log_id(1, i)]);
+    }
+    // One and a half entries' worth: the second entry reaches it.
+    let mut log = log.with_append_budget(1500);
+    assert_eq!(log.limited_get_log_entries(1, 6).await.unwrap().len(), 2);
+}
