@@ -150,6 +150,17 @@ struct Forward {
     reply: oneshot::Sender<Result<Result<WriteResponse, Refusal>, EtcdError>>,
 }
 
+/// A follower's read waiting for a read index of `kind` from `leader`.
+struct IndexAsk {
+    leader: NodeId,
+    node: PeerNode,
+    kind: IndexKind,
+    reply: IndexReply,
+}
+
+/// ReadIndex RPCs a follower keeps in flight; reads that arrive meanwhile share the next one.
+const INDEX_ASKS_IN_FLIGHT: usize = 2;
+
 /// Forward RPCs a follower keeps in flight to the leader. While they are, new writes queue and
 /// go together in the next one. More than one so the follower's writes can join every proposal
 /// of the leader (which has one in flight and takes what queued during it), not every other.
@@ -165,6 +176,9 @@ pub struct Node<E: Engine> {
     writes: mpsc::Sender<(WriteRequest, Reply)>,
     /// Writes on their way to the leader (this member follows), gathered into batches.
     forwards: mpsc::Sender<Forward>,
+    /// Read-index requests on their way to the leader (this member follows), sharing one RPC
+    /// among the reads queued before it is sent (None: one RPC per read).
+    index_asks: Option<mpsc::Sender<IndexAsk>>,
     /// Read-index requests waiting for the next shared leadership confirmation (None: each
     /// read confirms on its own).
     read_index_queue: Option<mpsc::Sender<IndexReply>>,
@@ -193,6 +207,7 @@ impl<E: Engine> Clone for Node<E> {
             peers: self.peers.clone(),
             writes: self.writes.clone(),
             forwards: self.forwards.clone(),
+            index_asks: self.index_asks.clone(),
             read_index_queue: self.read_index_queue.clone(),
             read_index_rounds: self.read_index_rounds.clone(),
             lease: self.lease.clone(),
@@ -256,6 +271,11 @@ impl<E: Engine> Node<E> {
             lease: lease.clone(),
             timeout: config.request_timeout,
         };
+        let index_asks = config.share_read_index.then(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(index_asker(peers.clone(), rx, config.request_timeout));
+            tx
+        });
         let read_index_queue = config.share_read_index.then(|| {
             let (tx, rx) = mpsc::channel(4096);
             tokio::spawn(read_index_rounds_task(confirmer.clone(), rx));
@@ -268,6 +288,7 @@ impl<E: Engine> Node<E> {
             peers,
             writes: tx,
             forwards,
+            index_asks,
             read_index_queue,
             read_index_rounds,
             lease,
@@ -529,13 +550,13 @@ impl<E: Engine> Node<E> {
             let (leader, node) = self.leader(deadline).await?;
             let index = if leader == self.id {
                 self.read_index_of(kind).await
+            } else if let Some(asks) = &self.index_asks {
+                let (reply, rx) = oneshot::channel();
+                asks.send(IndexAsk { leader, node, kind, reply }).await.map_err(|_| EtcdError::ServerStopped)?;
+                rx.await.map_err(|_| EtcdError::ServerStopped)?
             } else {
                 let timeout = deadline.saturating_duration_since(Instant::now());
-                match self.peers.call(leader, &node, Rpc::ReadIndex, &kind, timeout).await {
-                    Ok(reply) => reply,
-                    Err(PeerError::Timeout { .. }) => return Err(EtcdError::Timeout.into()),
-                    Err(_) => Err(Refusal::NotLeader),
-                }
+                ask_read_index(&self.peers, leader, &node, kind, timeout).await
             };
             match index {
                 Ok(index) => {
@@ -756,6 +777,59 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<(WriteRequest, Reply)>, cfg:
                 }
             }
         }
+    }
+}
+
+/// Asks `leader` for a read index of `kind`. A timeout is final (the read times out); any other
+/// failure is taken as "not the leader", so the read waits for another leader and asks again.
+async fn ask_read_index(
+    peers: &Peers,
+    leader: NodeId,
+    node: &PeerNode,
+    kind: IndexKind,
+    timeout: Duration,
+) -> Result<u64, Refusal> {
+    match peers.call(leader, node, Rpc::ReadIndex, &kind, timeout).await {
+        Ok(reply) => reply,
+        Err(PeerError::Timeout { .. }) => Err(Refusal::Etcd(EtcdError::Timeout)),
+        Err(_) => Err(Refusal::NotLeader),
+    }
+}
+
+/// A follower's ReadIndex requests, shared: one RPC answers every read that was queued before
+/// it was sent. That is all each of them needs: the leader confirms its leadership after the
+/// RPC arrives, so after every one of those reads arrived. A read arriving while an RPC is in
+/// flight waits for a later one. One RPC per read made each linearizable read on a follower
+/// cost the leader a peer request.
+async fn index_asker(peers: Peers, mut rx: mpsc::Receiver<IndexAsk>, timeout: Duration) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(INDEX_ASKS_IN_FLIGHT));
+    let mut carry: Option<IndexAsk> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let first = match carry.take() {
+            Some(a) => a,
+            None => match rx.recv().await {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        let (leader, node, kind) = (first.leader, first.node, first.kind);
+        let mut replies = vec![first.reply];
+        while let Ok(a) = rx.try_recv() {
+            if a.leader != leader || a.kind != kind {
+                carry = Some(a);
+                break;
+            }
+            replies.push(a.reply);
+        }
+        let peers = peers.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let index = ask_read_index(&peers, leader, &node, kind, timeout).await;
+            for reply in replies {
+                let _ = reply.send(index.clone());
+            }
+        });
     }
 }
 
