@@ -61,19 +61,13 @@ pub struct SledEngine {
     stats: SyncStats,
 }
 
-/// sled's page cache bound. sled's default (1 GiB) let a member's RSS grow with the store to
-/// 550 MiB in a three-round comparison with etcd (whose members stayed near 250 MiB), most of it
-/// cache of history that reads rarely touch. The latest revisions' index and values of a
-/// config-sized store fit well within this.
-pub const CACHE_BYTES: u64 = 64 << 20;
-
 impl SledEngine {
     /// Opens (or creates) the engine in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)?;
         // Durability comes from our explicit flush; sled's timer flush would only add noise.
-        let db = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES).open()?;
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
         let engine = SledEngine {
