@@ -8,6 +8,7 @@
 //! - [`log_store`]: the Raft log and vote over an engine, durable before acknowledged;
 //! - [`mvcc`]: etcd's MVCC semantics (revisions, ranges, txn, compaction) over an engine;
 //! - [`state_machine`]: the openraft state machine around the MVCC store, with snapshots;
+//! - [`codec`]: the strict bincode decoder for stored and peer-sent values;
 //! - [`request`]: the Raft payload, a batch of write requests with one result each;
 //! - [`node`]: a running member: batcher, writes, forwarding, read barrier, status;
 //! - [`reads`]: the lease and staleness bookkeeping behind the lease and bounded read levels;
@@ -15,6 +16,7 @@
 //! - [`ids`]: member and cluster ids derived from the cluster flags;
 //! - `planted` (feature `planted-bugs`, tests only): switches that break a guarantee on purpose.
 
+pub mod codec;
 pub mod engine;
 pub mod ids;
 pub mod log_store;

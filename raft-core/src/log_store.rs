@@ -17,9 +17,33 @@ use crate::typ::{Entry, LogFlushed, LogId, StorageError, TypeConfig, Vote};
 const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
+const FORMAT: &[u8] = b"format";
 
-/// Default of the most stored bytes of log entries one AppendEntries carries (see
-/// [`LogStore::limited_get_log_entries`]): a few full write batches, which a follower appends and
+/// The on-disk format this build reads and writes, recorded in every data dir it creates.
+/// Raise it whenever a stored encoding changes (log entries, vote, state-machine keys): a build
+/// must refuse a data dir it would misread rather than apply garbage. Format 2: log entries
+/// hold their batch of requests encoded (`RequestBatch`).
+pub const DATA_FORMAT: u32 = 2;
+
+/// A data dir this build cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("data dir holds on-disk format {found}; this build reads format {DATA_FORMAT} only")]
+    Other { found: u32 },
+    #[error(
+        "data dir has state but no format marker: it was written by a raftkv build from before \
+         on-disk format {DATA_FORMAT}, which this build cannot read; move it aside and add this \
+         member to the cluster again with an empty data dir"
+    )]
+    Unmarked,
+    #[error("reading or writing the data dir's format marker: {0}")]
+    Storage(String),
+}
+
+/// Default budget of stored log bytes per AppendEntries (see
+/// [`LogStore::limited_get_log_entries`]). A read stops after the entry that reaches it, so one
+/// AppendEntries carries at most this plus one entry (a write batch, at most
+/// `BatchConfig::max_bytes` of requests, 2 MiB): a few megabytes, which a follower appends and
 /// fsyncs in a few milliseconds.
 pub const MAX_APPEND_BYTES: usize = 1 << 20;
 
@@ -89,9 +113,28 @@ impl<E: Engine> LogStore<E> {
         self
     }
 
+    /// Checks that the data dir is in [`DATA_FORMAT`], and marks an empty one as such (durably)
+    /// so later builds can tell. Run before anything else reads or writes the engine.
+    pub fn check_format(&self) -> Result<(), FormatError> {
+        let storage = |e: &dyn std::fmt::Display| FormatError::Storage(e.to_string());
+        match self.meta::<u32>(FORMAT).map_err(|e| storage(&e))? {
+            Some(DATA_FORMAT) => return Ok(()),
+            Some(found) => return Err(FormatError::Other { found }),
+            None => {}
+        }
+        for tree in Tree::ALL {
+            if self.engine.last(tree).map_err(|e| storage(&e))?.is_some() {
+                return Err(FormatError::Unmarked);
+            }
+        }
+        let mut batch = Batch::default();
+        batch.put(Tree::RaftMeta, FORMAT, bincode::serialize(&DATA_FORMAT).expect("a u32 encodes"));
+        self.write_durably(batch).map_err(|e| storage(&e))
+    }
+
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         match self.engine.get(Tree::RaftMeta, key).map_err(read_err)? {
-            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(|e| read_err(*e))?)),
+            Some(v) => Ok(Some(crate::codec::decode(&v).map_err(|e| read_err(*e))?)),
             None => Ok(None),
         }
     }
@@ -113,7 +156,7 @@ impl<E: Engine> LogStore<E> {
         for item in self.engine.scan(Tree::RaftLog, Bound::Included(&from), Bound::Excluded(&to), false) {
             let (_, v) = item.map_err(read_err)?;
             bytes += v.len();
-            out.push(bincode::deserialize(&v).map_err(|e| read_err(*e))?);
+            out.push(crate::codec::decode(&v).map_err(|e| read_err(*e))?);
             if bytes >= budget {
                 break;
             }
@@ -123,12 +166,12 @@ impl<E: Engine> LogStore<E> {
 }
 
 impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
-    /// What one AppendEntries carries (openraft's replication reads through this): at most
-    /// the append budget ([`MAX_APPEND_BYTES`] by default) of entries, however many openraft asks for (`max_payload_entries`,
-    /// 300, counts entries only). The whole AppendEntries, the follower's append and fsync
-    /// included, must finish within openraft 0.9's AppendEntries timeout, which is the heartbeat
-    /// interval: a catching-up follower sent 300 full batches never did, and the leader resent
-    /// it for ever.
+    /// What one AppendEntries carries (openraft's replication reads through this): entries up to
+    /// and including the one whose stored bytes reach the append budget ([`MAX_APPEND_BYTES`]
+    /// by default), however many openraft asks for (its `max_payload_entries` counts entries
+    /// only). The whole AppendEntries, the follower's append and fsync included, must finish
+    /// within openraft 0.9's AppendEntries timeout, which is the heartbeat interval: a
+    /// catching-up follower sent 300 full batches never did, and the leader resent it for ever.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         if start >= end {
             return Ok(Vec::new());
@@ -153,7 +196,7 @@ impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
         let mut out = Vec::new();
         for item in self.engine.scan(Tree::RaftLog, as_slice(&lower), as_slice(&upper), false) {
             let (_, v) = item.map_err(read_err)?;
-            out.push(bincode::deserialize(&v).map_err(|e| read_err(*e))?);
+            out.push(crate::codec::decode(&v).map_err(|e| read_err(*e))?);
         }
         Ok(out)
     }
@@ -165,7 +208,7 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
         let last = match self.engine.last(Tree::RaftLog).map_err(read_err)? {
-            Some((_, v)) => Some(bincode::deserialize::<Entry>(&v).map_err(|e| read_err(*e))?.log_id),
+            Some((_, v)) => Some(crate::codec::decode::<Entry>(&v).map_err(|e| read_err(*e))?.log_id),
             None => last_purged_log_id,
         };
         Ok(LogState { last_purged_log_id, last_log_id: last })

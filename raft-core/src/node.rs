@@ -7,7 +7,7 @@
 //! fsyncs each `client_write` on its own. Reads settle their consistency level here (a follower
 //! asks the leader for a read index) and then read the local state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,31 +141,40 @@ const CONFIRM_RETRY: Duration = Duration::from_millis(5);
 
 type Reply = oneshot::Sender<Result<WriteResponse, Refusal>>;
 
-/// A write a follower sends on to `leader`. The reply is the leader's answer, or the etcd error
-/// the forwarding itself failed with (its outcome as that error says).
+/// Where a read index goes: to a read waiting on this member.
+type IndexReply = oneshot::Sender<Result<u64, Refusal>>;
+
+/// A write a follower sends on to the leader (the Forward RPC). The reply is the leader's
+/// answer, or the etcd error the forwarding itself failed with (its outcome as that error says).
 struct Forward {
+    /// The leader when the write was queued; if another leads by the time it would be sent, it
+    /// is not sent but refused "not leader" (and tried again at the new one).
     leader: NodeId,
     node: PeerNode,
     req: WriteRequest,
+    /// When the client request gives up; the RPC carrying it waits no longer than its latest.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Result<WriteResponse, Refusal>, EtcdError>>,
 }
 
-/// A follower's read waiting for a read index of `kind` from `leader`.
+/// A follower's read waiting for a read index of `kind` from `leader` (the ReadIndex RPC).
 struct IndexAsk {
     leader: NodeId,
     node: PeerNode,
     kind: IndexKind,
+    deadline: Instant,
     reply: IndexReply,
 }
 
-/// ReadIndex RPCs a follower keeps in flight; reads that arrive meanwhile share the next one.
+/// ReadIndex RPCs a follower keeps in flight to the leader; reads that arrive meanwhile share
+/// the next one. Two so a read never waits a whole round trip for an RPC that was sent just
+/// before it arrived (it takes the second slot); more gave no more sharing.
 const INDEX_ASKS_IN_FLIGHT: usize = 2;
 
 /// Forward RPCs a follower keeps in flight to the leader. While they are, new writes queue and
 /// go together in the next one. More than one so the follower's writes can join every proposal
 /// of the leader (which has one in flight and takes what queued during it), not every other.
 const FORWARDS_IN_FLIGHT: usize = 4;
-type IndexReply = oneshot::Sender<Result<u64, Refusal>>;
 
 /// A running member. Cheap to clone.
 pub struct Node<E: Engine> {
@@ -247,11 +256,11 @@ impl<E: Engine> Node<E> {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
+        LogStore::new(engine.clone()).check_format().map_err(fatal)?;
         let store = KvStore::open(engine.clone()).map_err(fatal)?;
         let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
-        let peers = Peers::new(config.id, cluster_id);
         let mut log = LogStore::new(engine).with_append_budget(config.max_append_bytes);
-        peers.set_restart_floor(restart_floor(&mut log, config.id).await?);
+        let peers = Peers::new(config.id, cluster_id, restart_floor(&mut log, config.id).await?);
         #[cfg(feature = "planted-bugs")]
         let log = log.with_planted(config.planted);
         let network = PeerNetwork { peers: peers.clone() };
@@ -261,7 +270,7 @@ impl<E: Engine> Node<E> {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
         let (forwards, forwards_rx) = mpsc::channel(4096);
-        tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, config.request_timeout));
+        tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, raft.metrics()));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
         let lease = Arc::new(parking_lot::Mutex::new(None));
         let confirmer = Confirmer {
@@ -273,7 +282,7 @@ impl<E: Engine> Node<E> {
         };
         let index_asks = config.share_read_index.then(|| {
             let (tx, rx) = mpsc::channel(4096);
-            tokio::spawn(index_asker(peers.clone(), rx, config.request_timeout));
+            tokio::spawn(index_asker(peers.clone(), rx, raft.metrics()));
             tx
         });
         let read_index_queue = config.share_read_index.then(|| {
@@ -362,7 +371,7 @@ impl<E: Engine> Node<E> {
                 self.propose(req.clone()).await
             } else {
                 let (reply, rx) = oneshot::channel();
-                let forward = Forward { leader, node, req: req.clone(), reply };
+                let forward = Forward { leader, node, req: req.clone(), deadline, reply };
                 self.forwards.send(forward).await.map_err(|_| EtcdError::ServerStopped)?;
                 rx.await.map_err(|_| EtcdError::ServerStopped)??
             };
@@ -552,7 +561,9 @@ impl<E: Engine> Node<E> {
                 self.read_index_of(kind).await
             } else if let Some(asks) = &self.index_asks {
                 let (reply, rx) = oneshot::channel();
-                asks.send(IndexAsk { leader, node, kind, reply }).await.map_err(|_| EtcdError::ServerStopped)?;
+                asks.send(IndexAsk { leader, node, kind, deadline, reply })
+                    .await
+                    .map_err(|_| EtcdError::ServerStopped)?;
                 rx.await.map_err(|_| EtcdError::ServerStopped)?
             } else {
                 let timeout = deadline.saturating_duration_since(Instant::now());
@@ -684,7 +695,8 @@ async fn restart_floor<E: Engine>(log: &mut LogStore<E>, me: NodeId) -> Result<R
 /// Runs leadership confirmations and keeps the lease they establish.
 #[derive(Clone)]
 struct Confirmer {
-    /// Read indexes of a leader restored at startup cover its log as of then.
+    /// Read indexes of a leader restored at startup cover its log as of then (a copy of
+    /// [`Peers::restart_floor`], which never changes).
     floor: RestartFloor,
     raft: Raft,
     rounds: Arc<AtomicU64>,
@@ -796,36 +808,152 @@ async fn ask_read_index(
     }
 }
 
+/// A follower's requests queued for the leader that share RPCs (writes and ReadIndex asks).
+trait Queued {
+    fn leader(&self) -> NodeId;
+    fn deadline(&self) -> Instant;
+    /// Whether the client request behind it has given up (it timed out or was cancelled).
+    fn abandoned(&self) -> bool;
+    /// Answers it "not leader": nothing was sent, so the request may go to the next leader.
+    fn refuse(self);
+}
+
+impl Queued for Forward {
+    fn leader(&self) -> NodeId {
+        self.leader
+    }
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn refuse(self) {
+        let _ = self.reply.send(Ok(Err(Refusal::NotLeader)));
+    }
+}
+
+impl Queued for IndexAsk {
+    fn leader(&self) -> NodeId {
+        self.leader
+    }
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+    fn refuse(self) {
+        let _ = self.reply.send(Err(Refusal::NotLeader));
+    }
+}
+
+/// Hands out the RPC slots to each leader, `per_leader` at a time.
+///
+/// Why per leader and why watch the leader: RPCs to a leader that has just been cut off hang
+/// until their timeout. With one pool for all leaders, they held every slot and requests for
+/// the new leader waited behind them for up to the request timeout.
+struct Slots {
+    per_leader: usize,
+    pools: HashMap<NodeId, Arc<tokio::sync::Semaphore>>,
+    metrics: tokio::sync::watch::Receiver<RaftMetrics>,
+}
+
+impl Slots {
+    fn new(per_leader: usize, metrics: tokio::sync::watch::Receiver<RaftMetrics>) -> Slots {
+        Slots { per_leader, pools: HashMap::new(), metrics }
+    }
+
+    /// Takes the next request that is still wanted (from `carry`, else `rx`) and a slot for
+    /// its leader. A request whose leader stops leading before a slot frees up is refused
+    /// "not leader" here. None once `rx` is closed.
+    async fn next<Q: Queued>(
+        &mut self,
+        carry: &mut Option<Q>,
+        rx: &mut mpsc::Receiver<Q>,
+    ) -> Option<(Q, tokio::sync::OwnedSemaphorePermit)> {
+        loop {
+            let first = match carry.take() {
+                Some(q) => q,
+                None => rx.recv().await?,
+            };
+            if first.abandoned() {
+                continue;
+            }
+            let leader = first.leader();
+            let pool =
+                self.pools.entry(leader).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_leader)));
+            let mut metrics = self.metrics.clone();
+            tokio::select! {
+                permit = pool.clone().acquire_owned() => {
+                    return Some((first, permit.expect("the semaphore is never closed")));
+                }
+                _ = metrics.wait_for(|m| m.current_leader != Some(leader)) => first.refuse(),
+            }
+        }
+    }
+}
+
+/// Adds what queued behind `first` to its batch while `fits` (same leader, within bounds); the
+/// first request that does not fit is left in `carry`. Requests already given up are dropped.
+fn gather<Q: Queued>(
+    first: Q,
+    carry: &mut Option<Q>,
+    rx: &mut mpsc::Receiver<Q>,
+    mut fits: impl FnMut(&[Q], &Q) -> bool,
+) -> Vec<Q> {
+    let mut batch = vec![first];
+    while let Ok(q) = rx.try_recv() {
+        if q.abandoned() {
+            continue;
+        }
+        if q.leader() != batch[0].leader() || !fits(&batch, &q) {
+            *carry = Some(q);
+            break;
+        }
+        batch.push(q);
+    }
+    batch
+}
+
+/// The RPC timeout of a batch: what is left until its latest request deadline.
+fn batch_timeout<Q: Queued>(batch: &[Q]) -> Duration {
+    let latest = batch.iter().map(Q::deadline).max().unwrap_or_else(Instant::now);
+    latest.saturating_duration_since(Instant::now())
+}
+
+/// Resolves once every one of `replies` has been dropped by its waiter: nobody wants the
+/// answer, so the RPC is abandoned.
+async fn all_abandoned<T>(replies: &mut [oneshot::Sender<T>]) {
+    for reply in replies {
+        reply.closed().await;
+    }
+}
+
 /// A follower's ReadIndex requests, shared: one RPC answers every read that was queued before
 /// it was sent. That is all each of them needs: the leader confirms its leadership after the
 /// RPC arrives, so after every one of those reads arrived. A read arriving while an RPC is in
 /// flight waits for a later one. One RPC per read made each linearizable read on a follower
 /// cost the leader a peer request.
-async fn index_asker(peers: Peers, mut rx: mpsc::Receiver<IndexAsk>, timeout: Duration) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(INDEX_ASKS_IN_FLIGHT));
+async fn index_asker(
+    peers: Peers,
+    mut rx: mpsc::Receiver<IndexAsk>,
+    metrics: tokio::sync::watch::Receiver<RaftMetrics>,
+) {
+    let mut slots = Slots::new(INDEX_ASKS_IN_FLIGHT, metrics);
     let mut carry: Option<IndexAsk> = None;
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let first = match carry.take() {
-            Some(a) => a,
-            None => match rx.recv().await {
-                Some(a) => a,
-                None => return,
-            },
-        };
-        let (leader, node, kind) = (first.leader, first.node, first.kind);
-        let mut replies = vec![first.reply];
-        while let Ok(a) = rx.try_recv() {
-            if a.leader != leader || a.kind != kind {
-                carry = Some(a);
-                break;
-            }
-            replies.push(a.reply);
-        }
+    while let Some((first, permit)) = slots.next(&mut carry, &mut rx).await {
+        let (leader, node, kind) = (first.leader, first.node.clone(), first.kind);
+        let batch = gather(first, &mut carry, &mut rx, |_, a| a.kind == kind);
+        let timeout = batch_timeout(&batch);
+        let mut replies: Vec<_> = batch.into_iter().map(|a| a.reply).collect();
         let peers = peers.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let index = ask_read_index(&peers, leader, &node, kind, timeout).await;
+            let index = tokio::select! {
+                index = ask_read_index(&peers, leader, &node, kind, timeout) => index,
+                () = all_abandoned(&mut replies) => return,
+            };
             for reply in replies {
                 let _ = reply.send(index.clone());
             }
@@ -834,44 +962,45 @@ async fn index_asker(peers: Peers, mut rx: mpsc::Receiver<IndexAsk>, timeout: Du
 }
 
 /// Sends queued writes on to the leader, as many in one Forward RPC as queued (bounded like a
-/// Raft entry), with up to [`FORWARDS_IN_FLIGHT`] RPCs at once. One RPC per write made
-/// forwarding the largest CPU cost of a put that arrives at a follower.
-async fn forwarder(peers: Peers, mut rx: mpsc::Receiver<Forward>, cfg: BatchConfig, timeout: Duration) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
+/// Raft entry, and only writes with small answers together), with up to [`FORWARDS_IN_FLIGHT`]
+/// RPCs at once to each leader. One RPC per write made forwarding the largest CPU cost of a put
+/// that arrives at a follower.
+async fn forwarder(
+    peers: Peers,
+    mut rx: mpsc::Receiver<Forward>,
+    cfg: BatchConfig,
+    metrics: tokio::sync::watch::Receiver<RaftMetrics>,
+) {
+    let mut slots = Slots::new(FORWARDS_IN_FLIGHT, metrics);
     let mut carry: Option<Forward> = None;
-    loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let first = match carry.take() {
-            Some(f) => f,
-            None => match rx.recv().await {
-                Some(f) => f,
-                None => return,
-            },
-        };
+    while let Some((first, permit)) = slots.next(&mut carry, &mut rx).await {
         let mut bytes = first.req.encoded_len();
-        let mut batch = vec![first];
-        while batch.len() < cfg.max_requests.max(1) {
-            match rx.try_recv() {
-                Ok(f) => {
-                    let len = f.req.encoded_len();
-                    if f.leader != batch[0].leader || bytes + len > cfg.max_bytes {
-                        carry = Some(f);
-                        break;
-                    }
+        let batch = if first.req.answer_is_small() {
+            gather(first, &mut carry, &mut rx, |batch, f| {
+                let len = f.req.encoded_len();
+                let fits = f.req.answer_is_small() && batch.len() < cfg.max_requests && bytes + len <= cfg.max_bytes;
+                if fits {
                     bytes += len;
-                    batch.push(f);
                 }
-                Err(_) => break,
-            }
-        }
+                fits
+            })
+        } else {
+            vec![first]
+        };
+        let timeout = batch_timeout(&batch);
         let peers = peers.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let (leader, node) = (batch[0].leader, batch[0].node.clone());
-            let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|f| (f.req, f.reply)).unzip();
-            let answer =
+            let (requests, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|f| (f.req, f.reply)).unzip();
+            let call =
                 peers.call::<_, Vec<Result<WriteResponse, Refusal>>>(leader, &node, Rpc::Forward, &requests, timeout);
-            match answer.await {
+            let answer = tokio::select! {
+                answer = call => answer,
+                // Every client gave up (timed out: outcome unknown to them already).
+                () = all_abandoned(&mut replies) => return,
+            };
+            match answer {
                 Ok(results) if results.len() == replies.len() => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(Ok(result));

@@ -50,6 +50,11 @@ pub(crate) struct Lease {
 /// its commit index only as recent as its durable record (saved without a flush), so it may
 /// restart below entries it acknowledged before it stopped. It appended (and flushed) each of
 /// those to its own log before replicating it, so its last log index at startup covers them.
+///
+/// That last step relies on `LogStore::append` reporting an append done only after its flush
+/// (openraft counts the leader's own copy towards the quorum once it hears that): an append
+/// acknowledged unflushed could be acknowledged to a client and then missing from the log at
+/// startup, below the floor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RestartFloor {
     pub term: u64,

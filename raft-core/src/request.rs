@@ -8,8 +8,9 @@
 //! etcd requests travel as their protobuf encoding inside the bincode-encoded entry, so the
 //! entry format follows the wire format with no second schema to keep in sync.
 
+use kv_api::etcdserverpb::request_op::Request;
 use kv_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp,
     TxnRequest, TxnResponse,
 };
 use kv_api::EtcdError;
@@ -37,6 +38,28 @@ impl WriteRequest {
             WriteRequest::Compact(r) => r.encoded_len(),
             WriteRequest::PublishMember(m) => m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>() + 16,
         }
+    }
+
+    /// Whether the response is small whatever the store holds: no previous values and no
+    /// ranges. A follower batches only these into one Forward RPC, so a batch's reply stays far
+    /// below the peer message limit; a request that may answer with stored data (`prev_kv`, a
+    /// Txn with a range) travels alone and its reply is limited only by that one request.
+    pub fn answer_is_small(&self) -> bool {
+        match self {
+            WriteRequest::Put(r) => !r.prev_kv,
+            WriteRequest::DeleteRange(r) => !r.prev_kv,
+            WriteRequest::Txn(t) => t.success.iter().chain(&t.failure).all(op_answer_is_small),
+            WriteRequest::Compact(_) | WriteRequest::PublishMember(_) => true,
+        }
+    }
+}
+
+fn op_answer_is_small(op: &RequestOp) -> bool {
+    match &op.request {
+        Some(Request::RequestPut(r)) => !r.prev_kv,
+        Some(Request::RequestDeleteRange(r)) => !r.prev_kv,
+        Some(Request::RequestTxn(t)) => t.success.iter().chain(&t.failure).all(op_answer_is_small),
+        Some(Request::RequestRange(_)) | None => false,
     }
 }
 
@@ -86,7 +109,7 @@ impl RequestBatch {
 
     /// The batch's requests, decoded. Fails only on a corrupt entry.
     pub fn requests(&self) -> Result<Vec<WriteRequest>, bincode::Error> {
-        bincode::deserialize(&self.encoded)
+        crate::codec::decode(&self.encoded)
     }
 
     /// Size of the encoded batch.
@@ -140,5 +163,24 @@ mod tests {
         let resp = ResponseBatch { results: vec![Err(EtcdError::KeyNotFound), Ok(WriteResponse::PublishMember)] };
         let bytes = bincode::serialize(&resp).unwrap();
         assert_eq!(bincode::deserialize::<ResponseBatch>(&bytes).unwrap(), resp);
+    }
+
+    #[test]
+    fn only_answers_without_stored_data_are_small() {
+        use kv_api::etcdserverpb::{RangeRequest, TxnRequest};
+        let put =
+            |prev_kv| RequestOp { request: Some(Request::RequestPut(PutRequest { prev_kv, ..Default::default() })) };
+        let range = RequestOp { request: Some(Request::RequestRange(RangeRequest::default())) };
+        let txn = |success: Vec<RequestOp>| TxnRequest { success, ..Default::default() };
+        assert!(WriteRequest::Put(PutRequest::default()).answer_is_small());
+        assert!(!WriteRequest::Put(PutRequest { prev_kv: true, ..Default::default() }).answer_is_small());
+        assert!(
+            !WriteRequest::DeleteRange(DeleteRangeRequest { prev_kv: true, ..Default::default() }).answer_is_small()
+        );
+        assert!(WriteRequest::Txn(txn(vec![put(false), put(false)])).answer_is_small());
+        assert!(!WriteRequest::Txn(txn(vec![put(false), range.clone()])).answer_is_small());
+        assert!(!WriteRequest::Txn(txn(vec![put(true)])).answer_is_small());
+        let nested = RequestOp { request: Some(Request::RequestTxn(txn(vec![range]))) };
+        assert!(!WriteRequest::Txn(TxnRequest { failure: vec![nested], ..Default::default() }).answer_is_small());
     }
 }

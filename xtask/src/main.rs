@@ -75,7 +75,22 @@ fn task() -> Result<()> {
             let overrides = if overrides.is_empty() { "none (defaults)".into() } else { overrides.join(" ") };
             eprintln!("xtask: sim overrides: {overrides}");
             // Every scenario over the seeds, then the planted bugs (each within 200 seeds).
-            cargo(&["test", "-p", "simulation", "--release", "--test", "scenarios", "--", "--nocapture"], &[], &sim)?;
+            cargo(
+                &[
+                    "test",
+                    "-p",
+                    "simulation",
+                    "--release",
+                    "--test",
+                    "scenarios",
+                    "--test",
+                    "failover",
+                    "--",
+                    "--nocapture",
+                ],
+                &[],
+                &sim,
+            )?;
             cargo(
                 &[
                     "test",

@@ -124,8 +124,9 @@ struct Inner {
     metrics: Mutex<Option<tokio::sync::watch::Receiver<RaftMetrics>>>,
     /// What this member's state machine has applied, read at the moment of asking.
     applied: Mutex<Option<AppliedFn>>,
-    /// What this member must apply before it serves reads as a leader restored at startup.
-    restart_floor: Mutex<RestartFloor>,
+    /// What this member must apply before it serves reads as a leader restored at startup; set
+    /// once, before Raft starts, and the one record of it.
+    restart_floor: RestartFloor,
 }
 
 /// The member's view of its peers: channels, envelope, failure classification. Cheap to clone.
@@ -135,7 +136,9 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(me: NodeId, cluster_id: u64) -> Peers {
+    /// The peers of member `me`, which must apply `restart_floor` before it serves reads as a
+    /// leader restored at startup (fixed for the life of the process).
+    pub(crate) fn new(me: NodeId, cluster_id: u64, restart_floor: RestartFloor) -> Peers {
         Peers {
             inner: Arc::new(Inner {
                 me,
@@ -145,7 +148,7 @@ impl Peers {
                 receipts: Mutex::new(HashMap::new()),
                 metrics: Mutex::new(None),
                 applied: Mutex::new(None),
-                restart_floor: Mutex::new(RestartFloor::default()),
+                restart_floor,
             }),
         }
     }
@@ -156,13 +159,9 @@ impl Peers {
         *self.inner.applied.lock() = Some(applied);
     }
 
-    /// Sets what this member must apply before it serves reads as a leader restored at startup.
-    pub(crate) fn set_restart_floor(&self, floor: RestartFloor) {
-        *self.inner.restart_floor.lock() = floor;
-    }
-
+    /// What this member must apply before it serves reads as a leader restored at startup.
     pub(crate) fn restart_floor(&self) -> RestartFloor {
-        *self.inner.restart_floor.lock()
+        self.inner.restart_floor
     }
 
     /// As leader of `term`: when the newest AppendEntries that a quorum of voters (this member
@@ -309,7 +308,7 @@ impl Peers {
             Ok(Err(status)) => return Err(classify(target, status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let resp = bincode::deserialize(&reply.payload)
+        let resp = crate::codec::decode(&reply.payload)
             .map_err(|e| PeerError::Failed { target, reason: format!("undecodable reply: {e}") })?;
         let stamp = reply.receipt_us.zip(reply.receipt_epoch).map(|(us, epoch)| Stamp { epoch, us });
         Ok((resp, stamp))

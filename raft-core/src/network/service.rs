@@ -41,7 +41,7 @@ impl<E: Engine> PeerService<E> {
                 self.node.id()
             )));
         }
-        bincode::deserialize(&req.payload)
+        crate::codec::decode(&req.payload)
             .map_err(|e| Status::invalid_argument(format!("raftkv: undecodable peer payload: {e}")))
     }
 }

@@ -47,3 +47,32 @@ async fn the_budget_is_set_by_the_node() {
     let mut log = log.with_append_budget(1500);
     assert_eq!(log.limited_get_log_entries(1, 6).await.unwrap().len(), 2);
 }
+
+/// A data dir records its on-disk format; a build refuses one it would misread.
+#[tokio::test]
+async fn data_dirs_carry_their_format_and_others_are_refused() {
+    use raft_core::engine::{Batch, Engine, Tree};
+    use raft_core::log_store::{FormatError, DATA_FORMAT};
+
+    // An empty dir is marked, and the mark is accepted from then on (after entries arrive).
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine.clone());
+    log.check_format().unwrap();
+    log.blocking_append(vec![put_entry(1, "k", b"v".to_vec())]).await.unwrap();
+    log.check_format().unwrap();
+
+    // A dir marked with another format.
+    let mut batch = Batch::default();
+    batch.put(Tree::RaftMeta, b"format".to_vec(), bincode::serialize(&(DATA_FORMAT + 1)).unwrap());
+    engine.write(batch).unwrap();
+    let err = LogStore::new(engine).check_format().unwrap_err();
+    assert!(matches!(err, FormatError::Other { found } if found == DATA_FORMAT + 1), "{err}");
+
+    // A dir with state but no mark: written before marks existed.
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine.clone());
+    log.blocking_append(vec![put_entry(1, "k", b"v".to_vec())]).await.unwrap();
+    let err = log.check_format().unwrap_err();
+    assert!(matches!(err, FormatError::Unmarked), "{err}");
+    assert!(err.to_string().contains("move it aside"), "{err}");
+}
