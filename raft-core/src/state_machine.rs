@@ -16,7 +16,7 @@ use kv_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse}
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::engine::{Batch, Engine, Tree};
 use crate::mvcc::read::{self, Revisions};
@@ -56,13 +56,89 @@ impl SmMeta {
     }
 }
 
-/// One tree of a snapshot: its name and every pair.
-type TreeDump = (String, Vec<(Vec<u8>, Vec<u8>)>);
+/// A snapshot's data: every pair of every state-machine tree, written and read in one pass.
+///
+/// The layout is the bincode encoding of `Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>` (tree name,
+/// then its pairs; every length a little-endian u64), but it is never built as that value:
+/// holding each pair as two `Vec`s besides the encoding took several times the snapshot's
+/// size, and members' memory peaked at every snapshot of a large store (issue #8).
+mod content {
+    use crate::engine::{Batch, Engine, Tree};
+    use std::ops::Bound;
 
-/// What a snapshot's data holds: every pair of every state-machine tree.
-#[derive(Serialize, Deserialize)]
-struct SnapshotContent {
-    trees: Vec<TreeDump>,
+    fn put_len(out: &mut Vec<u8>, n: usize) {
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+    }
+
+    fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+        put_len(out, b.len());
+        out.extend_from_slice(b);
+    }
+
+    /// Encodes every pair of `trees`.
+    pub fn export<E: Engine + ?Sized>(engine: &E, trees: &[Tree]) -> Result<Vec<u8>, std::io::Error> {
+        let mut out = Vec::new();
+        put_len(&mut out, trees.len());
+        for &tree in trees {
+            put_bytes(&mut out, tree.name().as_bytes());
+            let count_at = out.len();
+            put_len(&mut out, 0);
+            let mut count = 0;
+            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+                let (k, v) = item.map_err(std::io::Error::other)?;
+                put_bytes(&mut out, &k);
+                put_bytes(&mut out, &v);
+                count += 1;
+            }
+            out[count_at..count_at + 8].copy_from_slice(&(count as u64).to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    fn invalid(what: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {what}"))
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl<'a> Reader<'a> {
+        fn len(&mut self) -> Result<usize, std::io::Error> {
+            let (n, rest) = self.0.split_first_chunk::<8>().ok_or_else(|| invalid("truncated length".into()))?;
+            self.0 = rest;
+            usize::try_from(u64::from_le_bytes(*n)).map_err(|_| invalid("length out of range".into()))
+        }
+
+        fn bytes(&mut self) -> Result<&'a [u8], std::io::Error> {
+            let n = self.len()?;
+            if n > self.0.len() {
+                return Err(invalid(format!("{n} bytes announced, {} left", self.0.len())));
+            }
+            let (b, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(b)
+        }
+    }
+
+    /// Adds a put to `batch` for every pair in `data`, each into the tree of `trees` it names.
+    pub fn import(data: &[u8], trees: &[Tree], batch: &mut Batch) -> Result<(), std::io::Error> {
+        let mut r = Reader(data);
+        for _ in 0..r.len()? {
+            let name = r.bytes()?;
+            let tree = trees
+                .iter()
+                .find(|t| t.name().as_bytes() == name)
+                .ok_or_else(|| invalid(format!("unknown tree {}", String::from_utf8_lossy(name))))?;
+            for _ in 0..r.len()? {
+                let k = r.bytes()?;
+                let v = r.bytes()?;
+                batch.put(*tree, k, v);
+            }
+        }
+        if !r.0.is_empty() {
+            return Err(invalid(format!("{} bytes after the last tree", r.0.len())));
+        }
+        Ok(())
+    }
 }
 
 struct Shared<E> {
@@ -95,7 +171,7 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StorageError> {
-    bincode::deserialize(v).map_err(|e| sm_read_err(*e))
+    crate::codec::decode(v).map_err(|e| sm_read_err(*e))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -238,23 +314,12 @@ impl<E: Engine> KvStore<E> {
 
     fn export(&self) -> Result<(SmMeta, Vec<u8>), StorageError> {
         let meta = self.read_gate();
-        let mut content = SnapshotContent { trees: Vec::new() };
-        for tree in SM_TREES {
-            let pairs = self
-                .shared
-                .engine
-                .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sm_read_err)?;
-            content.trees.push((tree.name().to_string(), pairs));
-        }
-        Ok((meta.clone(), encode(&content)))
+        let data = content::export(&*self.shared.engine, &SM_TREES).map_err(sm_read_err)?;
+        Ok((meta.clone(), data))
     }
 
     /// [`RaftStateMachine::install_snapshot`]'s work, blocking.
     fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
-        let content: SnapshotContent =
-            bincode::deserialize(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &*e))?;
         let mut gate = self.write_gate();
         let engine = &self.shared.engine;
         let mut batch = Batch::default();
@@ -263,15 +328,9 @@ impl<E: Engine> KvStore<E> {
                 batch.delete(tree, item.map_err(sm_read_err)?.0);
             }
         }
-        for (name, pairs) in content.trees {
-            let tree = SM_TREES.into_iter().find(|t| t.name() == name).ok_or_else(|| {
-                sm_read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("unknown tree {name}")))
-            })?;
-            for (k, v) in pairs {
-                batch.put(tree, k, v);
-            }
-        }
-        self.persist_snapshot(meta, &data, batch)?;
+        content::import(&data, &SM_TREES, &mut batch)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.persist_snapshot(meta, data, batch)?;
         let mut fresh = load_meta(&**engine)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
@@ -291,10 +350,11 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// Stores `meta`/`data` as the current snapshot together with `batch`, durably. Caller
-    /// holds the gate exclusively.
-    fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8], mut batch: Batch) -> Result<(), StorageError> {
+    /// holds the gate exclusively. Takes `data` rather than copying it: it is the size of the
+    /// whole state.
+    fn persist_snapshot(&self, meta: &SnapshotMeta, data: Vec<u8>, mut batch: Batch) -> Result<(), StorageError> {
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
-        batch.put(Tree::Snapshot, SNAP_DATA, data.to_vec());
+        batch.put(Tree::Snapshot, SNAP_DATA, data);
         self.shared.engine.write(batch).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.shared.engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }
@@ -325,11 +385,15 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
             let _gate = self.write_gate();
             let newer_stored = self.stored_snapshot_meta()?.is_some_and(|m| m.last_log_id >= snap_meta.last_log_id);
             if !newer_stored {
-                self.persist_snapshot(&snap_meta, &data, Batch::default())?;
+                self.persist_snapshot(&snap_meta, data, Batch::default())?;
             }
             Ok::<(), StorageError>(())
         })?;
-        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(data)) })
+        // The data went to the store, not into the returned value: openraft 0.9 keeps only the
+        // meta of a snapshot it had built (sm worker, startup helper) and reads the data through
+        // `get_current_snapshot` when it sends one. A second copy the size of the whole state
+        // would only raise the member's peak memory.
+        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -422,4 +486,59 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
         Some(Request::RequestTxn(inner)) => txn_is_read_only(inner),
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content;
+    use crate::engine::{Batch, Engine, MemEngine, Tree};
+
+    fn filled() -> MemEngine {
+        let engine = MemEngine::new();
+        let mut batch = Batch::default();
+        for i in 0..50u32 {
+            batch.put(Tree::Kv, format!("key{i}").into_bytes(), vec![i as u8; i as usize]);
+            batch.put(Tree::KvHistory, i.to_be_bytes().to_vec(), b"rev".to_vec());
+        }
+        batch.put(Tree::Members, b"m1".to_vec(), Vec::new());
+        engine.write(batch).unwrap();
+        engine
+    }
+
+    /// The one-pass encoding is byte for byte what bincode writes for the tree dump, so stored
+    /// snapshots and snapshots sent between members keep their format.
+    #[test]
+    fn snapshot_data_has_the_bincode_layout_and_round_trips() {
+        let trees = [Tree::Kv, Tree::KvHistory, Tree::Members, Tree::SmMeta];
+        let engine = filled();
+        let data = content::export(&engine, &trees).unwrap();
+        let dump: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = trees
+            .iter()
+            .map(|&t| {
+                let pairs = engine.scan(t, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false);
+                (t.name().to_string(), pairs.collect::<Result<Vec<_>, _>>().unwrap())
+            })
+            .collect();
+        assert_eq!(data, bincode::serialize(&dump).unwrap());
+
+        let copy = MemEngine::new();
+        let mut batch = Batch::default();
+        content::import(&data, &trees, &mut batch).unwrap();
+        copy.write(batch).unwrap();
+        for (name, pairs) in dump {
+            let tree = trees.into_iter().find(|t| t.name() == name).unwrap();
+            let got = copy.scan(tree, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false);
+            assert_eq!(got.collect::<Result<Vec<_>, _>>().unwrap(), pairs, "tree {name}");
+        }
+    }
+
+    #[test]
+    fn corrupt_snapshot_data_is_refused() {
+        let trees = [Tree::Kv, Tree::Members];
+        let data = content::export(&filled(), &trees).unwrap();
+        for bad in [&data[..data.len() - 1], &[data.as_slice(), &[0]].concat()[..], &data[..3]] {
+            assert!(content::import(bad, &trees, &mut Batch::default()).is_err());
+        }
+        assert!(content::import(&data, &[Tree::Kv], &mut Batch::default()).is_err(), "unknown tree");
+    }
 }
