@@ -22,8 +22,9 @@ const FORMAT: &[u8] = b"format";
 /// The on-disk format this build reads and writes, recorded in every data dir it creates.
 /// Raise it whenever a stored encoding changes (log entries, vote, state-machine keys): a build
 /// must refuse a data dir it would misread rather than apply garbage. Format 2: log entries
-/// hold their batch of requests encoded (`RequestBatch`).
-pub const DATA_FORMAT: u32 = 2;
+/// hold their batch of requests encoded (`RequestBatch`). Format 3: the current snapshot's
+/// data is a file beside the trees (`files/snapshot-<id>`), not a value in the snapshot tree.
+pub const DATA_FORMAT: u32 = 3;
 
 /// A data dir this build cannot read.
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,10 @@ const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
 const CLUSTER_ID: &[u8] = b"cluster_id";
 const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+/// The name of the file holding `meta`'s data.
+fn snapshot_file(meta: &SnapshotMeta) -> String {
+    format!("snapshot-{}", meta.snapshot_id)
+}
 
 /// Trees that make up the state machine (what a snapshot carries).
 const SM_TREES: [Tree; 5] = [Tree::Kv, Tree::KvHistory, Tree::KvRevs, Tree::SmMeta, Tree::Members];
@@ -58,41 +61,46 @@ impl SmMeta {
 
 /// A snapshot's data: every pair of every state-machine tree, written and read in one pass.
 ///
-/// The layout is the bincode encoding of `Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>` (tree name,
+/// Stored as a file beside the trees (`Engine::put_file`), named after the snapshot. The layout
+/// is the bincode encoding of `Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>` (tree name,
 /// then its pairs; every length a little-endian u64), but it is never built as that value:
 /// holding each pair as two `Vec`s besides the encoding took several times the snapshot's
 /// size, and members' memory peaked at every snapshot of a large store (issue #8).
 mod content {
     use crate::engine::{Batch, Engine, Tree};
+    use std::io::Write;
     use std::ops::Bound;
 
-    fn put_len(out: &mut Vec<u8>, n: usize) {
-        out.extend_from_slice(&(n as u64).to_le_bytes());
+    fn write_len(out: &mut dyn Write, n: usize) -> std::io::Result<()> {
+        out.write_all(&(n as u64).to_le_bytes())
     }
 
-    fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-        put_len(out, b.len());
-        out.extend_from_slice(b);
+    fn write_bytes(out: &mut dyn Write, b: &[u8]) -> std::io::Result<()> {
+        write_len(out, b.len())?;
+        out.write_all(b)
     }
 
-    /// Encodes every pair of `trees`.
-    pub fn export<E: Engine + ?Sized>(engine: &E, trees: &[Tree]) -> Result<Vec<u8>, std::io::Error> {
-        let mut out = Vec::new();
-        put_len(&mut out, trees.len());
+    /// Writes every pair of `trees` to `out`. Each tree is scanned twice, to count its pairs
+    /// and to write them, so nothing but the pair at hand is held in memory. The caller keeps
+    /// the trees from changing meanwhile.
+    pub fn export<E: Engine + ?Sized>(engine: &E, trees: &[Tree], out: &mut dyn Write) -> std::io::Result<()> {
+        let all = |tree| engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false);
+        write_len(out, trees.len())?;
         for &tree in trees {
-            put_bytes(&mut out, tree.name().as_bytes());
-            let count_at = out.len();
-            put_len(&mut out, 0);
+            write_bytes(out, tree.name().as_bytes())?;
             let mut count = 0;
-            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
-                let (k, v) = item.map_err(std::io::Error::other)?;
-                put_bytes(&mut out, &k);
-                put_bytes(&mut out, &v);
+            for item in all(tree) {
+                item.map_err(std::io::Error::other)?;
                 count += 1;
             }
-            out[count_at..count_at + 8].copy_from_slice(&(count as u64).to_le_bytes());
+            write_len(out, count)?;
+            for item in all(tree) {
+                let (k, v) = item.map_err(std::io::Error::other)?;
+                write_bytes(out, &k)?;
+                write_bytes(out, &v)?;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn invalid(what: String) -> std::io::Error {
@@ -312,16 +320,33 @@ impl<E: Engine> KvStore<E> {
         }
     }
 
-    fn export(&self) -> Result<(SmMeta, Vec<u8>), StorageError> {
+    /// Writes the snapshot file of the current state under the shared gate (apply waits, reads
+    /// go on), so it is exactly the state at its last applied log id. Returns its meta and the
+    /// meta of the snapshot stored when it began.
+    fn export(&self) -> Result<(SnapshotMeta, Option<SnapshotMeta>), StorageError> {
         let meta = self.read_gate();
-        let data = content::export(&*self.shared.engine, &SM_TREES).map_err(sm_read_err)?;
-        Ok((meta.clone(), data))
+        let stored = self.stored_snapshot_meta()?;
+        let snapshot_id = match &meta.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
+            None => format!("empty-{}", meta.revision),
+        };
+        let snap =
+            SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id };
+        let engine = &*self.shared.engine;
+        engine
+            .put_file(&snapshot_file(&snap), &mut |out| content::export(engine, &SM_TREES, out))
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.signature()), &e))?;
+        Ok((snap, stored))
     }
 
     /// [`RaftStateMachine::install_snapshot`]'s work, blocking.
     fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
         let mut gate = self.write_gate();
         let engine = &self.shared.engine;
+        // The file first: until the meta below points to it, it is an unused file.
+        engine
+            .put_file(&snapshot_file(meta), &mut |out| out.write_all(&data))
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut batch = Batch::default();
         for tree in SM_TREES {
             for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
@@ -330,7 +355,8 @@ impl<E: Engine> KvStore<E> {
         }
         content::import(&data, &SM_TREES, &mut batch)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.persist_snapshot(meta, data, batch)?;
+        drop(data);
+        self.persist_snapshot(meta, batch)?;
         let mut fresh = load_meta(&**engine)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
@@ -349,14 +375,14 @@ impl<E: Engine> KvStore<E> {
         Ok(())
     }
 
-    /// Stores `meta`/`data` as the current snapshot together with `batch`, durably. Caller
-    /// holds the gate exclusively. Takes `data` rather than copying it: it is the size of the
-    /// whole state.
-    fn persist_snapshot(&self, meta: &SnapshotMeta, data: Vec<u8>, mut batch: Batch) -> Result<(), StorageError> {
+    /// Makes `meta` the current snapshot (its file already stored) together with `batch`,
+    /// durably, then removes every other snapshot file. Caller holds the gate exclusively.
+    fn persist_snapshot(&self, meta: &SnapshotMeta, mut batch: Batch) -> Result<(), StorageError> {
+        let err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
-        batch.put(Tree::Snapshot, SNAP_DATA, data);
-        self.shared.engine.write(batch).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.shared.engine.flush().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+        self.shared.engine.write(batch).map_err(err)?;
+        self.shared.engine.flush().map_err(err)?;
+        self.shared.engine.retain_file(&snapshot_file(meta)).map_err(|e| err(e).into())
     }
 
     /// The stored snapshot's meta, if any.
@@ -370,29 +396,24 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
     /// Exports the state under the shared gate (apply waits), so the snapshot is exactly the
     /// state at its last applied log id.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // Scanning and encoding the whole state takes long on a big store: off the runtime.
-        let (meta, data) = crate::rt::blocking(|| self.export())?;
-        let snapshot_id = match &meta.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
-            None => format!("empty-{}", meta.revision),
-        };
-        let snap_meta =
-            SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id };
-        // Builds run concurrently with installs: never replace a newer stored snapshot with an
-        // older build. The flush also makes the state machine durable up to this point, so
-        // logs the snapshot covers may be purged.
+        // Scanning and writing the whole state takes long on a big store: off the runtime.
+        let (snap_meta, stored_before) = crate::rt::blocking(|| self.export())?;
+        // Builds run concurrently with installs (and the file was written under the shared
+        // gate): if another snapshot became current meanwhile, it is at least as new as this
+        // build and already removed this build's file. Otherwise this one becomes current; the
+        // flush also makes the state machine durable up to this point, so logs the snapshot
+        // covers may be purged.
         crate::rt::blocking(|| {
             let _gate = self.write_gate();
-            let newer_stored = self.stored_snapshot_meta()?.is_some_and(|m| m.last_log_id >= snap_meta.last_log_id);
-            if !newer_stored {
-                self.persist_snapshot(&snap_meta, data, Batch::default())?;
+            if self.stored_snapshot_meta()? == stored_before {
+                self.persist_snapshot(&snap_meta, Batch::default())?;
             }
             Ok::<(), StorageError>(())
         })?;
-        // The data went to the store, not into the returned value: openraft 0.9 keeps only the
+        // The data went to the file, not into the returned value: openraft 0.9 keeps only the
         // meta of a snapshot it had built (sm worker, startup helper) and reads the data through
-        // `get_current_snapshot` when it sends one. A second copy the size of the whole state
-        // would only raise the member's peak memory.
+        // `get_current_snapshot` when it sends one. A copy the size of the whole state would
+        // only raise the member's peak memory.
         Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
@@ -473,7 +494,12 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         let Some(meta) = self.stored_snapshot_meta()? else {
             return Ok(None);
         };
-        let data = engine.get(Tree::Snapshot, SNAP_DATA).map_err(sm_read_err)?.unwrap_or_default();
+        let data = engine.get_file(&snapshot_file(&meta)).map_err(sm_read_err)?.ok_or_else(|| {
+            StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"),
+            )
+        })?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
@@ -491,7 +517,7 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::content;
-    use crate::engine::{Batch, Engine, MemEngine, Tree};
+    use crate::engine::{Batch, Engine, MemEngine, Pair, Tree};
 
     fn filled() -> MemEngine {
         let engine = MemEngine::new();
@@ -511,8 +537,9 @@ mod tests {
     fn snapshot_data_has_the_bincode_layout_and_round_trips() {
         let trees = [Tree::Kv, Tree::KvHistory, Tree::Members, Tree::SmMeta];
         let engine = filled();
-        let data = content::export(&engine, &trees).unwrap();
-        let dump: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = trees
+        let mut data = Vec::new();
+        content::export(&engine, &trees, &mut data).unwrap();
+        let dump: Vec<(String, Vec<Pair>)> = trees
             .iter()
             .map(|&t| {
                 let pairs = engine.scan(t, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false);
@@ -535,7 +562,8 @@ mod tests {
     #[test]
     fn corrupt_snapshot_data_is_refused() {
         let trees = [Tree::Kv, Tree::Members];
-        let data = content::export(&filled(), &trees).unwrap();
+        let mut data = Vec::new();
+        content::export(&filled(), &trees, &mut data).unwrap();
         for bad in [&data[..data.len() - 1], &[data.as_slice(), &[0]].concat()[..], &data[..3]] {
             assert!(content::import(bad, &trees, &mut Batch::default()).is_err());
         }

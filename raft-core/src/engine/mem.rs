@@ -20,6 +20,8 @@ struct State {
     durable: Trees,
     /// Batches written since the last flush, in order; replayed onto `durable` by a flush.
     pending: Vec<Batch>,
+    /// Stored files: durable as soon as written, so a crash keeps them.
+    files: BTreeMap<String, Vec<u8>>,
 }
 
 /// In-memory [`Engine`]. Cloning shares the same "disk".
@@ -37,7 +39,14 @@ impl Default for MemEngine {
 impl MemEngine {
     pub fn new() -> Self {
         let empty: Trees = vec![BTreeMap::new(); Tree::ALL.len()];
-        MemEngine { state: Arc::new(Mutex::new(State { live: empty.clone(), durable: empty, pending: Vec::new() })) }
+        MemEngine {
+            state: Arc::new(Mutex::new(State {
+                live: empty.clone(),
+                durable: empty,
+                pending: Vec::new(),
+                files: BTreeMap::new(),
+            })),
+        }
     }
 
     /// Simulates power loss: every write after the last flush is gone. Whoever used the engine
@@ -163,7 +172,24 @@ impl Engine for MemEngine {
 
     fn size_on_disk(&self) -> u64 {
         let st = self.state.lock();
-        st.durable.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+        let trees: u64 = st.durable.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        trees + st.files.values().map(|f| f.len() as u64).sum::<u64>()
+    }
+
+    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
+        let mut data = Vec::new();
+        fill(&mut data)?;
+        self.state.lock().files.insert(name.to_string(), data);
+        Ok(())
+    }
+
+    fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.lock().files.get(name).cloned())
+    }
+
+    fn retain_file(&self, keep: &str) -> Result<()> {
+        self.state.lock().files.retain(|name, _| name == keep);
+        Ok(())
     }
 }
 

@@ -137,6 +137,18 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Approximate bytes the engine occupies (Status.dbSize).
     fn size_on_disk(&self) -> u64;
+
+    /// Stores a file `name` beside the trees, written by `fill`: durable once this returns,
+    /// and replacing an earlier one of that name atomically. For values too large to pass
+    /// through the trees (snapshot data: as a tree value sled copied it several times over and
+    /// kept it in its cache).
+    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()>;
+
+    /// A stored file's content, if there is one of that name.
+    fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Removes every stored file but `keep`, durably.
+    fn retain_file(&self, keep: &str) -> Result<()>;
 }
 
 /// Convenience scans over an [`Engine`].
