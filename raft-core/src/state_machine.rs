@@ -32,9 +32,16 @@ const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
 const CLUSTER_ID: &[u8] = b"cluster_id";
 const SNAP_META: &[u8] = b"meta";
-/// The name of the file holding `meta`'s data.
-fn snapshot_file(meta: &SnapshotMeta) -> String {
-    format!("snapshot-{}", meta.snapshot_id)
+/// The name of the file holding the current snapshot's data.
+const SNAP_FILE: &[u8] = b"file";
+
+/// The meta of a snapshot of the state machine in `meta`'s state.
+fn snapshot_meta_of(meta: &SmMeta) -> SnapshotMeta {
+    let snapshot_id = match &meta.last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
+        None => format!("empty-{}", meta.revision),
+    };
+    SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id }
 }
 
 /// Trees that make up the state machine (what a snapshot carries).
@@ -67,38 +74,39 @@ impl SmMeta {
 /// holding each pair as two `Vec`s besides the encoding took several times the snapshot's
 /// size, and members' memory peaked at every snapshot of a large store (issue #8).
 mod content {
-    use crate::engine::{Batch, Engine, Tree};
-    use std::io::Write;
+    use crate::engine::{Batch, Engine, FileWrite, Tree};
+    use std::io::SeekFrom;
     use std::ops::Bound;
 
-    fn write_len(out: &mut dyn Write, n: usize) -> std::io::Result<()> {
+    fn write_len(out: &mut dyn FileWrite, n: usize) -> std::io::Result<()> {
         out.write_all(&(n as u64).to_le_bytes())
     }
 
-    fn write_bytes(out: &mut dyn Write, b: &[u8]) -> std::io::Result<()> {
+    fn write_bytes(out: &mut dyn FileWrite, b: &[u8]) -> std::io::Result<()> {
         write_len(out, b.len())?;
         out.write_all(b)
     }
 
-    /// Writes every pair of `trees` to `out`. Each tree is scanned twice, to count its pairs
-    /// and to write them, so nothing but the pair at hand is held in memory. The caller keeps
-    /// the trees from changing meanwhile.
-    pub fn export<E: Engine + ?Sized>(engine: &E, trees: &[Tree], out: &mut dyn Write) -> std::io::Result<()> {
-        let all = |tree| engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false);
+    /// Writes every pair of `trees` to `out` in one scan of each, holding nothing but the pair
+    /// at hand: a tree's pair count is written as 0 and filled in once the tree is done. The
+    /// caller keeps the trees from changing meanwhile.
+    pub fn export<E: Engine + ?Sized>(engine: &E, trees: &[Tree], out: &mut dyn FileWrite) -> std::io::Result<()> {
         write_len(out, trees.len())?;
         for &tree in trees {
             write_bytes(out, tree.name().as_bytes())?;
+            let count_at = out.stream_position()?;
+            write_len(out, 0)?;
             let mut count = 0;
-            for item in all(tree) {
-                item.map_err(std::io::Error::other)?;
-                count += 1;
-            }
-            write_len(out, count)?;
-            for item in all(tree) {
+            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
                 let (k, v) = item.map_err(std::io::Error::other)?;
                 write_bytes(out, &k)?;
                 write_bytes(out, &v)?;
+                count += 1;
             }
+            let end = out.stream_position()?;
+            out.seek(SeekFrom::Start(count_at))?;
+            write_len(out, count)?;
+            out.seek(SeekFrom::Start(end))?;
         }
         Ok(())
     }
@@ -320,23 +328,27 @@ impl<E: Engine> KvStore<E> {
         }
     }
 
-    /// Writes the snapshot file of the current state under the shared gate (apply waits, reads
-    /// go on), so it is exactly the state at its last applied log id. Returns its meta and the
-    /// meta of the snapshot stored when it began.
-    fn export(&self) -> Result<(SnapshotMeta, Option<SnapshotMeta>), StorageError> {
-        let meta = self.read_gate();
-        let stored = self.stored_snapshot_meta()?;
-        let snapshot_id = match &meta.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
-            None => format!("empty-{}", meta.revision),
-        };
-        let snap =
-            SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id };
+    /// Writes a snapshot file of the current state, under the shared gate (apply waits, reads
+    /// go on) so it is exactly the state at its last applied log id, but not across the file's
+    /// fsync. Returns its meta, the meta of the snapshot stored when it began, and the file.
+    fn export(&self) -> Result<(SnapshotMeta, Option<SnapshotMeta>, String), StorageError> {
+        // Unique per build; the id is not known until the gate is held.
+        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let file = format!("snapshot-built-{nanos}-{}", BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let engine = &*self.shared.engine;
+        let mut built = None;
         engine
-            .put_file(&snapshot_file(&snap), &mut |out| content::export(engine, &SM_TREES, out))
-            .map_err(|e| StorageIOError::write_snapshot(Some(snap.signature()), &e))?;
-        Ok((snap, stored))
+            .put_file(&file, &mut |out| {
+                let meta = self.read_gate();
+                let stored = self.stored_snapshot_meta().map_err(std::io::Error::other)?;
+                content::export(engine, &SM_TREES, out)?;
+                built = Some((snapshot_meta_of(&meta), stored));
+                Ok(())
+            })
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let (snap, stored) = built.expect("put_file ran the export");
+        Ok((snap, stored, file))
     }
 
     /// [`RaftStateMachine::install_snapshot`]'s work, blocking.
@@ -344,8 +356,9 @@ impl<E: Engine> KvStore<E> {
         let mut gate = self.write_gate();
         let engine = &self.shared.engine;
         // The file first: until the meta below points to it, it is an unused file.
+        let file = format!("snapshot-{}", meta.snapshot_id);
         engine
-            .put_file(&snapshot_file(meta), &mut |out| out.write_all(&data))
+            .put_file(&file, &mut |out| out.write_all(&data))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let mut batch = Batch::default();
         for tree in SM_TREES {
@@ -356,7 +369,7 @@ impl<E: Engine> KvStore<E> {
         content::import(&data, &SM_TREES, &mut batch)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         drop(data);
-        self.persist_snapshot(meta, batch)?;
+        self.persist_snapshot(meta, &file, batch)?;
         let mut fresh = load_meta(&**engine)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
@@ -375,14 +388,15 @@ impl<E: Engine> KvStore<E> {
         Ok(())
     }
 
-    /// Makes `meta` the current snapshot (its file already stored) together with `batch`,
-    /// durably, then removes every other snapshot file. Caller holds the gate exclusively.
-    fn persist_snapshot(&self, meta: &SnapshotMeta, mut batch: Batch) -> Result<(), StorageError> {
+    /// Makes `meta`, with its data in `file` (already stored), the current snapshot together
+    /// with `batch`, durably, then removes every other file. Caller holds the gate exclusively.
+    fn persist_snapshot(&self, meta: &SnapshotMeta, file: &str, mut batch: Batch) -> Result<(), StorageError> {
         let err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
+        batch.put(Tree::Snapshot, SNAP_FILE, file.as_bytes().to_vec());
         self.shared.engine.write(batch).map_err(err)?;
         self.shared.engine.flush().map_err(err)?;
-        self.shared.engine.retain_file(&snapshot_file(meta)).map_err(|e| err(e).into())
+        self.shared.engine.retain_file(file).map_err(|e| err(e).into())
     }
 
     /// The stored snapshot's meta, if any.
@@ -397,7 +411,7 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
     /// state at its last applied log id.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Scanning and writing the whole state takes long on a big store: off the runtime.
-        let (snap_meta, stored_before) = crate::rt::blocking(|| self.export())?;
+        let (snap_meta, stored_before, file) = crate::rt::blocking(|| self.export())?;
         // Builds run concurrently with installs (and the file was written under the shared
         // gate): if another snapshot became current meanwhile, it is at least as new as this
         // build and already removed this build's file. Otherwise this one becomes current; the
@@ -406,7 +420,7 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         crate::rt::blocking(|| {
             let _gate = self.write_gate();
             if self.stored_snapshot_meta()? == stored_before {
-                self.persist_snapshot(&snap_meta, Batch::default())?;
+                self.persist_snapshot(&snap_meta, &file, Batch::default())?;
             }
             Ok::<(), StorageError>(())
         })?;
@@ -494,7 +508,8 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         let Some(meta) = self.stored_snapshot_meta()? else {
             return Ok(None);
         };
-        let data = engine.get_file(&snapshot_file(&meta)).map_err(sm_read_err)?.ok_or_else(|| {
+        let file = engine.get(Tree::Snapshot, SNAP_FILE).map_err(sm_read_err)?.unwrap_or_default();
+        let data = engine.get_file(&String::from_utf8_lossy(&file)).map_err(sm_read_err)?.ok_or_else(|| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"),
@@ -537,8 +552,9 @@ mod tests {
     fn snapshot_data_has_the_bincode_layout_and_round_trips() {
         let trees = [Tree::Kv, Tree::KvHistory, Tree::Members, Tree::SmMeta];
         let engine = filled();
-        let mut data = Vec::new();
+        let mut data = std::io::Cursor::new(Vec::new());
         content::export(&engine, &trees, &mut data).unwrap();
+        let data = data.into_inner();
         let dump: Vec<(String, Vec<Pair>)> = trees
             .iter()
             .map(|&t| {
@@ -562,8 +578,9 @@ mod tests {
     #[test]
     fn corrupt_snapshot_data_is_refused() {
         let trees = [Tree::Kv, Tree::Members];
-        let mut data = Vec::new();
+        let mut data = std::io::Cursor::new(Vec::new());
         content::export(&filled(), &trees, &mut data).unwrap();
+        let data = data.into_inner();
         for bad in [&data[..data.len() - 1], &[data.as_slice(), &[0]].concat()[..], &data[..3]] {
             assert!(content::import(bad, &trees, &mut Batch::default()).is_err());
         }

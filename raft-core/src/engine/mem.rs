@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{owned_bound, Batch, Engine, Pair, Result, Scan, Tree};
+use super::{owned_bound, Batch, Engine, FileWrite, Pair, Result, Scan, Tree};
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -176,10 +176,10 @@ impl Engine for MemEngine {
         trees + st.files.values().map(|f| f.len() as u64).sum::<u64>()
     }
 
-    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
-        let mut data = Vec::new();
+    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn FileWrite) -> std::io::Result<()>) -> Result<()> {
+        let mut data = std::io::Cursor::new(Vec::new());
         fill(&mut data)?;
-        self.state.lock().files.insert(name.to_string(), data);
+        self.state.lock().files.insert(name.to_string(), data.into_inner());
         Ok(())
     }
 

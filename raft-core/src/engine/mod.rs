@@ -141,8 +141,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Stores a file `name` beside the trees, written by `fill`: durable once this returns,
     /// and replacing an earlier one of that name atomically. For values too large to pass
     /// through the trees (snapshot data: as a tree value sled copied it several times over and
-    /// kept it in its cache).
-    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()>;
+    /// kept it in its cache). `fill` runs before the file is synced, so locks it takes are not
+    /// held across the sync.
+    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn FileWrite) -> std::io::Result<()>) -> Result<()>;
 
     /// A stored file's content, if there is one of that name.
     fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>>;
@@ -150,6 +151,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Removes every stored file but `keep`, durably.
     fn retain_file(&self, keep: &str) -> Result<()>;
 }
+
+/// What [`Engine::put_file`] writes to: a file, positioned as it is written, that may seek back
+/// (to fill in a length it learnt later).
+pub trait FileWrite: std::io::Write + std::io::Seek {}
+
+impl<T: std::io::Write + std::io::Seek> FileWrite for T {}
 
 /// Convenience scans over an [`Engine`].
 pub trait EngineExt: Engine {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{owned_bound, Batch, Engine, EngineError, Result, Scan, Tree};
+use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, Tree};
 
 /// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
 #[derive(Debug, Default)]
@@ -217,13 +217,13 @@ impl Engine for SledEngine {
 
     /// Writes `<dir>/files/<name>.tmp`, fsyncs it, renames it over `<name>` and fsyncs the
     /// directory: after a crash the file is either the old one or the whole new one.
-    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
+    fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn FileWrite) -> std::io::Result<()>) -> Result<()> {
         let path = self.file_path(name)?;
         let tmp = path.with_extension("tmp");
-        let mut out = std::io::BufWriter::new(PacedFile { file: File::create(&tmp)?, unsynced: 0 });
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, EarlyWriteback::new(File::create(&tmp)?)?);
         fill(&mut out)?;
-        let paced = out.into_inner().map_err(|e| e.into_error())?;
-        paced.file.sync_all()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?.finish();
+        file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         File::open(&self.files_dir)?.sync_all()?;
         Ok(())
@@ -253,24 +253,65 @@ impl Engine for SledEngine {
     }
 }
 
-/// Bytes of a file written between two syncs of it.
-const FILE_SYNC_EVERY: u64 = 4 << 20;
+/// Bytes written to a file between two requests to sync it in the background.
+const WRITEBACK_EVERY: u64 = 4 << 20;
 
-/// A file being written that is synced every [`FILE_SYNC_EVERY`] bytes. A snapshot file holds
-/// the whole state; written at once and synced at the end, its writeback filled the disk queue
-/// for as long as it took, and the Raft log's fsyncs (and with them heartbeats and votes)
-/// waited behind it.
-struct PacedFile {
+/// A file being written that a helper thread syncs as it grows, while the writer goes on. A
+/// snapshot file is the whole store; left to one fsync at the end, its hundred megabytes went to
+/// the disk at once and the Raft log's fsyncs queued behind them, long enough for AppendEntries
+/// to time out. (`sync_file_range` would start the writeback without a thread, but needs
+/// `unsafe`, which the workspace forbids, or a crate that wraps it.)
+struct EarlyWriteback {
     file: File,
     unsynced: u64,
+    syncer: Syncer,
 }
 
-impl std::io::Write for PacedFile {
+/// The helper thread; dropping this stops it and waits for its last sync.
+struct Syncer {
+    /// Wakes the helper; a wake-up already pending covers newer bytes too.
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.wake = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl EarlyWriteback {
+    fn new(file: File) -> std::io::Result<Self> {
+        let clone = file.try_clone()?;
+        let (wake, wakes) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new().name("raftkv-file-sync".into()).spawn(move || {
+            for () in wakes {
+                // Only a head start: the final sync_all reports any error.
+                let _ = clone.sync_data();
+            }
+        })?;
+        Ok(EarlyWriteback { file, unsynced: 0, syncer: Syncer { wake: Some(wake), thread: Some(thread) } })
+    }
+
+    /// Stops the helper and returns the file (still to be synced).
+    fn finish(self) -> File {
+        let EarlyWriteback { file, syncer, .. } = self;
+        drop(syncer);
+        file
+    }
+}
+
+impl std::io::Write for EarlyWriteback {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.unsynced += n as u64;
-        if self.unsynced >= FILE_SYNC_EVERY {
-            self.file.sync_data()?;
+        if self.unsynced >= WRITEBACK_EVERY {
+            if let Some(wake) = &self.syncer.wake {
+                let _ = wake.try_send(());
+            }
             self.unsynced = 0;
         }
         Ok(n)
@@ -278,6 +319,12 @@ impl std::io::Write for PacedFile {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+impl std::io::Seek for EarlyWriteback {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(to)
     }
 }
 
