@@ -176,11 +176,15 @@ impl Engine for SledEngine {
                 None => b.remove(op.key),
             }
         }
-        let used: Vec<(usize, sled::Batch)> =
+        let mut used: Vec<(usize, sled::Batch)> =
             per_tree.into_iter().enumerate().filter_map(|(i, b)| b.map(|b| (i, b))).collect();
         match used.len() {
             0 => Ok(()),
-            1 => Ok(self.trees[used[0].0].apply_batch(used[0].1.clone())?),
+            // A log append lands here: the batch moves into sled without a copy of its entries.
+            1 => {
+                let (i, b) = used.pop().expect("one batch");
+                Ok(self.trees[i].apply_batch(b)?)
+            }
             _ => {
                 let trees: Vec<&sled::Tree> = used.iter().map(|(i, _)| &self.trees[*i]).collect();
                 trees

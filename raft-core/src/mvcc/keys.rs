@@ -103,6 +103,12 @@ pub fn decode_history_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     None
 }
 
+/// The revision a history key ends with, without decoding the user key.
+pub fn history_key_revision(k: &[u8]) -> Option<i64> {
+    let at = k.len().checked_sub(8)?;
+    Some(u64::from_be_bytes(k[at..].try_into().ok()?) as i64)
+}
+
 /// `KvRevs` key of a write.
 pub fn revs_key(revision: i64, sub: i64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -130,6 +136,7 @@ mod tests {
                                                     ra in 1i64..1000, rb in 1i64..1000) {
             let (ka, kb) = (history_key(&a, ra), history_key(&b, rb));
             prop_assert_eq!(decode_history_key(&ka), Some((a.clone(), ra)));
+            prop_assert_eq!(history_key_revision(&ka), Some(ra));
             if a != b {
                 prop_assert_eq!(a < b, ka < kb);
                 prop_assert_eq!(a < b, after_all_versions(&encode_key(&a)) < kb);
