@@ -144,26 +144,52 @@ type Reply = oneshot::Sender<Result<WriteResponse, Refusal>>;
 /// Where a read index goes: to a read waiting on this member.
 type IndexReply = oneshot::Sender<Result<u64, Refusal>>;
 
-/// A write a follower sends on to the leader (the Forward RPC). The reply is the leader's
-/// answer, or the etcd error the forwarding itself failed with (its outcome as that error says).
-struct Forward {
-    /// The leader when the write was queued; if another leads by the time it would be sent, it
-    /// is not sent but refused "not leader" (and tried again at the new one).
+/// A follower's request queued for the leader, to share one RPC with others of its kind.
+struct ToLeader<T, A> {
+    /// The leader when it was queued; if another leads by the time it would be sent, it is not
+    /// sent but refused "not leader" (and tried again at the new one).
     leader: NodeId,
     node: PeerNode,
-    req: WriteRequest,
+    request: T,
     /// When the client request gives up; the RPC carrying it waits no longer than its latest.
     deadline: Instant,
-    reply: oneshot::Sender<Result<Result<WriteResponse, Refusal>, EtcdError>>,
+    reply: oneshot::Sender<A>,
 }
 
-/// A follower's read waiting for a read index of `kind` from `leader` (the ReadIndex RPC).
-struct IndexAsk {
-    leader: NodeId,
-    node: PeerNode,
-    kind: IndexKind,
-    deadline: Instant,
-    reply: IndexReply,
+/// A write a follower sends on to the leader (the Forward RPC). The reply is the leader's
+/// answer, or the etcd error the forwarding itself failed with (its outcome as that error says).
+type Forward = ToLeader<WriteRequest, Result<Result<WriteResponse, Refusal>, EtcdError>>;
+
+/// A follower's read waiting for a read index of its kind from the leader (the ReadIndex RPC).
+type IndexAsk = ToLeader<IndexKind, Result<u64, Refusal>>;
+
+/// An answer that can say "not leader".
+trait NotLeader {
+    fn not_leader() -> Self;
+}
+
+impl NotLeader for Result<Result<WriteResponse, Refusal>, EtcdError> {
+    fn not_leader() -> Self {
+        Ok(Err(Refusal::NotLeader))
+    }
+}
+
+impl NotLeader for Result<u64, Refusal> {
+    fn not_leader() -> Self {
+        Err(Refusal::NotLeader)
+    }
+}
+
+impl<T, A: NotLeader> ToLeader<T, A> {
+    /// Whether the client request behind it has given up (it timed out or was cancelled).
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    /// Answers it "not leader": nothing was sent, so the request may go to the next leader.
+    fn refuse(self) {
+        let _ = self.reply.send(A::not_leader());
+    }
 }
 
 /// ReadIndex RPCs a follower keeps in flight to the leader; reads that arrive meanwhile share
@@ -371,7 +397,7 @@ impl<E: Engine> Node<E> {
                 self.propose(req.clone()).await
             } else {
                 let (reply, rx) = oneshot::channel();
-                let forward = Forward { leader, node, req: req.clone(), deadline, reply };
+                let forward = Forward { leader, node, request: req.clone(), deadline, reply };
                 self.forwards.send(forward).await.map_err(|_| EtcdError::ServerStopped)?;
                 rx.await.map_err(|_| EtcdError::ServerStopped)??
             };
@@ -561,7 +587,7 @@ impl<E: Engine> Node<E> {
                 self.read_index_of(kind).await
             } else if let Some(asks) = &self.index_asks {
                 let (reply, rx) = oneshot::channel();
-                asks.send(IndexAsk { leader, node, kind, deadline, reply })
+                asks.send(IndexAsk { leader, node, request: kind, deadline, reply })
                     .await
                     .map_err(|_| EtcdError::ServerStopped)?;
                 rx.await.map_err(|_| EtcdError::ServerStopped)?
@@ -808,46 +834,6 @@ async fn ask_read_index(
     }
 }
 
-/// A follower's requests queued for the leader that share RPCs (writes and ReadIndex asks).
-trait Queued {
-    fn leader(&self) -> NodeId;
-    fn deadline(&self) -> Instant;
-    /// Whether the client request behind it has given up (it timed out or was cancelled).
-    fn abandoned(&self) -> bool;
-    /// Answers it "not leader": nothing was sent, so the request may go to the next leader.
-    fn refuse(self);
-}
-
-impl Queued for Forward {
-    fn leader(&self) -> NodeId {
-        self.leader
-    }
-    fn deadline(&self) -> Instant {
-        self.deadline
-    }
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
-    fn refuse(self) {
-        let _ = self.reply.send(Ok(Err(Refusal::NotLeader)));
-    }
-}
-
-impl Queued for IndexAsk {
-    fn leader(&self) -> NodeId {
-        self.leader
-    }
-    fn deadline(&self) -> Instant {
-        self.deadline
-    }
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
-    fn refuse(self) {
-        let _ = self.reply.send(Err(Refusal::NotLeader));
-    }
-}
-
 /// Hands out the RPC slots to each leader, `per_leader` at a time.
 ///
 /// Why per leader and why watch the leader: RPCs to a leader that has just been cut off hang
@@ -867,11 +853,11 @@ impl Slots {
     /// Takes the next request that is still wanted (from `carry`, else `rx`) and a slot for
     /// its leader. A request whose leader stops leading before a slot frees up is refused
     /// "not leader" here. None once `rx` is closed.
-    async fn next<Q: Queued>(
+    async fn next<T, A: NotLeader>(
         &mut self,
-        carry: &mut Option<Q>,
-        rx: &mut mpsc::Receiver<Q>,
-    ) -> Option<(Q, tokio::sync::OwnedSemaphorePermit)> {
+        carry: &mut Option<ToLeader<T, A>>,
+        rx: &mut mpsc::Receiver<ToLeader<T, A>>,
+    ) -> Option<(ToLeader<T, A>, tokio::sync::OwnedSemaphorePermit)> {
         loop {
             let first = match carry.take() {
                 Some(q) => q,
@@ -880,7 +866,7 @@ impl Slots {
             if first.abandoned() {
                 continue;
             }
-            let leader = first.leader();
+            let leader = first.leader;
             let pool =
                 self.pools.entry(leader).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_leader)));
             let mut metrics = self.metrics.clone();
@@ -896,18 +882,18 @@ impl Slots {
 
 /// Adds what queued behind `first` to its batch while `fits` (same leader, within bounds); the
 /// first request that does not fit is left in `carry`. Requests already given up are dropped.
-fn gather<Q: Queued>(
-    first: Q,
-    carry: &mut Option<Q>,
-    rx: &mut mpsc::Receiver<Q>,
-    mut fits: impl FnMut(&[Q], &Q) -> bool,
-) -> Vec<Q> {
+fn gather<T, A: NotLeader>(
+    first: ToLeader<T, A>,
+    carry: &mut Option<ToLeader<T, A>>,
+    rx: &mut mpsc::Receiver<ToLeader<T, A>>,
+    mut fits: impl FnMut(&[ToLeader<T, A>], &ToLeader<T, A>) -> bool,
+) -> Vec<ToLeader<T, A>> {
     let mut batch = vec![first];
     while let Ok(q) = rx.try_recv() {
         if q.abandoned() {
             continue;
         }
-        if q.leader() != batch[0].leader() || !fits(&batch, &q) {
+        if q.leader != batch[0].leader || !fits(&batch, &q) {
             *carry = Some(q);
             break;
         }
@@ -917,8 +903,8 @@ fn gather<Q: Queued>(
 }
 
 /// The RPC timeout of a batch: what is left until its latest request deadline.
-fn batch_timeout<Q: Queued>(batch: &[Q]) -> Duration {
-    let latest = batch.iter().map(Q::deadline).max().unwrap_or_else(Instant::now);
+fn batch_timeout<T, A>(batch: &[ToLeader<T, A>]) -> Duration {
+    let latest = batch.iter().map(|q| q.deadline).max().unwrap_or_else(Instant::now);
     latest.saturating_duration_since(Instant::now())
 }
 
@@ -943,8 +929,8 @@ async fn index_asker(
     let mut slots = Slots::new(INDEX_ASKS_IN_FLIGHT, metrics);
     let mut carry: Option<IndexAsk> = None;
     while let Some((first, permit)) = slots.next(&mut carry, &mut rx).await {
-        let (leader, node, kind) = (first.leader, first.node.clone(), first.kind);
-        let batch = gather(first, &mut carry, &mut rx, |_, a| a.kind == kind);
+        let (leader, node, kind) = (first.leader, first.node.clone(), first.request);
+        let batch = gather(first, &mut carry, &mut rx, |_, a| a.request == kind);
         let timeout = batch_timeout(&batch);
         let mut replies: Vec<_> = batch.into_iter().map(|a| a.reply).collect();
         let peers = peers.clone();
@@ -974,11 +960,12 @@ async fn forwarder(
     let mut slots = Slots::new(FORWARDS_IN_FLIGHT, metrics);
     let mut carry: Option<Forward> = None;
     while let Some((first, permit)) = slots.next(&mut carry, &mut rx).await {
-        let mut bytes = first.req.encoded_len();
-        let batch = if first.req.answer_is_small() {
+        let mut bytes = first.request.encoded_len();
+        let batch = if first.request.answer_is_small() {
             gather(first, &mut carry, &mut rx, |batch, f| {
-                let len = f.req.encoded_len();
-                let fits = f.req.answer_is_small() && batch.len() < cfg.max_requests && bytes + len <= cfg.max_bytes;
+                let len = f.request.encoded_len();
+                let fits =
+                    f.request.answer_is_small() && batch.len() < cfg.max_requests && bytes + len <= cfg.max_bytes;
                 if fits {
                     bytes += len;
                 }
@@ -992,7 +979,7 @@ async fn forwarder(
         tokio::spawn(async move {
             let _permit = permit;
             let (leader, node) = (batch[0].leader, batch[0].node.clone());
-            let (requests, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|f| (f.req, f.reply)).unzip();
+            let (requests, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|f| (f.request, f.reply)).unzip();
             let call =
                 peers.call::<_, Vec<Result<WriteResponse, Refusal>>>(leader, &node, Rpc::Forward, &requests, timeout);
             let answer = tokio::select! {

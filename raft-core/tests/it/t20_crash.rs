@@ -72,3 +72,55 @@ async fn acknowledged_writes_survive_a_crash_and_restart() {
     assert_eq!(all.kvs[19].value, b"v19");
     assert_eq!(all.header.unwrap().revision, last, "revisions continue where they were");
 }
+
+/// Stored log entries, whatever openraft is told (purged ones may still be stored).
+fn stored_indexes(engine: &MemEngine) -> Vec<u64> {
+    use raft_core::engine::{Engine, Tree};
+    let all = engine.scan(Tree::RaftLog, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false);
+    all.map(|item| u64::from_be_bytes(item.unwrap().0.try_into().unwrap())).collect()
+}
+
+/// Lets the background deletion run to the end (it yields between batches).
+async fn let_reclaim_run() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A purge hides the purged entries at once and deletes them in the background. Deletions are
+/// never flushed on their own, so a crash can bring purged entries back, but only below the
+/// durable purge position: the log openraft sees has no gap, and the next purge removes them.
+#[tokio::test]
+async fn purged_entries_go_in_the_background_and_a_crash_leaves_no_gap() {
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine.clone());
+    let entries: Vec<_> = (1..=600).map(|i| put_entry(i, "k", vec![i as u8])).collect();
+    log.blocking_append(entries).await.unwrap();
+
+    log.purge(log_id(1, 500)).await.unwrap();
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 500)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 600)));
+    let seen = log.try_get_log_entries(1..=600).await.unwrap();
+    assert_eq!(seen.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (501..=600).collect::<Vec<_>>());
+    let_reclaim_run().await;
+    assert_eq!(stored_indexes(&engine), (501..=600).collect::<Vec<_>>(), "deleted in the background");
+
+    drop(log);
+    engine.crash();
+    assert_eq!(stored_indexes(&engine).len(), 600, "the unflushed deletions are lost");
+    let mut log = LogStore::new(engine.clone());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 500)), "the purge position was durable");
+    assert_eq!(state.last_log_id, Some(log_id(1, 600)));
+    assert_eq!(log.try_get_log_entries(..).await.unwrap().first().map(|e| e.log_id.index), Some(501));
+    assert_eq!(log.try_get_log_entries(..=500).await.unwrap().len(), 0);
+
+    log.purge(log_id(1, 550)).await.unwrap();
+    let_reclaim_run().await;
+    assert_eq!(stored_indexes(&engine), (551..=600).collect::<Vec<_>>());
+
+    // A log purged entirely reports its purge position as its last entry.
+    log.purge(log_id(1, 600)).await.unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 600)));
+}
