@@ -36,6 +36,16 @@ const SNAP_META: &[u8] = b"meta";
 /// The name of the file holding the current snapshot's data.
 const SNAP_FILE: &[u8] = b"file";
 
+/// The file an installed snapshot is stored in, named by a digest of its id. The id comes from
+/// the leader, and any id must name a plain file in the files directory: a raw id holding a `/`
+/// was refused there, and that refusal, a storage error, stopped the member.
+fn installed_file_name(snapshot_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(snapshot_id.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("snapshot-{hex}")
+}
+
 /// The meta of a snapshot of the state machine in `meta`'s state.
 fn snapshot_meta_of(meta: &SmMeta) -> SnapshotMeta {
     let snapshot_id = match &meta.last_applied {
@@ -458,7 +468,7 @@ impl<E: Engine> KvStore<E> {
         let mut gate = self.write_gate();
         let engine = &self.shared.engine;
         // The file first: until the meta below points to it, it is an unused file.
-        let file = format!("snapshot-{}", meta.snapshot_id);
+        let file = installed_file_name(&meta.snapshot_id);
         engine
             .put_file(&file, &mut |out| out.write_all(&data))
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;

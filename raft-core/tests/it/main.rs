@@ -1,5 +1,5 @@
 //! raft-core integration tests: the stores under openraft's own suite, the crash model of the
-//! in-memory engine, and the fsyncs on the acknowledgement path.
+//! in-memory engine, the fsyncs on the acknowledgement path, and installing a leader's snapshot.
 #![cfg(not(madsim))]
 
 mod common;
@@ -8,3 +8,4 @@ mod t20_crash;
 mod t30_fsync;
 mod t40_read_index;
 mod t50_append_bound;
+mod t60_snapshot_install;
