@@ -225,13 +225,11 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
-        let last = match self.engine.last(Tree::RaftLog).map_err(read_err)? {
-            Some((_, v)) => Some(crate::codec::decode::<Entry>(&v).map_err(|e| read_err(*e))?.log_id),
-            None => None,
-        };
+        let stored = self.engine.last(Tree::RaftLog).map_err(read_err)?;
+        let last = stored.map(|(_, v)| crate::codec::decode::<Entry>(&v).map_err(|e| read_err(*e))).transpose()?;
         // Entries up to the purge position may still be stored until the background deletion
         // reaches them; they are not the log any more.
-        let last = last.max(last_purged_log_id);
+        let last = last.map(|e| e.log_id).max(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id: last })
     }
 

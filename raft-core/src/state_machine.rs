@@ -141,15 +141,14 @@ mod content {
         small: &[(Tree, Vec<Pair>)],
         out: &mut dyn FileWrite,
     ) -> std::io::Result<()> {
-        let io = |e| std::io::Error::other(e);
         write_len(out, 2 + small.len())?;
         let history = engine
             .scan(Tree::KvHistory, Bound::Unbounded, Bound::Unbounded, false)
             .filter(|item| item.as_ref().map_or(true, |(k, _)| history_key_revision(k).is_some_and(|r| r <= revision)));
-        section(out, Tree::KvHistory, history.map(|item| item.map_err(io)))?;
+        section(out, Tree::KvHistory, history.map(|item| item.map_err(std::io::Error::other)))?;
         let end = revs_key(revision.saturating_add(1), 0);
         let revs = engine.scan(Tree::KvRevs, Bound::Unbounded, Bound::Excluded(&end), false);
-        section(out, Tree::KvRevs, revs.map(|item| item.map_err(io)))?;
+        section(out, Tree::KvRevs, revs.map(|item| item.map_err(std::io::Error::other)))?;
         for (tree, pairs) in small {
             section(out, *tree, pairs.iter().cloned().map(Ok))?;
         }
@@ -300,6 +299,12 @@ fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
     batch.put(Tree::SmMeta, MEMBERSHIP.to_vec(), encode(&m.membership));
 }
 
+/// A lock guard taken at once when `now` got it, otherwise waited for through
+/// [`crate::rt::blocking`], so a wait never holds up the runtime's other tasks.
+fn without_stalling<G>(now: Option<G>, wait: impl FnOnce() -> G) -> G {
+    now.unwrap_or_else(|| crate::rt::blocking(wait))
+}
+
 impl<E: Engine> KvStore<E> {
     /// Opens the state machine stored in `engine`.
     pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
@@ -319,27 +324,18 @@ impl<E: Engine> KvStore<E> {
     /// queued behind a snapshot export) the wait goes through [`crate::rt::blocking`], so it
     /// never holds up the runtime's other tasks.
     fn read_gate(&self) -> parking_lot::RwLockReadGuard<'_, SmMeta> {
-        match self.shared.gate.try_read() {
-            Some(g) => g,
-            None => crate::rt::blocking(|| self.shared.gate.read()),
-        }
+        without_stalling(self.shared.gate.try_read(), || self.shared.gate.read())
     }
 
     /// The gate, exclusively; see [`KvStore::read_gate`].
     fn write_gate(&self) -> parking_lot::RwLockWriteGuard<'_, SmMeta> {
-        match self.shared.gate.try_write() {
-            Some(g) => g,
-            None => crate::rt::blocking(|| self.shared.gate.write()),
-        }
+        without_stalling(self.shared.gate.try_write(), || self.shared.gate.write())
     }
 
     /// The history lock, exclusively (see [`Shared::history`]); waits like
     /// [`KvStore::write_gate`].
     fn history_exclusive(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
-        match self.shared.history.try_write() {
-            Some(g) => g,
-            None => crate::rt::blocking(|| self.shared.history.write()),
-        }
+        without_stalling(self.shared.history.try_write(), || self.shared.history.write())
     }
 
     pub fn engine(&self) -> &Arc<E> {
@@ -440,7 +436,6 @@ impl<E: Engine> KvStore<E> {
         let mut built = None;
         engine
             .put_file(&file, &mut |out| {
-                let io = |e: crate::engine::EngineError| std::io::Error::other(e);
                 // Before the gate, as apply takes them; held until the history is written.
                 let _history = self.shared.history.read();
                 let (meta, stored, small) = {
@@ -449,7 +444,7 @@ impl<E: Engine> KvStore<E> {
                     let mut small = Vec::new();
                     for tree in [Tree::SmMeta, Tree::Members] {
                         let pairs = engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false);
-                        small.push((tree, pairs.collect::<Result<Vec<_>, _>>().map_err(io)?));
+                        small.push((tree, pairs.collect::<Result<Vec<_>, _>>().map_err(std::io::Error::other)?));
                     }
                     (meta.clone(), stored, small)
                 };

@@ -80,7 +80,7 @@ pub fn decode_history_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     if k.len() < 10 {
         return None;
     }
-    let (enc, rev) = k.split_at(k.len() - 8);
+    let enc = &k[..k.len() - 8];
     let mut user = Vec::with_capacity(enc.len());
     let mut i = 0;
     while i < enc.len() {
@@ -89,10 +89,7 @@ pub fn decode_history_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
                 user.push(0);
                 i += 2;
             }
-            (0, Some(1)) if i + 2 == enc.len() => {
-                let rev = i64::from_be_bytes(rev.try_into().ok()?);
-                return Some((user, rev));
-            }
+            (0, Some(1)) if i + 2 == enc.len() => return Some((user, history_key_revision(k)?)),
             (0, _) => return None,
             (b, _) => {
                 user.push(b);
