@@ -1,13 +1,10 @@
-//! The Raft log and vote, stored in an [`Engine`].
+//! The Raft log and vote, stored in an [`Engine`]: the entries in the engine's log, the vote
+//! and positions in its `RaftMeta` tree.
 //!
-//! Every append, vote, truncation and purge is flushed durably before openraft hears it is done:
-//! an entry acknowledged to the leader (and so counted towards a quorum) survives power loss.
-//! One append is one flush, so a batched entry costs one fsync for all its requests.
-//!
-//! A purge records its position durably and returns; the purged entries are deleted in the
-//! background in small batches ([`reclaim`]). openraft awaits a purge inside its core loop, and
-//! deleting a snapshot's worth of entries (5,000 batches of writes) at once held that loop for
-//! 0.5-0.7 s under load: long enough for AppendEntries to time out and elections to start.
+//! Every append, vote, truncation and purge is durable before openraft hears it is done: an
+//! entry acknowledged to the leader (and so counted towards a quorum) survives power loss.
+//! One append is one sync of the log alone, so a batched entry costs one fsync for all its
+//! requests, and nothing the state machine wrote meanwhile is written with it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -29,7 +26,8 @@ const FORMAT: &[u8] = b"format";
 /// must refuse a data dir it would misread rather than apply garbage. Format 2: log entries
 /// hold their batch of requests encoded (`RequestBatch`). Format 3: the current snapshot's
 /// data is a file beside the trees (`files/snapshot-<id>`), not a value in the snapshot tree.
-pub const DATA_FORMAT: u32 = 3;
+/// Format 4: the Raft log is in segment files (`log/`), not a tree.
+pub const DATA_FORMAT: u32 = 4;
 
 /// A data dir this build cannot read.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +54,6 @@ pub const MAX_APPEND_BYTES: usize = 1 << 20;
 /// Log storage over an engine. Cheap to clone: clones share the engine.
 pub struct LogStore<E: Engine> {
     engine: Arc<E>,
-    /// The purge position for the background deletion, started by the first purge (a purge
-    /// runs in the runtime; the store may be built outside one).
-    reclaim: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
     /// Most stored bytes of entries one AppendEntries carries ([`LogStore::with_append_budget`]).
     append_budget: usize,
     #[cfg(feature = "planted-bugs")]
@@ -69,23 +64,10 @@ impl<E: Engine> Clone for LogStore<E> {
     fn clone(&self) -> Self {
         LogStore {
             engine: self.engine.clone(),
-            reclaim: self.reclaim.clone(),
             append_budget: self.append_budget,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
         }
-    }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn as_slice(b: &Bound<[u8; 8]>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
     }
 }
 
@@ -102,7 +84,6 @@ impl<E: Engine> LogStore<E> {
     pub fn new(engine: Arc<E>) -> Self {
         LogStore {
             engine,
-            reclaim: Default::default(),
             append_budget: MAX_APPEND_BYTES,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
@@ -138,6 +119,9 @@ impl<E: Engine> LogStore<E> {
                 return Err(FormatError::Unmarked);
             }
         }
+        if self.engine.log_last().map_err(|e| storage(&e))?.is_some() {
+            return Err(FormatError::Unmarked);
+        }
         let mut batch = Batch::default();
         batch.put(Tree::RaftMeta, FORMAT, bincode::serialize(&DATA_FORMAT).expect("a u32 encodes"));
         self.write_durably(batch).map_err(|e| storage(&e))
@@ -158,8 +142,8 @@ impl<E: Engine> LogStore<E> {
 }
 
 impl<E: Engine> LogStore<E> {
-    /// The lowest index still in the log: entries below it are purged, even while the
-    /// background deletion has not removed them yet.
+    /// The lowest index still in the log: entries below it are purged, even while the engine
+    /// still stores some of them.
     fn first_index(&self) -> Result<u64, StorageError> {
         Ok(self.meta::<LogId>(LAST_PURGED)?.map_or(0, |l| l.index + 1))
     }
@@ -167,18 +151,8 @@ impl<E: Engine> LogStore<E> {
     /// Entries `[start, end)` in order, stopping after the first whose stored bytes reach
     /// `budget` (always at least one entry when the range is not empty).
     fn entries_within(&self, start: u64, end: u64, budget: usize) -> Result<Vec<Entry>, StorageError> {
-        let (from, to) = (index_key(start.max(self.first_index()?)), index_key(end));
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for item in self.engine.scan(Tree::RaftLog, Bound::Included(&from), Bound::Excluded(&to), false) {
-            let (_, v) = item.map_err(read_err)?;
-            bytes += v.len();
-            out.push(crate::codec::decode(&v).map_err(|e| read_err(*e))?);
-            if bytes >= budget {
-                break;
-            }
-        }
-        Ok(out)
+        let stored = self.engine.log_read(start.max(self.first_index()?), end, budget).map_err(read_err)?;
+        stored.iter().map(|v| crate::codec::decode(v).map_err(|e| read_err(*e))).collect()
     }
 }
 
@@ -190,9 +164,6 @@ impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
     /// within openraft 0.9's AppendEntries timeout, which is the heartbeat interval: a
     /// catching-up follower sent 300 full batches never did, and the leader resent it for ever.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
         self.entries_within(start, end, self.append_budget)
     }
 
@@ -205,18 +176,12 @@ impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let lower = Bound::Included(index_key(start.max(self.first_index()?)));
-        let upper = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(index_key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let mut out = Vec::new();
-        for item in self.engine.scan(Tree::RaftLog, as_slice(&lower), as_slice(&upper), false) {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(crate::codec::decode(&v).map_err(|e| read_err(*e))?);
-        }
-        Ok(out)
+        self.entries_within(start, end, usize::MAX)
     }
 }
 
@@ -225,10 +190,10 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
-        let stored = self.engine.last(Tree::RaftLog).map_err(read_err)?;
+        let stored = self.engine.log_last().map_err(read_err)?;
         let last = stored.map(|(_, v)| crate::codec::decode::<Entry>(&v).map_err(|e| read_err(*e))).transpose()?;
-        // Entries up to the purge position may still be stored until the background deletion
-        // reaches them; they are not the log any more.
+        // After a purge of every entry the purge position is the last log id; entries below it
+        // that the engine still stores are not the log any more.
         let last = last.map(|e| e.log_id).max(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id: last })
     }
@@ -265,11 +230,11 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut b = Batch::default();
+        let mut stored = Vec::new();
         for e in entries {
-            b.put(Tree::RaftLog, index_key(e.log_id.index), bincode::serialize(&e).map_err(|e| write_err(*e))?);
+            stored.push((e.log_id.index, bincode::serialize(&e).map_err(|e| write_err(*e))?));
         }
-        self.engine.write(b).map_err(write_err)?;
+        self.engine.log_append(stored).map_err(write_err)?;
         #[cfg(feature = "planted-bugs")]
         if self.ack_before_flush {
             // Planted bug: the entry only sits in unflushed writes until something else flushes.
@@ -277,7 +242,9 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
             return Ok(());
         }
         // The ack below is what lets openraft count this entry towards a quorum: only after fsync.
-        let flushed = self.engine.flush().map_err(std::io::Error::other);
+        // Only the log is synced: what apply wrote to the trees is not needed to recover (the
+        // entries are re-applied after a crash) and is flushed before any entry is purged.
+        let flushed = self.engine.log_sync().map_err(std::io::Error::other);
         let failed = flushed.as_ref().err().map(|e| write_err(std::io::Error::other(e.to_string())));
         callback.log_io_completed(flushed);
         match failed {
@@ -287,66 +254,17 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut b = Batch::default();
-        let from = index_key(log_id.index);
-        for item in self.engine.scan(Tree::RaftLog, Bound::Included(&from), Bound::Unbounded, false) {
-            b.delete(Tree::RaftLog, item.map_err(read_err)?.0);
-        }
-        self.write_durably(b)
+        self.engine.log_truncate(log_id.index).map_err(write_err)
     }
 
-    /// Records the purge position durably; the entries go in the background ([`reclaim`]).
-    /// The engine keeps writes in order, so no crash can make the deletions durable without
-    /// the position: the log never shows a gap above the position it reports as purged.
+    /// Records the purge position durably, then drops the entries. The flush that records it
+    /// also makes the state machine durable up to every applied entry: nothing purged is ever
+    /// needed to rebuild it. A crash between the two steps leaves entries below the position,
+    /// which nothing reads and the next purge drops.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut b = Batch::default();
         b.put(Tree::RaftMeta, LAST_PURGED, bincode::serialize(&log_id).map_err(|e| write_err(*e))?);
         self.write_durably(b)?;
-        let engine = &self.engine;
-        let tx = self.reclaim.get_or_init(|| {
-            let (tx, rx) = tokio::sync::watch::channel(log_id.index);
-            tokio::spawn(reclaim(engine.clone(), rx));
-            tx
-        });
-        tx.send_replace(log_id.index);
-        Ok(())
-    }
-}
-
-/// Entries one background deletion batch removes.
-const RECLAIM_BATCH: usize = 256;
-
-/// Deletes the log entries at or below the latest purge position, [`RECLAIM_BATCH`] at a time,
-/// yielding between batches, until every clone of the store is gone. Nothing is flushed: the
-/// deletions become durable with later writes, and entries a crash brings back lie below the
-/// recorded position, where nothing reads them and the next purge deletes them.
-async fn reclaim<E: Engine>(engine: Arc<E>, mut position: tokio::sync::watch::Receiver<u64>) {
-    loop {
-        let upto = index_key(*position.borrow_and_update());
-        loop {
-            let deleted = crate::rt::blocking(|| {
-                let mut b = Batch::default();
-                for item in engine.scan(Tree::RaftLog, Bound::Unbounded, Bound::Included(&upto), false) {
-                    b.delete(Tree::RaftLog, item?.0);
-                    if b.ops.len() == RECLAIM_BATCH {
-                        break;
-                    }
-                }
-                let n = b.ops.len();
-                engine.write(b).map(|()| n)
-            });
-            match deleted {
-                Ok(0) => break,
-                Ok(_) => tokio::task::yield_now().await,
-                Err(e) => {
-                    // The next purge tries again; the entries are only space meanwhile.
-                    tracing::error!(error = %e, "deleting purged log entries");
-                    break;
-                }
-            }
-        }
-        if position.changed().await.is_err() {
-            return;
-        }
+        self.engine.log_purge(log_id.index).map_err(write_err)
     }
 }

@@ -1,9 +1,11 @@
 //! In-memory engine for deterministic simulation and fast tests.
 //!
 //! It keeps two states: `live` (what reads see) and `durable` (what survived the last
-//! [`Engine::flush`]). [`MemEngine::crash`] throws `live` away and restarts from `durable`, so a
-//! code path that acknowledges data before flushing it loses that data in simulation exactly as
-//! it would lose it on power failure with the real engine.
+//! [`Engine::flush`], or for the Raft log the last [`Engine::log_sync`]). [`MemEngine::crash`]
+//! throws `live` away and restarts from `durable`, so a code path that acknowledges data before
+//! flushing it loses that data in simulation exactly as it would lose it on power failure with
+//! the real engine; and since a log sync leaves the trees unflushed, a crash can leave the state
+//! machine behind the log, as it can on disk.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -15,11 +17,24 @@ use super::{owned_bound, Batch, Engine, FileWrite, Pair, Result, Scan, Tree};
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
+/// Raft log entries by index.
+type Log = BTreeMap<u64, Vec<u8>>;
+
+/// A change to the log, kept until a sync replays it onto the durable log.
+enum LogOp {
+    Append(Vec<(u64, Vec<u8>)>),
+    Purge(u64),
+}
+
 struct State {
     live: Trees,
     durable: Trees,
     /// Batches written since the last flush, in order; replayed onto `durable` by a flush.
     pending: Vec<Batch>,
+    log: Log,
+    durable_log: Log,
+    /// Log changes since the last log sync, in order.
+    pending_log: Vec<LogOp>,
     /// Stored files: durable as soon as written, so a crash keeps them.
     files: BTreeMap<String, Vec<u8>>,
 }
@@ -44,6 +59,9 @@ impl MemEngine {
                 live: empty.clone(),
                 durable: empty,
                 pending: Vec::new(),
+                log: Log::new(),
+                durable_log: Log::new(),
+                pending_log: Vec::new(),
                 files: BTreeMap::new(),
             })),
         }
@@ -55,6 +73,8 @@ impl MemEngine {
         let mut st = self.state.lock();
         st.live = st.durable.clone();
         st.pending.clear();
+        st.log = st.durable_log.clone();
+        st.pending_log.clear();
     }
 
     /// Flushes, as [`Engine::flush`] (handy where the trait is not in scope).
@@ -65,6 +85,27 @@ impl MemEngine {
     /// Number of batches written but not yet flushed.
     pub fn unflushed_batches(&self) -> usize {
         self.state.lock().pending.len()
+    }
+
+    /// The indexes of every stored log entry, purged ones included while they remain.
+    pub fn stored_log_indexes(&self) -> Vec<u64> {
+        self.state.lock().log.keys().copied().collect()
+    }
+}
+
+fn apply_log(log: &mut Log, op: &LogOp) {
+    match op {
+        LogOp::Append(entries) => log.extend(entries.iter().cloned()),
+        LogOp::Purge(upto) => *log = log.split_off(&(upto + 1)),
+    }
+}
+
+impl State {
+    fn sync_log(&mut self) {
+        let pending = std::mem::take(&mut self.pending_log);
+        for op in &pending {
+            apply_log(&mut self.durable_log, op);
+        }
     }
 }
 
@@ -167,13 +208,15 @@ impl Engine for MemEngine {
         for b in &pending {
             apply(&mut st.durable, b);
         }
+        st.sync_log();
         Ok(())
     }
 
     fn size_on_disk(&self) -> u64 {
         let st = self.state.lock();
         let trees: u64 = st.durable.iter().flat_map(|t| t.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum();
-        trees + st.files.values().map(|f| f.len() as u64).sum::<u64>()
+        let log: u64 = st.durable_log.values().map(|v| v.len() as u64 + 8).sum();
+        trees + log + st.files.values().map(|f| f.len() as u64).sum::<u64>()
     }
 
     fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn FileWrite) -> std::io::Result<()>) -> Result<()> {
@@ -190,6 +233,62 @@ impl Engine for MemEngine {
     fn retain_file(&self, keep: &str) -> Result<()> {
         self.state.lock().files.retain(|name, _| name == keep);
         Ok(())
+    }
+
+    fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        let mut st = self.state.lock();
+        let mut next = st.log.last_key_value().map(|(i, _)| i + 1);
+        for (index, _) in &entries {
+            if next.is_some_and(|n| n != *index) {
+                return Err(super::LogError::NotNext { index: *index, expected: next.unwrap_or_default() }.into());
+            }
+            next = Some(index + 1);
+        }
+        let op = LogOp::Append(entries);
+        apply_log(&mut st.log, &op);
+        st.pending_log.push(op);
+        Ok(())
+    }
+
+    fn log_sync(&self) -> Result<()> {
+        self.state.lock().sync_log();
+        Ok(())
+    }
+
+    fn log_truncate(&self, from: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        st.sync_log();
+        st.log.split_off(&from);
+        st.durable_log.split_off(&from);
+        Ok(())
+    }
+
+    fn log_purge(&self, upto: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        let op = LogOp::Purge(upto);
+        apply_log(&mut st.log, &op);
+        st.pending_log.push(op);
+        Ok(())
+    }
+
+    fn log_read(&self, from: u64, to: u64, budget: usize) -> Result<Vec<Vec<u8>>> {
+        let st = self.state.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        if from < to {
+            for (_, v) in st.log.range(from..to) {
+                bytes += v.len();
+                out.push(v.clone());
+                if bytes >= budget {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self.state.lock().log.last_key_value().map(|(i, v)| (*i, v.clone())))
     }
 }
 

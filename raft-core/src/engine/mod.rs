@@ -1,24 +1,27 @@
 //! The storage engine boundary: the few operations the Raft log store and the MVCC state machine
-//! need (named trees, point reads, ordered scans, atomic multi-tree batches, a durable flush).
+//! need (named trees, point reads, ordered scans, atomic multi-tree batches, a durable flush),
+//! and the Raft log itself, which lives apart from the trees so that making an entry durable
+//! syncs that entry only, not everything the state machine wrote since the last flush.
 //!
 //! Everything above this trait is written once. Two engines implement it:
-//! - [`SledEngine`]: the real one, sled 0.34.7 plus the fsyncs sled does not do itself;
+//! - [`SledEngine`]: the real one, sled 0.34.7 plus the fsyncs sled does not do itself, and the
+//!   Raft log in segment files of its own ([`SegmentLog`]);
 //! - [`MemEngine`]: an in-memory engine for deterministic simulation whose simulated crash
 //!   drops everything written after the last [`Engine::flush`].
 
 mod mem;
+mod segment_log;
 mod sled_engine;
 
 use std::ops::Bound;
 
 pub use mem::MemEngine;
+pub use segment_log::{LogError, SegmentLog};
 pub use sled_engine::{SledEngine, SyncStats};
 
 /// A named keyspace. Every tree of a node lives in one engine so one batch can span several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Tree {
-    /// Raft log entries keyed by big-endian index.
-    RaftLog,
     /// Vote, last purged log id, committed log id.
     RaftMeta,
     /// Latest live version of every key: user key -> encoded record.
@@ -37,21 +40,12 @@ pub enum Tree {
 
 impl Tree {
     /// All trees, in a fixed order (used to open them and to span batches).
-    pub const ALL: [Tree; 8] = [
-        Tree::RaftLog,
-        Tree::RaftMeta,
-        Tree::Kv,
-        Tree::KvHistory,
-        Tree::KvRevs,
-        Tree::SmMeta,
-        Tree::Members,
-        Tree::Snapshot,
-    ];
+    pub const ALL: [Tree; 7] =
+        [Tree::RaftMeta, Tree::Kv, Tree::KvHistory, Tree::KvRevs, Tree::SmMeta, Tree::Members, Tree::Snapshot];
 
     /// The on-disk name of the tree.
     pub fn name(self) -> &'static str {
         match self {
-            Tree::RaftLog => "raft_log",
             Tree::RaftMeta => "raft_meta",
             Tree::Kv => "kv",
             Tree::KvHistory => "kv_history",
@@ -75,6 +69,8 @@ pub enum EngineError {
     Sled(#[from] sled::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("raft log: {0}")]
+    Log(#[from] LogError),
 }
 
 /// The engine's result type.
@@ -121,7 +117,7 @@ impl Batch {
 
 /// The storage operations raftkv needs. Implementations must make [`Engine::write`] atomic
 /// (after a crash either every op of a batch is visible or none) and [`Engine::flush`] durable
-/// (everything written before it survives power loss once it returns).
+/// (everything written before it, trees and log, survives power loss once it returns).
 pub trait Engine: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -150,6 +146,31 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Removes every stored file but `keep`, durably.
     fn retain_file(&self, keep: &str) -> Result<()>;
+
+    /// Appends Raft log entries `(index, encoded entry)`. The indexes follow one another and the
+    /// first follows the last stored entry (any index starts an empty log). Not durable until
+    /// [`Engine::log_sync`] or [`Engine::flush`] returns.
+    fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()>;
+
+    /// Makes every earlier log append durable, and nothing else: a log append costs a sync of
+    /// the log's own bytes, whatever the trees hold unflushed.
+    fn log_sync(&self) -> Result<()>;
+
+    /// Removes the entries at `from` and above, durably (with every earlier append).
+    fn log_truncate(&self, from: u64) -> Result<()>;
+
+    /// Drops the entries at `upto` and below, or some of them: the caller records the purge
+    /// position and never reads below it. Not durable on its own: a crash may bring purged
+    /// entries back, always below the entries kept, so the stored log has no gap.
+    fn log_purge(&self, upto: u64) -> Result<()>;
+
+    /// Entries of `[from, to)` in order, stopping after the first whose encoded bytes reach
+    /// `budget` (at least one entry when any is stored in the range). Starts at the first
+    /// stored entry when `from` lies below it.
+    fn log_read(&self, from: u64, to: u64, budget: usize) -> Result<Vec<Vec<u8>>>;
+
+    /// The last stored entry.
+    fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>>;
 }
 
 /// What [`Engine::put_file`] writes to: a file, positioned as it is written, that may seek back

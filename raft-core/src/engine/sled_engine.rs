@@ -1,4 +1,5 @@
-//! The sled 0.34.7 engine, made durable.
+//! The sled 0.34.7 engine, made durable, with the Raft log beside it in segment files
+//! (`<dir>/log/`, [`SegmentLog`]).
 //!
 //! sled's `flush()` writes its buffers with `pwrite` + `sync_file_range`, which survives a process
 //! crash but not power loss. So [`SledEngine::flush`] follows it with an fsync of sled's data
@@ -15,7 +16,7 @@ use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, Tree};
+use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, SegmentLog, Tree};
 
 /// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
 #[derive(Debug, Default)]
@@ -28,6 +29,8 @@ pub struct SyncStats {
     pub blob_file_fsyncs: AtomicU64,
     /// fsyncs of the `<dir>/blobs/` directory.
     pub blob_dir_fsyncs: AtomicU64,
+    /// Completed syncs of the Raft log alone ([`Engine::log_sync`]).
+    pub log_syncs: AtomicU64,
 }
 
 impl SyncStats {
@@ -61,6 +64,7 @@ pub struct SledEngine {
     /// Held across a flush so concurrent flushers do not interleave their fsync bookkeeping.
     blobs: Mutex<BlobState>,
     stats: SyncStats,
+    log: SegmentLog,
 }
 
 /// sled's page cache bound. Its 1 GiB default let a member keep every page of history and the
@@ -88,6 +92,7 @@ impl SledEngine {
             files_dir: dir.join("files"),
             blobs: Mutex::new(BlobState::default()),
             stats: SyncStats::default(),
+            log: SegmentLog::open(dir.join("log"))?,
         };
         // Files left by an earlier run may never have been synced: sync them once now. The data
         // directory's entries (db, conf, blobs/) must survive power loss too.
@@ -203,7 +208,10 @@ impl Engine for SledEngine {
         }
     }
 
+    /// The log first: the trees may hold applied entries, and a state machine that is durably
+    /// ahead of its own log would not match it after a crash.
     fn flush(&self) -> Result<()> {
+        self.log.sync()?;
         self.db.flush()?;
         self.data_file.sync_all()?;
         self.stats.db_fsyncs.fetch_add(1, Ordering::SeqCst);
@@ -216,7 +224,7 @@ impl Engine for SledEngine {
         let files = std::fs::read_dir(&self.files_dir)
             .map(|l| l.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum::<u64>())
             .unwrap_or(0);
-        self.db.size_on_disk().unwrap_or(0) + files
+        self.db.size_on_disk().unwrap_or(0) + files + self.log.size()
     }
 
     /// Writes `<dir>/files/<name>.tmp`, fsyncs it, renames it over `<name>` and fsyncs the
@@ -254,6 +262,32 @@ impl Engine for SledEngine {
             File::open(&self.files_dir)?.sync_all()?;
         }
         Ok(())
+    }
+
+    fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        self.log.append(entries)
+    }
+
+    fn log_sync(&self) -> Result<()> {
+        self.log.sync()?;
+        self.stats.log_syncs.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn log_truncate(&self, from: u64) -> Result<()> {
+        self.log.truncate(from)
+    }
+
+    fn log_purge(&self, upto: u64) -> Result<()> {
+        self.log.purge(upto)
+    }
+
+    fn log_read(&self, from: u64, to: u64, budget: usize) -> Result<Vec<Vec<u8>>> {
+        self.log.read(from, to, budget)
+    }
+
+    fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        self.log.last()
     }
 }
 

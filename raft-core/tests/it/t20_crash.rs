@@ -73,25 +73,11 @@ async fn acknowledged_writes_survive_a_crash_and_restart() {
     assert_eq!(all.header.unwrap().revision, last, "revisions continue where they were");
 }
 
-/// Stored log entries, whatever openraft is told (purged ones may still be stored).
-fn stored_indexes(engine: &MemEngine) -> Vec<u64> {
-    use raft_core::engine::{Engine, Tree};
-    let all = engine.scan(Tree::RaftLog, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded, false);
-    all.map(|item| u64::from_be_bytes(item.unwrap().0.try_into().unwrap())).collect()
-}
-
-/// Lets the background deletion run to the end (it yields between batches).
-async fn let_reclaim_run() {
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
-    }
-}
-
-/// A purge hides the purged entries at once and deletes them in the background. Deletions are
-/// never flushed on their own, so a crash can bring purged entries back, but only below the
-/// durable purge position: the log openraft sees has no gap, and the next purge removes them.
+/// A purge records its position durably and drops the entries. Dropping them is not durable on
+/// its own, so a crash can bring purged entries back, but only below the durable purge position:
+/// the log openraft sees has no gap, and the next purge drops them.
 #[tokio::test]
-async fn purged_entries_go_in_the_background_and_a_crash_leaves_no_gap() {
+async fn purged_entries_never_reappear_in_the_log_after_a_crash() {
     let engine = Arc::new(MemEngine::new());
     let mut log = LogStore::new(engine.clone());
     let entries: Vec<_> = (1..=600).map(|i| put_entry(i, "k", vec![i as u8])).collect();
@@ -103,12 +89,11 @@ async fn purged_entries_go_in_the_background_and_a_crash_leaves_no_gap() {
     assert_eq!(state.last_log_id, Some(log_id(1, 600)));
     let seen = log.try_get_log_entries(1..=600).await.unwrap();
     assert_eq!(seen.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (501..=600).collect::<Vec<_>>());
-    let_reclaim_run().await;
-    assert_eq!(stored_indexes(&engine), (501..=600).collect::<Vec<_>>(), "deleted in the background");
+    assert_eq!(engine.stored_log_indexes(), (501..=600).collect::<Vec<_>>(), "dropped from the log");
 
     drop(log);
     engine.crash();
-    assert_eq!(stored_indexes(&engine).len(), 600, "the unflushed deletions are lost");
+    assert_eq!(engine.stored_log_indexes().len(), 600, "the unsynced drop is lost");
     let mut log = LogStore::new(engine.clone());
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 500)), "the purge position was durable");
@@ -117,10 +102,43 @@ async fn purged_entries_go_in_the_background_and_a_crash_leaves_no_gap() {
     assert_eq!(log.try_get_log_entries(..=500).await.unwrap().len(), 0);
 
     log.purge(log_id(1, 550)).await.unwrap();
-    let_reclaim_run().await;
-    assert_eq!(stored_indexes(&engine), (551..=600).collect::<Vec<_>>());
+    assert_eq!(engine.stored_log_indexes(), (551..=600).collect::<Vec<_>>());
 
-    // A log purged entirely reports its purge position as its last entry.
+    // A log purged entirely reports its purge position as its last entry, and appends go on
+    // after it.
     log.purge(log_id(1, 600)).await.unwrap();
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 600)));
+    log.blocking_append([put_entry(601, "k", b"after".to_vec())]).await.unwrap();
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 601)));
+}
+
+/// A log append syncs the log alone: what apply wrote to the trees stays unflushed, a crash
+/// loses it, and the entries are still there to apply again. The purge, which drops entries,
+/// flushes the trees first.
+#[tokio::test]
+async fn a_log_append_leaves_applied_state_unflushed_and_a_purge_flushes_it() {
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine.clone());
+    let mut sm = KvStore::open(engine.clone()).unwrap();
+    let entries = vec![membership_entry(1), put_entry(2, "a", b"1".to_vec())];
+    log.blocking_append(entries.clone()).await.unwrap();
+    sm.apply(entries.clone()).await.unwrap();
+    log.blocking_append([put_entry(3, "b", b"2".to_vec())]).await.unwrap();
+    assert!(engine.unflushed_batches() > 0, "the append did not flush what apply wrote");
+
+    drop((log, sm));
+    engine.crash();
+    let sm = KvStore::open(engine.clone()).unwrap();
+    assert_eq!(sm.meta().last_applied, None, "the applied state was not durable");
+    let mut log = LogStore::new(engine.clone());
+    assert_eq!(log.try_get_log_entries(1..4).await.unwrap().len(), 3, "every appended entry was");
+
+    let mut sm = KvStore::open(engine.clone()).unwrap();
+    sm.apply(log.try_get_log_entries(1..4).await.unwrap()).await.unwrap();
+    log.purge(log_id(1, 3)).await.unwrap();
+    drop((log, sm));
+    engine.crash();
+    let sm = KvStore::open(engine.clone()).unwrap();
+    assert_eq!(sm.meta().last_applied, Some(log_id(1, 3)), "the purge made the applied state durable");
+    assert_eq!(get(&sm, "b"), Some(b"2".to_vec()));
 }
