@@ -697,7 +697,7 @@ impl<E: Engine> Node<E> {
     /// Stops Raft; pending requests fail with "server stopped". Flushes the engine.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         self.raft.shutdown().await.map_err(fatal)?;
-        self.store.engine().flush().map_err(fatal)
+        self.store.flush_whole().map_err(fatal)
     }
 
     /// Adds members as voters (used by multi-member bootstrap paths and tests).

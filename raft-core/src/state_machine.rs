@@ -1,9 +1,19 @@
 //! The replicated state machine: the MVCC store plus the meta that must move with it.
 //!
-//! Each `apply` call lands as one atomic engine batch holding the kv changes of its entries and
-//! the meta they produced (revision, compact revision, last applied log id, membership), so a
-//! crash never separates data from the position it corresponds to. Apply does not flush: the
-//! log store records the committed index and a restart re-applies what the engine lost.
+//! Each `apply` call lands as one engine batch holding the kv changes of its entries and the
+//! meta they produced (revision, compact revision, last applied log id, membership). Apply does
+//! not flush: the log store records the committed index and a restart re-applies what the
+//! engine lost.
+//!
+//! The batch is written op by op ([`Engine::write_relaxed`]): an atomic batch in sled seals and
+//! writes its I/O buffer twice and wakes sled's whole I/O thread pool each time, on every member
+//! for every entry. So a crash can leave part of an apply on disk, which re-applying would
+//! compound (a put reads the version it increments). Instead the stored state is marked *torn*
+//! (durably) before the first such write after each point where it was flushed whole (a
+//! snapshot stored or installed, a clean shutdown); a member that opens a torn state goes back
+//! to its stored snapshot, or to the empty state if it has none, and openraft applies the log
+//! from there. Every entry after the snapshot is still in the log: entries are purged only up to
+//! a snapshot.
 //!
 //! Readers take the gate shared for a consistent multi-key view; apply takes it exclusively only
 //! while its finished batch lands, never while computing it; a snapshot export takes it only to
@@ -32,6 +42,8 @@ const COMPACTED: &[u8] = b"compacted";
 const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
 const CLUSTER_ID: &[u8] = b"cluster_id";
+/// Present while the stored state may hold part of an apply (see the module doc).
+const TORN: &[u8] = b"torn";
 const SNAP_META: &[u8] = b"meta";
 /// The name of the file holding the current snapshot's data.
 const SNAP_FILE: &[u8] = b"file";
@@ -69,6 +81,8 @@ pub struct SmMeta {
     pub membership: StoredMembership,
     /// 0 until set at bootstrap.
     pub cluster_id: u64,
+    /// The stored state is marked torn: applies may write op by op until it is flushed whole.
+    pub torn: bool,
 }
 
 impl SmMeta {
@@ -289,7 +303,49 @@ fn load_meta<E: Engine>(engine: &E) -> Result<SmMeta, StorageError> {
         last_applied: get(LAST_APPLIED)?.map(|v| decode(&v)).transpose()?.flatten(),
         membership: get(MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
         cluster_id: get(CLUSTER_ID)?.map(|v| decode(&v)).transpose()?.unwrap_or(0),
+        torn: get(TORN)?.is_some(),
     })
+}
+
+/// Takes a torn stored state back to the stored snapshot, or to the empty state when there is
+/// none (then no entry was ever purged), durably; openraft applies the log from there. The
+/// cluster id is kept: it is set once, at bootstrap, not by the log.
+fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
+    let cluster_id = engine.get(Tree::SmMeta, CLUSTER_ID).map_err(sm_read_err)?;
+    let mut batch = Batch::default();
+    for tree in SM_TREES {
+        for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+            batch.delete(tree, item.map_err(sm_read_err)?.0);
+        }
+    }
+    let snapshot: Option<SnapshotMeta> =
+        engine.get(Tree::Snapshot, SNAP_META).map_err(sm_read_err)?.map(|m| decode(&m)).transpose()?;
+    if let Some(meta) = &snapshot {
+        let name = engine.get(Tree::Snapshot, SNAP_FILE).map_err(sm_read_err)?.unwrap_or_default();
+        let read_err = |e: std::io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
+        let data = engine.get_file(&String::from_utf8_lossy(&name)).map_err(|e| read_err(std::io::Error::other(e)))?;
+        let missing =
+            || read_err(std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"));
+        let data = data.ok_or_else(missing)?;
+        content::import(&data, &SM_TREES, &mut batch).map_err(read_err)?;
+        // The snapshot's position is authoritative even if its content predates the meta keys.
+        batch.put(Tree::SmMeta, LAST_APPLIED, encode(&meta.last_log_id));
+        batch.put(Tree::SmMeta, MEMBERSHIP, encode(&meta.last_membership));
+    }
+    batch.delete(Tree::SmMeta, TORN);
+    if let Some(id) = cluster_id {
+        batch.put(Tree::SmMeta, CLUSTER_ID, id);
+    }
+    engine.write(batch).map_err(sm_write_err)?;
+    engine.flush().map_err(sm_write_err)?;
+    tracing::warn!(
+        "the state machine may hold part of an apply (a crash): restored it to {}; the log is applied again from there",
+        snapshot.map_or("the empty state".to_string(), |m| format!(
+            "the snapshot up to log {}",
+            m.last_log_id.map_or(0, |l| l.index)
+        ))
+    );
+    Ok(())
 }
 
 fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
@@ -308,7 +364,11 @@ fn without_stalling<G>(now: Option<G>, wait: impl FnOnce() -> G) -> G {
 impl<E: Engine> KvStore<E> {
     /// Opens the state machine stored in `engine`.
     pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
-        let meta = load_meta(&*engine)?;
+        let mut meta = load_meta(&*engine)?;
+        if meta.torn {
+            restore(&*engine)?;
+            meta = load_meta(&*engine)?;
+        }
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
         Ok(KvStore {
             shared: Arc::new(Shared {
@@ -393,6 +453,18 @@ impl<E: Engine> KvStore<E> {
         let resp = w.txn(req)?;
         debug_assert!(view.into_batch().is_empty(), "read_txn was given a txn that writes");
         Ok(resp)
+    }
+
+    /// Flushes the stored state whole and clears its torn mark, so the next start need not go
+    /// back to the snapshot. For a clean shutdown, once openraft no longer applies.
+    pub fn flush_whole(&self) -> Result<(), StorageError> {
+        let mut gate = self.write_gate();
+        let mut b = Batch::default();
+        b.delete(Tree::SmMeta, TORN);
+        self.shared.engine.write(b).map_err(sm_write_err)?;
+        self.shared.engine.flush().map_err(sm_write_err)?;
+        gate.torn = false;
+        Ok(())
     }
 
     /// Published member attributes.
@@ -496,11 +568,14 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// Makes `meta`, with its data in `file` (already stored), the current snapshot together
-    /// with `batch`, durably, then removes every other file. Caller holds the gate exclusively.
+    /// with `batch`, durably, then removes every other file. Caller holds the gate exclusively,
+    /// so no apply is half written: the stored state is whole, and no longer marked torn (the
+    /// caller clears `torn` in the gate).
     fn persist_snapshot(&self, meta: &SnapshotMeta, file: &str, mut batch: Batch) -> Result<(), StorageError> {
         let err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
         batch.put(Tree::Snapshot, SNAP_FILE, file.as_bytes().to_vec());
+        batch.delete(Tree::SmMeta, TORN);
         self.shared.engine.write(batch).map_err(err)?;
         self.shared.engine.flush().map_err(err)?;
         self.shared.engine.retain_file(file).map_err(|e| err(e).into())
@@ -524,9 +599,10 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         // flush also makes the state machine durable up to this point, so logs the snapshot
         // covers may be purged.
         crate::rt::blocking(|| {
-            let _gate = self.write_gate();
+            let mut gate = self.write_gate();
             if self.stored_snapshot_meta()? == stored_before {
                 self.persist_snapshot(&snap_meta, &file, Batch::default())?;
+                gate.torn = false;
             }
             Ok::<(), StorageError>(())
         })?;
@@ -583,7 +659,15 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         // A compaction removes versions: it waits for a snapshot export reading them.
         let _history = (meta.compacted != compacted_before).then(|| self.history_exclusive());
         let mut gate = self.write_gate();
-        engine.write(batch).map_err(sm_write_err)?;
+        if !gate.torn {
+            // The first write since the state was flushed whole: the mark goes first, durably.
+            let mut mark = Batch::default();
+            mark.put(Tree::SmMeta, TORN, vec![1]);
+            engine.write(mark).map_err(sm_write_err)?;
+            engine.flush().map_err(sm_write_err)?;
+            gate.torn = true;
+        }
+        engine.write_relaxed(batch).map_err(sm_write_err)?;
         // Only what apply owns: cluster_id is set elsewhere and must not be overwritten.
         gate.revision = meta.revision;
         gate.compacted = meta.compacted;

@@ -207,10 +207,14 @@ impl SimCluster {
         self.nodes.is_empty()
     }
 
-    /// kill -9 of member `i` and of its unflushed writes.
+    /// kill -9 of member `i` and power loss: of its unflushed writes, only a prefix reached the
+    /// disk, of a length the seed picks (none, all, or a cut inside an apply's writes).
     pub fn crash(&self, i: usize) {
+        use madsim::rand::{thread_rng, Rng};
         Handle::current().kill(self.nodes[i]);
-        self.engines[i].crash();
+        let engine = &self.engines[i];
+        let kept = thread_rng().gen_range(0..=engine.unflushed_batches());
+        engine.crash_keeping(kept);
     }
 
     /// Starts member `i` again on what its engine kept.

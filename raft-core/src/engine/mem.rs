@@ -70,9 +70,19 @@ impl MemEngine {
     /// Simulates power loss: every write after the last flush is gone. Whoever used the engine
     /// must be stopped first; reopen the stores on the same engine to model a restart.
     pub fn crash(&self) {
+        self.crash_keeping(0);
+    }
+
+    /// Simulates power loss after the first `kept` unflushed writes reached the disk (a batch
+    /// of [`Engine::write`] counts as one, each op of [`Engine::write_relaxed`] as one), as an
+    /// engine that writes in order may leave it. Unsynced log changes are all lost.
+    pub fn crash_keeping(&self, kept: usize) {
         let mut st = self.state.lock();
+        let pending = std::mem::take(&mut st.pending);
+        for b in pending.iter().take(kept) {
+            apply(&mut st.durable, b);
+        }
         st.live = st.durable.clone();
-        st.pending.clear();
         st.log = st.durable_log.clone();
         st.pending_log.clear();
     }
@@ -199,6 +209,13 @@ impl Engine for MemEngine {
         let mut st = self.state.lock();
         apply(&mut st.live, &batch);
         st.pending.push(batch);
+        Ok(())
+    }
+
+    fn write_relaxed(&self, batch: Batch) -> Result<()> {
+        let mut st = self.state.lock();
+        apply(&mut st.live, &batch);
+        st.pending.extend(batch.ops.into_iter().map(|op| Batch { ops: vec![op] }));
         Ok(())
     }
 

@@ -128,6 +128,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies a batch atomically. Not durable until [`Engine::flush`] returns.
     fn write(&self, batch: Batch) -> Result<()>;
 
+    /// Applies a batch op by op, in order, without making it atomic: a crash may keep any
+    /// prefix of the ops written since the last flush, a batch cut anywhere. Readers see each op
+    /// as it lands. For the state machine's applies, whose atomicity comes from elsewhere (see
+    /// `state_machine`): in sled an atomic batch seals and writes its I/O buffer twice and wakes
+    /// sled's whole I/O thread pool each time, on every member for every Raft entry.
+    fn write_relaxed(&self, batch: Batch) -> Result<()>;
+
     /// Makes every earlier write durable. The only point where data may be acknowledged.
     fn flush(&self) -> Result<()>;
 

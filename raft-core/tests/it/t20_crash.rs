@@ -20,7 +20,7 @@ fn get(sm: &KvStore<MemEngine>, key: &str) -> Option<Vec<u8>> {
 }
 
 #[tokio::test]
-async fn crash_loses_exactly_the_writes_after_the_last_flush() {
+async fn crash_loses_the_unflushed_applies_and_the_log_keeps_every_entry() {
     let engine = Arc::new(MemEngine::new());
     let mut log = LogStore::new(engine.clone());
     let mut sm = KvStore::open(engine.clone()).unwrap();
@@ -31,17 +31,18 @@ async fn crash_loses_exactly_the_writes_after_the_last_flush() {
     sm.apply(entries[2..].to_vec()).await.unwrap();
     assert_eq!(sm.meta().last_applied, Some(log_id(1, 3)));
     assert_eq!(get(&sm, "b"), Some(b"2".to_vec()));
-    assert_eq!(engine.unflushed_batches(), 1, "exactly the last apply is unflushed");
+    assert!(engine.unflushed_batches() > 0, "the last apply is unflushed");
 
     engine.crash();
 
+    // Applies are marked torn until the state is flushed whole (a snapshot, a clean shutdown):
+    // with no snapshot stored, the state goes back to empty.
     let sm = KvStore::open(engine.clone()).unwrap();
     let meta = sm.meta();
-    assert_eq!(meta.last_applied, Some(log_id(1, 2)), "reopens at the last flushed apply");
-    assert_eq!(meta.revision, 2, "revision and data moved together");
-    assert_eq!(get(&sm, "a"), Some(b"1".to_vec()));
-    assert_eq!(get(&sm, "b"), None, "the unflushed apply is gone");
-    // The log was flushed on append, so all three entries are still there to re-apply.
+    assert_eq!(meta.last_applied, None, "reopens at the last whole state");
+    assert_eq!(meta.revision, 1, "revision and data moved together");
+    assert_eq!(get(&sm, "a"), None);
+    // The log was synced on append, so all three entries are still there to re-apply.
     let mut log = LogStore::new(engine.clone());
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(1, 3)));
@@ -113,7 +114,7 @@ async fn purged_entries_never_reappear_in_the_log_after_a_crash() {
 }
 
 /// A log append syncs the log alone: what apply wrote to the trees stays unflushed, a crash
-/// loses it, and the entries are still there to apply again. The purge, which drops entries,
+/// loses it, and the entries are still there to apply again. A purge, which drops entries,
 /// flushes the trees first.
 #[tokio::test]
 async fn a_log_append_leaves_applied_state_unflushed_and_a_purge_flushes_it() {
@@ -125,20 +126,87 @@ async fn a_log_append_leaves_applied_state_unflushed_and_a_purge_flushes_it() {
     sm.apply(entries.clone()).await.unwrap();
     log.blocking_append([put_entry(3, "b", b"2".to_vec())]).await.unwrap();
     assert!(engine.unflushed_batches() > 0, "the append did not flush what apply wrote");
+    log.purge(log_id(1, 1)).await.unwrap();
+    assert_eq!(engine.unflushed_batches(), 0, "the purge flushed it");
 
+    log.blocking_append([put_entry(4, "c", b"3".to_vec())]).await.unwrap();
+    sm.apply([put_entry(3, "b", b"2".to_vec()), put_entry(4, "c", b"3".to_vec())]).await.unwrap();
     drop((log, sm));
     engine.crash();
-    let sm = KvStore::open(engine.clone()).unwrap();
-    assert_eq!(sm.meta().last_applied, None, "the applied state was not durable");
     let mut log = LogStore::new(engine.clone());
-    assert_eq!(log.try_get_log_entries(1..4).await.unwrap().len(), 3, "every appended entry was");
+    assert_eq!(log.try_get_log_entries(2..5).await.unwrap().len(), 3, "every appended entry survived");
+}
+
+/// The `k` key as stored: (value, version, mod revision).
+fn stored_k(sm: &KvStore<MemEngine>) -> Option<(Vec<u8>, i64, i64)> {
+    let r = sm.range(&RangeRequest { key: b"k".to_vec(), ..Default::default() }).unwrap();
+    r.kvs.first().map(|kv| (kv.value.clone(), kv.version, kv.mod_revision))
+}
+
+/// Applies go to the engine op by op, so a crash can cut one anywhere. Whatever prefix of the
+/// unflushed writes survives, the member reopens at its stored snapshot (the state was marked
+/// torn before the first of those writes), and applying the log from there gives exactly the
+/// state before the crash: a put that was half written is not counted twice.
+#[tokio::test]
+async fn a_crash_inside_an_apply_goes_back_to_the_snapshot_and_the_log_restores_the_rest() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let entries = [
+        membership_entry(1),
+        put_entry(2, "k", b"one".to_vec()),
+        put_entry(3, "k", b"two".to_vec()),
+        put_entry(4, "k", b"three".to_vec()),
+    ];
+    let mut cuts = 0;
+    for kept in 0.. {
+        let engine = Arc::new(MemEngine::new());
+        let mut sm = KvStore::open(engine.clone()).unwrap();
+        sm.init_cluster_id(7).unwrap();
+        sm.apply(entries[..2].to_vec()).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.apply(entries[2..].to_vec()).await.unwrap();
+        let before = stored_k(&sm);
+        assert_eq!(before, Some((b"three".to_vec(), 3, 4)));
+        let pending = engine.unflushed_batches();
+        if kept > pending {
+            break;
+        }
+        drop(sm);
+        engine.crash_keeping(kept);
+
+        let mut sm = KvStore::open(engine.clone()).unwrap();
+        assert_eq!(sm.meta().last_applied, Some(log_id(1, 2)), "kept {kept} of {pending}: back to the snapshot");
+        assert_eq!(stored_k(&sm), Some((b"one".to_vec(), 1, 2)));
+        assert!(!sm.meta().torn, "the restored state is whole");
+        assert_eq!(sm.meta().cluster_id, 7);
+        sm.apply(entries[2..].to_vec()).await.unwrap();
+        assert_eq!(stored_k(&sm), before, "kept {kept} of {pending}");
+        cuts += 1;
+    }
+    assert!(cuts > 5, "the apply was cut at every one of its writes: {cuts} cuts");
+}
+
+/// With no snapshot stored, a torn state goes back to the empty state (nothing was purged, so
+/// the whole log is there); the cluster id, set once at bootstrap, stays. A clean shutdown
+/// flushes the state whole, and the next start keeps it.
+#[tokio::test]
+async fn a_torn_state_without_a_snapshot_goes_back_to_empty_and_a_clean_flush_keeps_the_state() {
+    let engine = Arc::new(MemEngine::new());
+    let mut sm = KvStore::open(engine.clone()).unwrap();
+    sm.init_cluster_id(7).unwrap();
+    sm.apply(vec![membership_entry(1), put_entry(2, "k", b"one".to_vec())]).await.unwrap();
+    drop(sm);
+    engine.crash_keeping(1);
+    let sm = KvStore::open(engine.clone()).unwrap();
+    assert_eq!(sm.meta().last_applied, None);
+    assert_eq!(stored_k(&sm), None);
+    assert_eq!(sm.meta().cluster_id, 7);
 
     let mut sm = KvStore::open(engine.clone()).unwrap();
-    sm.apply(log.try_get_log_entries(1..4).await.unwrap()).await.unwrap();
-    log.purge(log_id(1, 3)).await.unwrap();
-    drop((log, sm));
+    sm.apply(vec![membership_entry(1), put_entry(2, "k", b"one".to_vec())]).await.unwrap();
+    sm.flush_whole().unwrap();
+    drop(sm);
     engine.crash();
     let sm = KvStore::open(engine.clone()).unwrap();
-    assert_eq!(sm.meta().last_applied, Some(log_id(1, 3)), "the purge made the applied state durable");
-    assert_eq!(get(&sm, "b"), Some(b"2".to_vec()));
+    assert_eq!(sm.meta().last_applied, Some(log_id(1, 2)), "flushed whole: kept as it was");
+    assert_eq!(stored_k(&sm), Some((b"one".to_vec(), 1, 2)));
 }
