@@ -14,6 +14,7 @@ use openraft::storage::{LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::engine::{Batch, Engine, EngineExt, Tree};
+use crate::state_machine::StoredSnapshot;
 use crate::typ::{Entry, LogFlushed, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
@@ -44,6 +45,19 @@ pub enum FormatError {
     Storage(String),
 }
 
+/// A data dir whose log and state machine do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(
+        "the Raft log is purged up to entry {purged} but the state machine holds {applied}: the \
+         entries between are gone; move this data dir aside and add the member to the cluster \
+         again with an empty one"
+    )]
+    PurgedPastState { purged: u64, applied: String },
+    #[error("reading the Raft log's state: {0}")]
+    Storage(String),
+}
+
 /// Default budget of stored log bytes per AppendEntries (see
 /// [`LogStore::limited_get_log_entries`]). A read stops after the entry that reaches it, so one
 /// AppendEntries carries at most this plus one entry (a write batch, at most
@@ -56,6 +70,9 @@ pub struct LogStore<E: Engine> {
     engine: Arc<E>,
     /// Most stored bytes of entries one AppendEntries carries ([`LogStore::with_append_budget`]).
     append_budget: usize,
+    /// Where the stored snapshot ends, if purges must wait for it
+    /// ([`LogStore::with_snapshot_position`]).
+    snapshot: Option<tokio::sync::watch::Receiver<StoredSnapshot>>,
     #[cfg(feature = "planted-bugs")]
     ack_before_flush: bool,
 }
@@ -65,6 +82,7 @@ impl<E: Engine> Clone for LogStore<E> {
         LogStore {
             engine: self.engine.clone(),
             append_budget: self.append_budget,
+            snapshot: self.snapshot.clone(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
         }
@@ -85,6 +103,7 @@ impl<E: Engine> LogStore<E> {
         LogStore {
             engine,
             append_budget: MAX_APPEND_BYTES,
+            snapshot: None,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
         }
@@ -96,6 +115,31 @@ impl<E: Engine> LogStore<E> {
     pub fn with_append_budget(mut self, bytes: usize) -> Self {
         self.append_budget = bytes;
         self
+    }
+
+    /// The store that purges only entries the stored snapshot covers, waiting until it does.
+    /// A node always runs with it: when a follower receives a snapshot, openraft 0.9 purges the
+    /// log up to it at once, while the state machine is still installing it. A crash in between
+    /// left the log starting after the state machine's last entry, which no start recovers from.
+    pub fn with_snapshot_position(mut self, stored: tokio::sync::watch::Receiver<StoredSnapshot>) -> Self {
+        self.snapshot = Some(stored);
+        self
+    }
+
+    /// Fails when the log no longer holds the entries after `applied`, the last entry the
+    /// stored state machine holds: the member could never catch up from its own log, and
+    /// openraft would stop it on the first read of a purged entry with a less helpful error.
+    pub async fn check_recoverable(&mut self, applied: Option<LogId>) -> Result<(), RecoveryError> {
+        let state = self.get_log_state().await.map_err(|e| RecoveryError::Storage(e.to_string()))?;
+        let purged = state.last_purged_log_id.map(|l| l.index);
+        let applied = applied.map(|l| l.index);
+        if purged > applied {
+            return Err(RecoveryError::PurgedPastState {
+                purged: purged.unwrap_or_default(),
+                applied: applied.map_or("nothing".into(), |a| format!("entry {a}")),
+            });
+        }
+        Ok(())
     }
 
     /// The store with the planted bugs it should run with.
@@ -188,9 +232,19 @@ impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
 impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
     type LogReader = Self;
 
+    /// Also finishes a purge that a crash cut short after recording its position but before
+    /// the entries went, when every stored entry is at or below it: the next append follows the
+    /// purge position, which the stored entries would refuse.
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
-        let stored = self.engine.log_last().map_err(read_err)?;
+        let mut stored = self.engine.log_last().map_err(read_err)?;
+        if let (Some(purged), Some((last, _))) = (last_purged_log_id, &stored) {
+            if *last <= purged.index {
+                self.engine.log_purge(purged.index).map_err(write_err)?;
+                self.engine.log_sync().map_err(write_err)?;
+                stored = None;
+            }
+        }
         let last = stored.map(|(_, v)| crate::codec::decode::<Entry>(&v).map_err(|e| read_err(*e))).transpose()?;
         // After a purge of every entry the purge position is the last log id; entries below it
         // that the engine still stores are not the log any more.
@@ -257,11 +311,20 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         self.engine.log_truncate(log_id.index).map_err(write_err)
     }
 
-    /// Records the purge position durably, then drops the entries. The flush that records it
-    /// also makes the state machine durable up to every applied entry: nothing purged is ever
-    /// needed to rebuild it. A crash between the two steps leaves entries below the position,
-    /// which nothing reads and the next purge drops.
+    /// Records the purge position durably, then drops the entries. Only entries a stored
+    /// snapshot covers are purged (with [`LogStore::with_snapshot_position`], it waits for one):
+    /// a member that crashes goes back to that snapshot at worst, and applies the log after it.
+    /// A crash between the two steps leaves entries below the position, which nothing reads and
+    /// the next purge, or the next start, drops.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        if let Some(stored) = &mut self.snapshot {
+            let covered = |s: &StoredSnapshot| s.last.is_some_and(|l| l.index >= log_id.index);
+            let outcome = stored.wait_for(|s| s.install_failed || covered(s)).await.map(|s| *s);
+            if !outcome.is_ok_and(|s| covered(&s)) {
+                let why = format!("no stored snapshot covers entry {}, so it is not purged", log_id.index);
+                return Err(write_err(std::io::Error::other(why)));
+            }
+        }
         let mut b = Batch::default();
         b.put(Tree::RaftMeta, LAST_PURGED, bincode::serialize(&log_id).map_err(|e| write_err(*e))?);
         self.write_durably(b)?;

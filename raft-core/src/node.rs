@@ -285,7 +285,10 @@ impl<E: Engine> Node<E> {
         LogStore::new(engine.clone()).check_format().map_err(fatal)?;
         let store = KvStore::open(engine.clone()).map_err(fatal)?;
         let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
-        let mut log = LogStore::new(engine).with_append_budget(config.max_append_bytes);
+        let mut log = LogStore::new(engine)
+            .with_append_budget(config.max_append_bytes)
+            .with_snapshot_position(store.stored_snapshot());
+        log.check_recoverable(store.last_applied()).await.map_err(fatal)?;
         let peers = Peers::new(config.id, cluster_id, restart_floor(&mut log, config.id).await?);
         #[cfg(feature = "planted-bugs")]
         let log = log.with_planted(config.planted);

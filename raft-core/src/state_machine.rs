@@ -83,6 +83,20 @@ pub struct SmMeta {
     pub cluster_id: u64,
     /// The stored state is marked torn: applies may write op by op until it is flushed whole.
     pub torn: bool,
+    /// An apply failed part way: what is stored is not a state the log can be applied to, so
+    /// the torn mark must stay until a restart restores the snapshot (see
+    /// [`KvStore::flush_whole`]).
+    pub apply_failed: bool,
+}
+
+/// Where the stored snapshot ends: the log below it may be purged
+/// ([`KvStore::stored_snapshot`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// The last log id the stored snapshot covers (`None`: no snapshot).
+    pub last: Option<LogId>,
+    /// Installing a snapshot from the leader failed; the member is stopping.
+    pub install_failed: bool,
 }
 
 impl SmMeta {
@@ -262,6 +276,8 @@ struct Shared<E> {
     /// Snapshots received from a leader and installed since this process started: how often a
     /// member fell too far behind for the log (reported in Status for operators and tests).
     installed: std::sync::atomic::AtomicU64,
+    /// The stored snapshot's position, published once it is durable.
+    snapshot: tokio::sync::watch::Sender<StoredSnapshot>,
 }
 
 /// The state machine. Clones share it: openraft owns one, the server reads through another.
@@ -304,6 +320,7 @@ fn load_meta<E: Engine>(engine: &E) -> Result<SmMeta, StorageError> {
         membership: get(MEMBERSHIP)?.map(|v| decode(&v)).transpose()?.unwrap_or_default(),
         cluster_id: get(CLUSTER_ID)?.map(|v| decode(&v)).transpose()?.unwrap_or(0),
         torn: get(TORN)?.is_some(),
+        apply_failed: false,
     })
 }
 
@@ -370,6 +387,15 @@ impl<E: Engine> KvStore<E> {
             meta = load_meta(&*engine)?;
         }
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
+        let stored = engine
+            .get(Tree::Snapshot, SNAP_META)
+            .map_err(sm_read_err)?
+            .map(|m| decode::<SnapshotMeta>(&m))
+            .transpose()?;
+        let (snapshot, _) = tokio::sync::watch::channel(StoredSnapshot {
+            last: stored.and_then(|m| m.last_log_id),
+            install_failed: false,
+        });
         Ok(KvStore {
             shared: Arc::new(Shared {
                 engine,
@@ -377,8 +403,17 @@ impl<E: Engine> KvStore<E> {
                 history: RwLock::new(()),
                 revision,
                 installed: Default::default(),
+                snapshot,
             }),
         })
+    }
+
+    /// The stored snapshot's position, updated once each new snapshot is durable. The log store
+    /// purges no entry a stored snapshot does not cover
+    /// ([`crate::log_store::LogStore::with_snapshot_position`]): openraft 0.9 purges the log up
+    /// to a snapshot received from the leader while the state machine is still installing it.
+    pub fn stored_snapshot(&self) -> tokio::sync::watch::Receiver<StoredSnapshot> {
+        self.shared.snapshot.subscribe()
     }
     /// The gate, shared. It is taken without waiting when it is free; otherwise (an apply is
     /// queued behind a snapshot export) the wait goes through [`crate::rt::blocking`], so it
@@ -459,6 +494,10 @@ impl<E: Engine> KvStore<E> {
     /// back to the snapshot. For a clean shutdown, once openraft no longer applies.
     pub fn flush_whole(&self) -> Result<(), StorageError> {
         let mut gate = self.write_gate();
+        if gate.apply_failed {
+            // Part of an apply may be stored: the next start must go back to the snapshot.
+            return self.shared.engine.flush().map_err(sm_write_err);
+        }
         let mut b = Batch::default();
         b.delete(Tree::SmMeta, TORN);
         self.shared.engine.write(b).map_err(sm_write_err)?;
@@ -529,8 +568,17 @@ impl<E: Engine> KvStore<E> {
         Ok((snap, stored, file))
     }
 
-    /// [`RaftStateMachine::install_snapshot`]'s work, blocking.
+    /// [`RaftStateMachine::install_snapshot`]'s work, blocking. A failure is published to the
+    /// log store's purge waiting for this snapshot, which then fails too.
     fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+        let installed = self.try_install(meta, data);
+        if installed.is_err() {
+            self.shared.snapshot.send_modify(|s| s.install_failed = true);
+        }
+        installed
+    }
+
+    fn try_install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
         let _history = self.history_exclusive();
         let mut gate = self.write_gate();
         let engine = &self.shared.engine;
@@ -578,6 +626,7 @@ impl<E: Engine> KvStore<E> {
         batch.delete(Tree::SmMeta, TORN);
         self.shared.engine.write(batch).map_err(err)?;
         self.shared.engine.flush().map_err(err)?;
+        self.shared.snapshot.send_modify(|s| s.last = meta.last_log_id);
         self.shared.engine.retain_file(file).map_err(|e| err(e).into())
     }
 
@@ -667,7 +716,10 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
             engine.flush().map_err(sm_write_err)?;
             gate.torn = true;
         }
-        engine.write_relaxed(batch).map_err(sm_write_err)?;
+        if let Err(e) = engine.write_relaxed(batch) {
+            gate.apply_failed = true;
+            return Err(sm_write_err(e));
+        }
         // Only what apply owns: cluster_id is set elsewhere and must not be overwritten.
         gate.revision = meta.revision;
         gate.compacted = meta.compacted;

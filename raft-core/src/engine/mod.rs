@@ -151,7 +151,8 @@ pub trait Engine: Send + Sync + 'static {
     /// A stored file's content, if there is one of that name.
     fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Removes every stored file but `keep`, durably.
+    /// Removes every stored file but `keep`, durably; a file that a `put_file` running alongside
+    /// is still writing stays (it is not stored yet).
     fn retain_file(&self, keep: &str) -> Result<()>;
 
     /// Appends Raft log entries `(index, encoded entry)`. The indexes follow one another and the

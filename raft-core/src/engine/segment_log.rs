@@ -22,7 +22,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::{Mutex, RwLock};
 
 use super::Result;
 
@@ -90,6 +92,15 @@ pub struct SegmentLog {
     /// Held across a sync, so a sync that returns covers every append before it even when
     /// another sync took the list of unsynced files first.
     syncing: Mutex<()>,
+    /// Held shared by a read from planning to parsing, exclusively by a truncation: a read
+    /// never finds the bytes it planned cut away under it. (A leader that has just stepped down
+    /// may still be reading for a replication stream while the new leader's entries truncate its
+    /// own; the cut records would read as corruption, and that error stops the member.)
+    cutting: RwLock<()>,
+    /// Set when an fsync failed: the kernel may have dropped the pages it could not write and
+    /// a retried fsync would then succeed without them, so the log refuses all further appends
+    /// and syncs. The member stops, and a restart reads back what is really on disk.
+    failed: AtomicBool,
 }
 
 fn segment_name(first: u64) -> String {
@@ -158,7 +169,14 @@ impl SegmentLog {
         }
         sync_dir(&dir)?;
         let state = Mutex::new(State { segments, unsynced: Vec::new() });
-        Ok(SegmentLog { dir, segment_bytes, state, syncing: Mutex::new(()) })
+        Ok(SegmentLog {
+            dir,
+            segment_bytes,
+            state,
+            syncing: Mutex::new(()),
+            cutting: RwLock::new(()),
+            failed: AtomicBool::new(false),
+        })
     }
 
     /// Reads one segment's records; a bad record ends the newest segment there and is an
@@ -203,6 +221,7 @@ impl SegmentLog {
 
     /// Appends entries `(index, payload)` (see [`super::Engine::log_append`]).
     pub fn append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        self.check_healthy()?;
         let Some(&(start, _)) = entries.first() else { return Ok(()) };
         let mut st = self.state.lock();
         for (expected, (index, _)) in (st.next().unwrap_or(start)..).zip(&entries) {
@@ -219,7 +238,7 @@ impl SegmentLog {
             st.segments.push_back(segment);
         } else if st.segments.back().is_some_and(|s| s.len >= self.segment_bytes) {
             // A full segment is synced before the next starts: only the newest can be torn.
-            st.segments.back().expect("checked").file.sync_data()?;
+            self.synced(st.segments.back().expect("checked").file.sync_data())?;
             let segment = self.start_segment(start)?;
             st.segments.push_back(segment);
         }
@@ -248,15 +267,35 @@ impl SegmentLog {
     /// Makes every earlier append durable.
     pub fn sync(&self) -> Result<()> {
         let _one_at_a_time = self.syncing.lock();
+        self.check_healthy()?;
         let files = std::mem::take(&mut self.state.lock().unsynced);
         for f in files {
-            f.sync_data()?;
+            self.synced(f.sync_data())?;
+        }
+        Ok(())
+    }
+
+    /// Passes on an fsync's outcome, marking the log failed if it failed.
+    fn synced(&self, outcome: std::io::Result<()>) -> Result<()> {
+        if outcome.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        Ok(outcome?)
+    }
+
+    /// Fails once a sync has failed (see [`SegmentLog::failed`]).
+    fn check_healthy(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            let what = "an earlier fsync of the Raft log failed, so what it holds is unknown; restart the member";
+            return Err(std::io::Error::other(what).into());
         }
         Ok(())
     }
 
     /// Removes the entries at `from` and above, durably.
     pub fn truncate(&self, from: u64) -> Result<()> {
+        self.check_healthy()?;
+        let _no_reads = self.cutting.write();
         let mut st = self.state.lock();
         // Later segments go first: a crash in between leaves a shorter log, never a gap.
         let mut removed = false;
@@ -277,7 +316,8 @@ impl SegmentLog {
                 s.len = len;
             }
             // Every earlier append to this file becomes durable with the cut.
-            s.file.sync_all()?;
+            let outcome = s.file.sync_all();
+            self.synced(outcome)?;
         }
         Ok(())
     }
@@ -302,8 +342,9 @@ impl SegmentLog {
     pub fn read(&self, from: u64, to: u64, budget: usize) -> Result<Vec<Vec<u8>>> {
         // Plan the reads under the lock, read the files outside it: an append or a sync is
         // never held up by a follower being caught up. Records once written never change
-        // while readable (truncation only cuts entries above the committed ones, which no
-        // reader asks for, and a deleted segment stays readable through its open file).
+        // while readable: a truncation waits for reads in progress, and a segment that a purge
+        // deletes stays readable through its open file.
+        let _no_cuts = self.cutting.read();
         let mut plan = Vec::new();
         {
             let st = self.state.lock();
@@ -482,5 +523,31 @@ mod tests {
         assert_eq!(indexes(&log, 0, 100), vec![41, 42]);
         log.truncate(41).unwrap();
         assert_eq!(log.last().unwrap(), None);
+    }
+
+    /// A read running while the entries it asked for are truncated (a leader that has just
+    /// stepped down, still reading for a replication stream) gets the entries as they were
+    /// or as they are now, never an error: an error here would stop the member.
+    #[test]
+    fn reads_racing_truncations_never_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open_with(dir.path(), 4096).unwrap();
+        log.append(entries(1..=400)).unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..300 {
+                    log.truncate(200).unwrap();
+                    log.append(entries(200..=400)).unwrap();
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            let mut reads = 0;
+            while !done.load(Ordering::SeqCst) || reads < 100 {
+                let got = indexes(&log, 150, 401);
+                assert!(got.iter().copied().eq(150..150 + got.len() as u64), "read {got:?}");
+                reads += 1;
+            }
+        });
     }
 }

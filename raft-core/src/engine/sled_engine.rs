@@ -75,13 +75,33 @@ pub struct SledEngine {
 /// bytes, so the memory it holds is a multiple of this.)
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// Opens sled in `dir`, waiting a little for its lock on the data file. sled's I/O threads may
+/// still hold an engine that was just dropped in this process (a member restarted in place) for
+/// a moment, and with it the lock; another process holding the data dir fails after the wait.
+fn open_db(dir: &Path) -> Result<sled::Db> {
+    let config = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    let what = format!("the data dir {} is in use by another process ({e})", dir.display());
+                    return Err(std::io::Error::new(std::io::ErrorKind::WouldBlock, what).into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
 impl SledEngine {
     /// Opens (or creates) the engine in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir.join("files"))?;
         // Durability comes from our explicit flush; sled's timer flush would only add noise.
-        let db = sled::Config::new().path(dir).flush_every_ms(None).cache_capacity(CACHE_BYTES).open()?;
+        let db = open_db(dir)?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
         let engine = SledEngine {
@@ -94,6 +114,13 @@ impl SledEngine {
             stats: SyncStats::default(),
             log: SegmentLog::open(dir.join("log"))?,
         };
+        // A `.tmp` file is one a crash cut short while it was written (see `put_file`).
+        for entry in std::fs::read_dir(dir.join("files"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
         // Files left by an earlier run may never have been synced: sync them once now. The data
         // directory's entries (db, conf, blobs/) must survive power loss too.
         engine.sync_blobs()?;
@@ -247,10 +274,17 @@ impl Engine for SledEngine {
     fn put_file(&self, name: &str, fill: &mut dyn FnMut(&mut dyn FileWrite) -> std::io::Result<()>) -> Result<()> {
         let path = self.file_path(name)?;
         let tmp = path.with_extension("tmp");
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, EarlyWriteback::new(File::create(&tmp)?)?);
-        fill(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?.finish();
-        file.sync_all()?;
+        let written = (|| {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, EarlyWriteback::new(File::create(&tmp)?)?);
+            fill(&mut out)?;
+            let file = out.into_inner().map_err(|e| e.into_error())?.finish();
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            // Nothing else removes it while this process runs (see `retain_file`).
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         std::fs::rename(&tmp, &path)?;
         File::open(&self.files_dir)?.sync_all()?;
         Ok(())
@@ -268,7 +302,11 @@ impl Engine for SledEngine {
         let mut removed = false;
         for entry in std::fs::read_dir(&self.files_dir)? {
             let entry = entry?;
-            if entry.file_name().to_str() != Some(keep) {
+            let name = entry.file_name();
+            // A `.tmp` is a file still being written (a snapshot build running alongside an
+            // install): deleting it would fail that build's rename. Leftovers from a crash are
+            // removed when the engine opens.
+            if name.to_str() != Some(keep) && !name.to_string_lossy().ends_with(".tmp") {
                 std::fs::remove_file(entry.path())?;
                 removed = true;
             }
@@ -430,5 +468,25 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("files")).unwrap().map(|d| d.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("snapshot-1")], "temporary files are gone too");
+
+        // A file being written while another is retained (a snapshot build alongside an
+        // install) is not deleted under its writer.
+        e.put_file("snapshot-3", &mut |w| {
+            w.write_all(b"built")?;
+            w.flush()?;
+            e.retain_file("snapshot-1").map_err(std::io::Error::other)
+        })
+        .unwrap();
+        assert_eq!(e.get_file("snapshot-3").unwrap().as_deref(), Some(&b"built"[..]));
+
+        // One a crash cut short is gone when the engine opens again.
+        std::fs::write(dir.path().join("files/snapshot-4.tmp"), b"cut short").unwrap();
+        drop(e);
+        let e = SledEngine::open(dir.path()).unwrap();
+        let mut names: Vec<_> =
+            std::fs::read_dir(dir.path().join("files")).unwrap().map(|d| d.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec![std::ffi::OsString::from("snapshot-1"), "snapshot-3".into()]);
+        assert_eq!(e.get_file("snapshot-1").unwrap().as_deref(), Some(&b"second"[..]));
     }
 }

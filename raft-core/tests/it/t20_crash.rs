@@ -210,3 +210,80 @@ async fn a_torn_state_without_a_snapshot_goes_back_to_empty_and_a_clean_flush_ke
     assert_eq!(sm.meta().last_applied, Some(log_id(1, 2)), "flushed whole: kept as it was");
     assert_eq!(stored_k(&sm), Some((b"one".to_vec(), 1, 2)));
 }
+
+/// A purge drops only entries a stored snapshot covers, and waits for one. openraft 0.9 purges
+/// the log up to a snapshot received from the leader while the state machine is still
+/// installing it; had the purge gone first, a crash in between left a member whose state
+/// machine ends before its log begins, which no restart recovers from.
+#[tokio::test]
+async fn a_purge_waits_for_a_stored_snapshot_that_covers_it() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let engine = Arc::new(MemEngine::new());
+    let mut sm = KvStore::open(engine.clone()).unwrap();
+    let mut log = LogStore::new(engine.clone()).with_snapshot_position(sm.stored_snapshot());
+    let entries: Vec<_> =
+        std::iter::once(membership_entry(1)).chain((2..=6).map(|i| put_entry(i, "k", vec![i as u8]))).collect();
+    log.blocking_append(entries.clone()).await.unwrap();
+    sm.apply(entries[..4].to_vec()).await.unwrap();
+
+    let mut purging = log.clone();
+    let purge = tokio::spawn(async move { purging.purge(log_id(1, 4)).await });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!purge.is_finished(), "no snapshot covers entry 4 yet");
+    assert_eq!(engine.stored_log_indexes(), (1..=6).collect::<Vec<_>>());
+
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    purge.await.unwrap().unwrap();
+    assert_eq!(engine.stored_log_indexes(), vec![5, 6]);
+
+    // A snapshot that fails to install fails the purge waiting for it (the member stops).
+    let mut purging = log.clone();
+    let purge = tokio::spawn(async move { purging.purge(log_id(1, 6)).await });
+    let meta = openraft::SnapshotMeta {
+        last_log_id: Some(log_id(1, 6)),
+        last_membership: Default::default(),
+        snapshot_id: "from-the-leader".into(),
+    };
+    let corrupt = Box::new(std::io::Cursor::new(b"not a snapshot".to_vec()));
+    assert!(sm.install_snapshot(&meta, corrupt).await.is_err());
+    let refused = purge.await.unwrap().unwrap_err().to_string();
+    assert!(refused.contains("no stored snapshot covers entry 6"), "{refused}");
+    assert_eq!(engine.stored_log_indexes(), vec![5, 6]);
+}
+
+/// A crash after a purge recorded its position but before it dropped the entries, when the
+/// position is past every stored entry (a follower far behind purges up to the snapshot it
+/// received): the next start drops them, and appends go on after the purge position.
+#[tokio::test]
+async fn a_purge_past_the_log_cut_short_by_a_crash_is_finished_on_start() {
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine.clone());
+    log.blocking_append((1..=5).map(|i| put_entry(i, "k", vec![i as u8]))).await.unwrap();
+    log.purge(log_id(1, 10)).await.unwrap();
+    drop(log);
+    engine.crash();
+    assert_eq!(engine.stored_log_indexes(), (1..=5).collect::<Vec<_>>(), "the unsynced drop is lost");
+
+    let mut log = LogStore::new(engine.clone());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 10)));
+    log.blocking_append([put_entry(11, "k", b"after".to_vec())]).await.unwrap();
+    assert_eq!(engine.stored_log_indexes(), vec![11]);
+}
+
+/// A data dir whose log is purged past the end of its state machine cannot catch up from its
+/// own log: it is refused at start with what to do, not left to fail on the first read.
+#[tokio::test]
+async fn a_log_purged_past_the_state_machine_is_refused_at_start() {
+    let engine = Arc::new(MemEngine::new());
+    let mut log = LogStore::new(engine.clone());
+    log.blocking_append((1..=5).map(|i| put_entry(i, "k", vec![i as u8]))).await.unwrap();
+    log.purge(log_id(1, 3)).await.unwrap();
+    let refused = log.check_recoverable(None).await.unwrap_err().to_string();
+    assert!(refused.contains("purged up to entry 3 but the state machine holds nothing"), "{refused}");
+    assert!(log.check_recoverable(Some(log_id(1, 2))).await.is_err());
+    log.check_recoverable(Some(log_id(1, 3))).await.unwrap();
+    log.check_recoverable(Some(log_id(1, 5))).await.unwrap();
+}
