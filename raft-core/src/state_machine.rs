@@ -365,6 +365,38 @@ fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Rebuilds `Kv`, each live key's latest version, from the history, which holds every key's
+/// latest version (compaction keeps it): the sled engine keeps `Kv` in memory only, and after a
+/// crash or a restore whatever `Kv` an engine kept may not match the history.
+fn rebuild_current<E: Engine>(engine: &E) -> Result<(), StorageError> {
+    use crate::mvcc::keys::{decode_history_key, Record};
+    let mut batch = Batch::default();
+    for item in engine.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, false) {
+        batch.delete(Tree::Kv, item.map_err(sm_read_err)?.0);
+    }
+    let live = |(key, record): (Vec<u8>, Vec<u8>), batch: &mut Batch| -> Result<(), StorageError> {
+        if !decode::<Record>(&record)?.is_tombstone() {
+            batch.put(Tree::Kv, key, record);
+        }
+        Ok(())
+    };
+    let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
+    for item in engine.scan(Tree::KvHistory, Bound::Unbounded, Bound::Unbounded, false) {
+        let (history_key, record) = item.map_err(sm_read_err)?;
+        let malformed = || sm_read_err(std::io::Error::other("a malformed key in the history"));
+        let (key, _) = decode_history_key(&history_key).ok_or_else(malformed)?;
+        // A key's versions are adjacent and sorted by revision: its last one is its state.
+        if let Some(done) = last.take_if(|(k, _)| *k != key) {
+            live(done, &mut batch)?;
+        }
+        last = Some((key, record));
+    }
+    if let Some(done) = last {
+        live(done, &mut batch)?;
+    }
+    engine.write_relaxed(batch).map_err(sm_write_err)
+}
+
 fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
     batch.put(Tree::SmMeta, REVISION.to_vec(), encode(&m.revision));
     batch.put(Tree::SmMeta, COMPACTED.to_vec(), encode(&m.compacted));
@@ -386,6 +418,7 @@ impl<E: Engine> KvStore<E> {
             restore(&*engine)?;
             meta = load_meta(&*engine)?;
         }
+        rebuild_current(&*engine)?;
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
         let stored = engine
             .get(Tree::Snapshot, SNAP_META)

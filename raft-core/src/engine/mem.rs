@@ -179,7 +179,7 @@ impl Iterator for MemScan {
 }
 
 /// BTreeMap::range panics on inverted or empty-excluded ranges.
-fn valid(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+pub(super) fn valid(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     use Bound::*;
     match (lower, upper) {
         (Included(a), Included(b)) => a <= b,

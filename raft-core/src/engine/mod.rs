@@ -10,6 +10,7 @@
 //!   drops everything written after the last [`Engine::flush`].
 
 mod mem;
+mod memtable;
 mod segment_log;
 mod sled_engine;
 
@@ -24,7 +25,8 @@ pub use sled_engine::{SledEngine, SyncStats};
 pub enum Tree {
     /// Vote, last purged log id, committed log id.
     RaftMeta,
-    /// Latest live version of every key: user key -> encoded record.
+    /// Latest live version of every key: user key -> encoded record. Derived from `KvHistory`
+    /// and rebuilt from it when the state machine opens; the sled engine keeps it in memory only.
     Kv,
     /// Every retained version: memcomparable(user key) ‖ revision -> encoded record.
     KvHistory,

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use super::memtable::MemTable;
 use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, SegmentLog, Tree};
 
 /// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
@@ -65,6 +66,9 @@ pub struct SledEngine {
     blobs: Mutex<BlobState>,
     stats: SyncStats,
     log: SegmentLog,
+    /// [`Tree::Kv`], in memory only (see [`MemTable`]): never written to sled, empty at open
+    /// until the state machine rebuilds it from the history.
+    current: MemTable,
 }
 
 /// sled's page cache bound. Its 1 GiB default let a member keep every page of history and the
@@ -102,6 +106,8 @@ impl SledEngine {
         std::fs::create_dir_all(dir.join("files"))?;
         // Durability comes from our explicit flush; sled's timer flush would only add noise.
         let db = open_db(dir)?;
+        // Builds before this one kept `Kv` in sled; it is memory-only now.
+        db.drop_tree(Tree::Kv.name())?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
         let engine = SledEngine {
@@ -113,6 +119,7 @@ impl SledEngine {
             blobs: Mutex::new(BlobState::default()),
             stats: SyncStats::default(),
             log: SegmentLog::open(dir.join("log"))?,
+            current: MemTable::default(),
         };
         // A `.tmp` file is one a crash cut short while it was written (see `put_file`).
         for entry in std::fs::read_dir(dir.join("files"))? {
@@ -175,38 +182,10 @@ impl SledEngine {
         st.synced = present;
         Ok(())
     }
-}
-
-impl Engine for SledEngine {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
-    }
-
-    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
-        let range = (owned_bound(lower), owned_bound(upper));
-        // sled panics on an inverted range; an empty scan is the right answer.
-        if is_empty_range(&range) {
-            return Box::new(std::iter::empty());
-        }
-        let iter = self.tree(tree).range::<Vec<u8>, _>(range);
-        let map = |r: sled::Result<(sled::IVec, sled::IVec)>| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(EngineError::from)
-        };
-        if reverse {
-            Box::new(iter.rev().map(map))
-        } else {
-            Box::new(iter.map(map))
-        }
-    }
-
-    fn write(&self, batch: Batch) -> Result<()> {
-        // One op is atomic on its own; a sled batch would cost two buffer writes (see
-        // `write_relaxed`). The log store records the committed index this way on every commit.
-        if batch.ops.len() == 1 {
-            return self.write_relaxed(batch);
-        }
+    /// Applies `ops` to the sled trees atomically.
+    fn write_trees(&self, ops: Vec<super::Op>) -> Result<()> {
         let mut per_tree: Vec<Option<sled::Batch>> = vec![None; Tree::ALL.len()];
-        for op in batch.ops {
+        for op in ops {
             let b = per_tree[op.tree.index()].get_or_insert_with(sled::Batch::default);
             match op.value {
                 Some(v) => b.insert(op.key, v),
@@ -238,9 +217,55 @@ impl Engine for SledEngine {
             }
         }
     }
+}
+
+impl Engine for SledEngine {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if tree == Tree::Kv {
+            return Ok(self.current.get(key));
+        }
+        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
+        if tree == Tree::Kv {
+            return self.current.scan(lower, upper, reverse);
+        }
+        let range = (owned_bound(lower), owned_bound(upper));
+        // sled panics on an inverted range; an empty scan is the right answer.
+        if is_empty_range(&range) {
+            return Box::new(std::iter::empty());
+        }
+        let iter = self.tree(tree).range::<Vec<u8>, _>(range);
+        let map = |r: sled::Result<(sled::IVec, sled::IVec)>| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(EngineError::from)
+        };
+        if reverse {
+            Box::new(iter.rev().map(map))
+        } else {
+            Box::new(iter.map(map))
+        }
+    }
+
+    fn write(&self, batch: Batch) -> Result<()> {
+        // One op is atomic on its own; a sled batch would cost two buffer writes (see
+        // `write_relaxed`). The log store records the committed index this way on every commit.
+        if batch.ops.len() == 1 {
+            return self.write_relaxed(batch);
+        }
+        // `Kv` is in memory and rebuilt after a crash: it lands once the rest has.
+        let (current, ops): (Vec<_>, Vec<_>) = batch.ops.into_iter().partition(|op| op.tree == Tree::Kv);
+        self.write_trees(ops)?;
+        current.into_iter().for_each(|op| self.current.apply(op));
+        Ok(())
+    }
 
     fn write_relaxed(&self, batch: Batch) -> Result<()> {
         for op in batch.ops {
+            if op.tree == Tree::Kv {
+                self.current.apply(op);
+                continue;
+            }
             let tree = self.tree(op.tree);
             match op.value {
                 Some(v) => tree.insert(op.key, v)?,
@@ -249,7 +274,6 @@ impl Engine for SledEngine {
         }
         Ok(())
     }
-
     /// The log first: the trees may hold applied entries, and a state machine that is durably
     /// ahead of its own log would not match it after a crash.
     fn flush(&self) -> Result<()> {
