@@ -34,6 +34,15 @@ pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Bytes of a record before its payload.
 const HEADER: usize = 16;
 
+/// The newest segment is kept written with zeros up to this multiple of bytes past its records.
+/// An append that overwrites bytes already in the file changes no file metadata, so its
+/// `fdatasync` is a data write and a cache flush; one that extends the file also commits the
+/// file system's journal for the new size, and on the reference machine took about twice as
+/// long (330 and 290 µs against 175 and 140 µs per 8 KiB append). The zeros go out with the
+/// append that crosses into a new stretch, once per this many bytes. (etcd preallocates its
+/// WAL segments for the same reason.)
+const FILL_BYTES: u64 = 1 << 20;
+
 /// A log that cannot be read or would be written out of order.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -52,6 +61,8 @@ struct Segment {
     offsets: Vec<u64>,
     /// Bytes of complete records: where the next record goes.
     len: u64,
+    /// Bytes of the file, zeros after `len` ([`FILL_BYTES`]).
+    filled: u64,
 }
 
 impl Segment {
@@ -199,8 +210,13 @@ impl SegmentLog {
                     return Err(corrupt(&path, what).into());
                 }
                 Err(why) if newest => {
-                    // An append that was cut by a crash: never synced, so never acknowledged.
-                    tracing::warn!(file = %path.display(), at, dropped = data.len() - at, why, "cutting a torn record off the Raft log");
+                    // Zeros written ahead of the appends ([`FILL_BYTES`]), or an append that a
+                    // crash cut short: never synced, so never acknowledged. Either way the file
+                    // ends here, so that nothing after it (a later record of that cut append)
+                    // can ever be read as an entry once appends go on.
+                    if data[at..].iter().any(|b| *b != 0) {
+                        tracing::warn!(file = %path.display(), at, dropped = data.len() - at, why, "cutting a torn record off the Raft log");
+                    }
                     file.set_len(at as u64)?;
                     file.sync_all()?;
                     break;
@@ -208,7 +224,7 @@ impl SegmentLog {
                 Err(why) => return Err(corrupt(&path, format!("{why} at byte {at}")).into()),
             }
         }
-        Ok(Segment { first, path, file: Arc::new(file), offsets, len: at as u64 })
+        Ok(Segment { first, path, file: Arc::new(file), offsets, len: at as u64, filled: at as u64 })
     }
 
     /// Starts a segment whose first entry will be `first`; durable as a directory entry.
@@ -216,7 +232,7 @@ impl SegmentLog {
         let path = self.dir.join(segment_name(first));
         let file = File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
         sync_dir(&self.dir)?;
-        Ok(Segment { first, path, file: Arc::new(file), offsets: Vec::new(), len: 0 })
+        Ok(Segment { first, path, file: Arc::new(file), offsets: Vec::new(), len: 0, filled: 0 })
     }
 
     /// Appends entries `(index, payload)` (see [`super::Engine::log_append`]).
@@ -237,8 +253,13 @@ impl SegmentLog {
             let segment = self.start_segment(start)?;
             st.segments.push_back(segment);
         } else if st.segments.back().is_some_and(|s| s.len >= self.segment_bytes) {
-            // A full segment is synced before the next starts: only the newest can be torn.
-            self.synced(st.segments.back().expect("checked").file.sync_data())?;
+            // A full segment is cut to its records and synced before the next starts: only the
+            // newest can be torn or end in zeros.
+            let full = st.segments.back_mut().expect("checked");
+            full.file.set_len(full.len)?;
+            full.filled = full.len;
+            let outcome = full.file.sync_all();
+            self.synced(outcome)?;
             let segment = self.start_segment(start)?;
             st.segments.push_back(segment);
         }
@@ -254,8 +275,15 @@ impl SegmentLog {
             buf.extend_from_slice(&index.to_le_bytes());
             buf.extend_from_slice(payload);
         }
+        let records = buf.len() as u64;
+        let end = active.len + records;
+        if end > active.filled {
+            let filled = end.div_ceil(FILL_BYTES) * FILL_BYTES;
+            buf.resize(buf.len() + (filled - end) as usize, 0);
+            active.filled = filled;
+        }
         active.file.write_all_at(&buf, active.len)?;
-        active.len += buf.len() as u64;
+        active.len = end;
         active.offsets.extend(offsets);
         let file = active.file.clone();
         if !st.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
@@ -314,6 +342,7 @@ impl SegmentLog {
                 s.file.set_len(len)?;
                 s.offsets.truncate(keep);
                 s.len = len;
+                s.filled = len;
             }
             // Every earlier append to this file becomes durable with the cut.
             let outcome = s.file.sync_all();
@@ -458,9 +487,9 @@ mod tests {
         let log = SegmentLog::open(dir.path()).unwrap();
         log.append(entries(1..=3)).unwrap();
         log.sync().unwrap();
+        let full = log.size();
         drop(log);
         let path = dir.path().join(segment_name(1));
-        let full = std::fs::metadata(&path).unwrap().len();
         // A crash in the middle of writing entry 3.
         File::options().write(true).open(&path).unwrap().set_len(full - 4).unwrap();
         let log = SegmentLog::open(dir.path()).unwrap();
@@ -469,6 +498,43 @@ mod tests {
         drop(log);
         let log = SegmentLog::open(dir.path()).unwrap();
         assert_eq!(indexes(&log, 0, 100), vec![1, 2, 3, 4]);
+    }
+
+    /// The newest segment is written with zeros ahead of its records, so appends do not
+    /// change the file's size; a start cuts them off, and with them anything a crash left
+    /// after them, which must never be read as an entry once appends go on.
+    #[test]
+    fn zeros_ahead_of_the_records_are_cut_on_start_with_whatever_follows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path()).unwrap();
+        log.append(entries(1..=3)).unwrap();
+        log.sync().unwrap();
+        let records = log.size();
+        let path = dir.path().join(segment_name(1));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), FILL_BYTES, "zeros written ahead");
+        log.append(entries(4..=4)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), FILL_BYTES, "an append inside them keeps the size");
+        log.truncate(4).unwrap();
+        drop(log);
+        // A well-formed record of entry 5 past the zeros, as a cut append could leave it.
+        let mut stray = Vec::new();
+        let payload = b"stray";
+        stray.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        stray.extend_from_slice(&checksum(5, payload).to_le_bytes());
+        stray.extend_from_slice(&5u64.to_le_bytes());
+        stray.extend_from_slice(payload);
+        File::options().write(true).open(&path).unwrap().write_all_at(&stray, records + 100).unwrap();
+
+        let log = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), records, "cut to the records");
+        assert_eq!(indexes(&log, 0, 100), vec![1, 2, 3]);
+        log.append(entries(4..=4)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        // Entry 4 is shorter than the gap to the stray record, which a start must not find.
+        let log = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log, 0, 100), vec![1, 2, 3, 4]);
+        assert_eq!(log.last().unwrap().unwrap().0, 4);
     }
 
     #[test]
