@@ -27,8 +27,9 @@ const FORMAT: &[u8] = b"format";
 /// must refuse a data dir it would misread rather than apply garbage. Format 2: log entries
 /// hold their batch of requests encoded (`RequestBatch`). Format 3: the current snapshot's
 /// data is a file beside the trees (`files/snapshot-<id>`), not a value in the snapshot tree.
-/// Format 4: the Raft log is in segment files (`log/`), not a tree.
-pub const DATA_FORMAT: u32 = 4;
+/// Format 4: the Raft log is in segment files (`log/`), not a tree. Format 5: the revision
+/// index is stored packed, one sled record per run of pairs (`engine::packed`).
+pub const DATA_FORMAT: u32 = 5;
 
 /// A data dir this build cannot read.
 #[derive(Debug, thiserror::Error)]

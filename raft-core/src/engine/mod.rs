@@ -11,6 +11,7 @@
 
 mod mem;
 mod memtable;
+mod packed;
 mod segment_log;
 mod sled_engine;
 
@@ -30,7 +31,8 @@ pub enum Tree {
     Kv,
     /// Every retained version: memcomparable(user key) ‖ revision -> encoded record.
     KvHistory,
-    /// Revision order of the history: revision ‖ sub-revision -> user key (watch replay, compaction).
+    /// Revision order of the history: revision ‖ sub-revision -> user key (watch replay,
+    /// compaction). The sled engine stores the pairs of one apply as one record.
     KvRevs,
     /// State-machine meta: last applied, membership, revisions, cluster id.
     SmMeta,

@@ -17,6 +17,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::memtable::MemTable;
+use super::packed;
 use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, SegmentLog, Tree};
 
 /// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
@@ -108,7 +109,7 @@ impl SledEngine {
         let db = open_db(dir)?;
         // Builds before this one kept `Kv` in sled; it is memory-only now.
         db.drop_tree(Tree::Kv.name())?;
-        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
+        let trees = Tree::ALL.iter().map(|t| db.open_tree(sled_name(*t))).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
         let engine = SledEngine {
             db,
@@ -142,6 +143,17 @@ impl SledEngine {
 
     fn tree(&self, t: Tree) -> &sled::Tree {
         &self.trees[t.index()]
+    }
+
+    /// `ops` with those on [`Tree::KvRevs`] turned into writes of its packed records (see
+    /// [`packed`]), after the others.
+    fn unpacked(&self, ops: Vec<super::Op>) -> Result<Vec<super::Op>> {
+        let (revs, mut ops): (Vec<_>, Vec<_>) = ops.into_iter().partition(|op| op.tree == Tree::KvRevs);
+        if !revs.is_empty() {
+            let records = packed::record_ops(self.tree(Tree::KvRevs), revs)?;
+            ops.extend(records.into_iter().map(|(key, value)| super::Op { tree: Tree::KvRevs, key, value }));
+        }
+        Ok(ops)
     }
 
     /// fsyncs blob files not yet synced, then the `blobs/` directory if its entries changed.
@@ -224,6 +236,9 @@ impl Engine for SledEngine {
         if tree == Tree::Kv {
             return Ok(self.current.get(key));
         }
+        if tree == Tree::KvRevs {
+            return packed::get(self.tree(tree), key);
+        }
         Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
     }
 
@@ -235,6 +250,9 @@ impl Engine for SledEngine {
         // sled panics on an inverted range; an empty scan is the right answer.
         if is_empty_range(&range) {
             return Box::new(std::iter::empty());
+        }
+        if tree == Tree::KvRevs {
+            return packed::scan(self.tree(tree), range.0, range.1, reverse);
         }
         let iter = self.tree(tree).range::<Vec<u8>, _>(range);
         let map = |r: sled::Result<(sled::IVec, sled::IVec)>| {
@@ -255,13 +273,13 @@ impl Engine for SledEngine {
         }
         // `Kv` is in memory and rebuilt after a crash: it lands once the rest has.
         let (current, ops): (Vec<_>, Vec<_>) = batch.ops.into_iter().partition(|op| op.tree == Tree::Kv);
-        self.write_trees(ops)?;
+        self.write_trees(self.unpacked(ops)?)?;
         current.into_iter().for_each(|op| self.current.apply(op));
         Ok(())
     }
 
     fn write_relaxed(&self, batch: Batch) -> Result<()> {
-        for op in batch.ops {
+        for op in self.unpacked(batch.ops)? {
             if op.tree == Tree::Kv {
                 self.current.apply(op);
                 continue;
@@ -450,6 +468,15 @@ impl SledEngine {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad file name {name:?}")).into());
         }
         Ok(self.files_dir.join(name))
+    }
+}
+
+/// The sled tree behind `t`. The revision index is stored packed, in a tree of another name
+/// than the pairs it held before, so that a data dir of an older layout cannot be misread.
+fn sled_name(t: Tree) -> &'static str {
+    match t {
+        Tree::KvRevs => "kv_revs_packed",
+        t => t.name(),
     }
 }
 
