@@ -79,12 +79,12 @@ impl<'e, E: Engine + ?Sized> Overlay<'e, E> {
     /// The buffered writes as one engine batch.
     pub fn into_batch(self) -> Batch {
         let mut batch = Batch::default();
-        for (i, tree) in Tree::ALL.iter().enumerate() {
+        for (i, (tree, writes)) in Tree::ALL.iter().zip(self.writes).enumerate() {
             debug_assert_eq!(*tree as usize, i);
-            for (k, v) in &self.writes[i] {
+            for (k, v) in writes {
                 match v {
-                    Some(v) => batch.put(*tree, k.clone(), v.clone()),
-                    None => batch.delete(*tree, k.clone()),
+                    Some(v) => batch.put(*tree, k, v),
+                    None => batch.delete(*tree, k),
                 }
             }
         }
