@@ -14,7 +14,7 @@
 //! a put or delete inside a record rewrites that record (compaction, snapshot installs).
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 
 use super::{EngineError, Op, Pair, Result};
 
@@ -102,11 +102,6 @@ fn holding(tree: &sled::Tree, key: &[u8]) -> Result<Option<(sled::IVec, sled::IV
     Ok(last.is_some_and(|last| last >= key).then_some((first, record)))
 }
 
-/// A record being rewritten: its pairs once `ops` have been applied to them.
-struct Touched {
-    pairs: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
 /// The record writes that apply `ops` (all on the packed tree, in order; a later op on a key
 /// wins): removals of rewritten records first, then the records to put.
 pub fn record_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<Vec<RecordOp>> {
@@ -115,7 +110,8 @@ pub fn record_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<Vec<RecordOp>> {
         Some((_, record)) => pairs(&record).last().transpose()?.map(|(k, _)| k.to_vec()),
         None => None,
     };
-    let mut touched: BTreeMap<Vec<u8>, Touched> = BTreeMap::new();
+    // Records being rewritten, by their key: their pairs once the ops have been applied.
+    let mut touched: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
     // Keys between records: each becomes a record of its own, so records never overlap.
     let mut loose: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut appended: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -124,12 +120,12 @@ pub fn record_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<Vec<RecordOp>> {
         let target = if past_end {
             &mut appended
         } else if let Some((first, record)) = holding(tree, &op.key)? {
-            let first = first.to_vec();
-            if !touched.contains_key(&first) {
-                let pairs = pairs(&record).map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_>>()?;
-                touched.insert(first.clone(), Touched { pairs });
+            match touched.entry(first.to_vec()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(pairs(&record).map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_>>()?)
+                }
             }
-            &mut touched.get_mut(&first).expect("inserted above").pairs
         } else {
             &mut loose
         };
@@ -139,8 +135,8 @@ pub fn record_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<Vec<RecordOp>> {
         };
     }
     let mut out: Vec<RecordOp> = touched.keys().map(|first| (first.clone(), None)).collect();
-    for t in touched.values() {
-        records_of(&t.pairs, &mut out);
+    for run in touched.values() {
+        records_of(run, &mut out);
     }
     for (k, v) in loose {
         out.push((k.clone(), Some(encode([(&k, &v)]))));
@@ -163,20 +159,6 @@ pub fn get(tree: &sled::Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
-fn within(key: &[u8], lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
-    let above = match lower {
-        Bound::Included(l) => key >= l.as_slice(),
-        Bound::Excluded(l) => key > l.as_slice(),
-        Bound::Unbounded => true,
-    };
-    let below = match upper {
-        Bound::Included(u) => key <= u.as_slice(),
-        Bound::Excluded(u) => key < u.as_slice(),
-        Bound::Unbounded => true,
-    };
-    above && below
-}
-
 /// The pairs within the bounds, in key order or in reverse. The caller has checked the range
 /// is not empty.
 pub fn scan(
@@ -197,12 +179,14 @@ pub fn scan(
     let records = tree.range::<Vec<u8>, _>((start, upper.clone()));
     let records: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + Send> =
         if reverse { Box::new(records.rev()) } else { Box::new(records) };
-    Box::new(records.flat_map(move |record| {
-        let run: Vec<Result<Pair>> = match record {
+    Box::new(records.flat_map(move |record| -> Vec<Result<Pair>> {
+        match record {
             Err(e) => vec![Err(e.into())],
             Ok((_, record)) => {
+                let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
+                    (lower.as_ref().map(Vec::as_slice), upper.as_ref().map(Vec::as_slice));
                 let mut run: Vec<Result<Pair>> = pairs(&record)
-                    .filter(|p| p.as_ref().map_or(true, |(k, _)| within(k, &lower, &upper)))
+                    .filter(|p| p.as_ref().map_or(true, |(k, _)| RangeBounds::<&[u8]>::contains(&bounds, k)))
                     .map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec())))
                     .collect();
                 if reverse {
@@ -210,8 +194,7 @@ pub fn scan(
                 }
                 run
             }
-        };
-        run
+        }
     }))
 }
 

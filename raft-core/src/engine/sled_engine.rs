@@ -109,7 +109,7 @@ impl SledEngine {
         let db = open_db(dir)?;
         // Builds before this one kept `Kv` in sled; it is memory-only now.
         db.drop_tree(Tree::Kv.name())?;
-        let trees = Tree::ALL.iter().map(|t| db.open_tree(sled_name(*t))).collect::<Result<Vec<_>, _>>()?;
+        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
         let engine = SledEngine {
             db,
@@ -147,7 +147,7 @@ impl SledEngine {
 
     /// `ops` with those on [`Tree::KvRevs`] turned into writes of its packed records (see
     /// [`packed`]), after the others.
-    fn unpacked(&self, ops: Vec<super::Op>) -> Result<Vec<super::Op>> {
+    fn with_revs_packed(&self, ops: Vec<super::Op>) -> Result<Vec<super::Op>> {
         let (revs, mut ops): (Vec<_>, Vec<_>) = ops.into_iter().partition(|op| op.tree == Tree::KvRevs);
         if !revs.is_empty() {
             let records = packed::record_ops(self.tree(Tree::KvRevs), revs)?;
@@ -273,13 +273,13 @@ impl Engine for SledEngine {
         }
         // `Kv` is in memory and rebuilt after a crash: it lands once the rest has.
         let (current, ops): (Vec<_>, Vec<_>) = batch.ops.into_iter().partition(|op| op.tree == Tree::Kv);
-        self.write_trees(self.unpacked(ops)?)?;
+        self.write_trees(self.with_revs_packed(ops)?)?;
         current.into_iter().for_each(|op| self.current.apply(op));
         Ok(())
     }
 
     fn write_relaxed(&self, batch: Batch) -> Result<()> {
-        for op in self.unpacked(batch.ops)? {
+        for op in self.with_revs_packed(batch.ops)? {
             if op.tree == Tree::Kv {
                 self.current.apply(op);
                 continue;
@@ -468,15 +468,6 @@ impl SledEngine {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad file name {name:?}")).into());
         }
         Ok(self.files_dir.join(name))
-    }
-}
-
-/// The sled tree behind `t`. The revision index is stored packed, in a tree of another name
-/// than the pairs it held before, so that a data dir of an older layout cannot be misread.
-fn sled_name(t: Tree) -> &'static str {
-    match t {
-        Tree::KvRevs => "kv_revs_packed",
-        t => t.name(),
     }
 }
 
