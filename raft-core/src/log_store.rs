@@ -29,7 +29,7 @@ const FORMAT: &[u8] = b"format";
 /// data is a file beside the trees (`files/snapshot-<id>`), not a value in the snapshot tree.
 /// Format 4: the Raft log is in segment files (`log/`), not a tree. Format 5: the revision
 /// index is stored packed, one sled record per run of pairs (`engine::packed`).
-pub const DATA_FORMAT: u32 = 5;
+pub const DATA_FORMAT: u32 = 6;
 
 /// A data dir this build cannot read.
 #[derive(Debug, thiserror::Error)]

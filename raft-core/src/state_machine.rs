@@ -67,8 +67,11 @@ fn snapshot_meta_of(meta: &SmMeta) -> SnapshotMeta {
     SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id }
 }
 
-/// Trees that make up the state machine (what a snapshot carries).
+/// Trees that make up the state machine.
 const SM_TREES: [Tree; 5] = [Tree::Kv, Tree::KvHistory, Tree::KvRevs, Tree::SmMeta, Tree::Members];
+
+/// Trees a snapshot carries: the others are derived from `KvRevs` when it is imported.
+const SNAPSHOT_TREES: [Tree; 3] = [Tree::KvRevs, Tree::SmMeta, Tree::Members];
 
 /// The state-machine meta, cached in memory and written with every apply.
 #[derive(Clone, Debug, Default)]
@@ -115,14 +118,15 @@ impl SmMeta {
 ///
 /// The history is exported while apply goes on (a copy of a large store under the gate stalled
 /// apply for over a second, long enough for elections under load). That works because
-/// `KvHistory` and `KvRevs` only grow between compactions and a version never changes once
-/// written: the export takes every version at or below the revision it captured, and
-/// compaction waits for it. The current-key table `Kv` changes in place, so it is not
-/// exported; the importer rebuilds it from the history, which always holds each live key's
-/// latest version (compaction keeps it).
+/// `KvRevs` only grows between compactions and a version never changes once written: the
+/// export takes every version at or below the revision it captured, and compaction waits for
+/// it. The index `KvHistory` and the current-key table `Kv` are derived from `KvRevs`, so they
+/// are not exported; the importer rebuilds them ([`Derived`]). `KvRevs` always holds each live
+/// key's latest version (compaction keeps it).
 mod content {
     use crate::engine::{Batch, Engine, FileWrite, Pair, Tree};
-    use crate::mvcc::keys::{decode_history_key, history_key_revision, revs_key, Record};
+    use crate::mvcc::keys::{history_key, index_value, revs_key, split_revs_key, Record, Version};
+    use std::collections::BTreeMap;
     use std::io::SeekFrom;
     use std::ops::Bound;
 
@@ -159,21 +163,17 @@ mod content {
         Ok(())
     }
 
-    /// Writes the state at `revision`: every `KvHistory` and `KvRevs` pair at or below it,
-    /// streamed from the engine in one scan of each (later versions that apply adds meanwhile
-    /// are skipped), then `small`, the other trees as the caller copied them at that revision.
-    /// The caller keeps compaction from removing versions until this returns.
+    /// Writes the state at `revision`: every `KvRevs` pair at or below it, streamed from the
+    /// engine in one scan (later versions that apply adds meanwhile are past its end), then
+    /// `small`, the other trees as the caller copied them at that revision. The caller keeps
+    /// compaction from removing versions until this returns.
     pub fn export<E: Engine + ?Sized>(
         engine: &E,
         revision: i64,
         small: &[(Tree, Vec<Pair>)],
         out: &mut dyn FileWrite,
     ) -> std::io::Result<()> {
-        write_len(out, 2 + small.len())?;
-        let history = engine
-            .scan(Tree::KvHistory, Bound::Unbounded, Bound::Unbounded, false)
-            .filter(|item| item.as_ref().map_or(true, |(k, _)| history_key_revision(k).is_some_and(|r| r <= revision)));
-        section(out, Tree::KvHistory, history.map(|item| item.map_err(std::io::Error::other)))?;
+        write_len(out, 1 + small.len())?;
         let end = revs_key(revision.saturating_add(1), 0);
         let revs = engine.scan(Tree::KvRevs, Bound::Unbounded, Bound::Excluded(&end), false);
         section(out, Tree::KvRevs, revs.map(|item| item.map_err(std::io::Error::other)))?;
@@ -207,56 +207,53 @@ mod content {
         }
     }
 
-    /// Rebuilds `Kv` from a history section as it is read: a key's versions are adjacent and
-    /// sorted by revision, so its last one is its state; a live one goes into `Kv`.
+    /// Builds the derived trees from `KvRevs` pairs read in revision order: an index entry in
+    /// `KvHistory` for each version, and for each key its last version, written to `Kv` at
+    /// [`Derived::finish`] when it is live.
     #[derive(Default)]
-    struct CurrentKeys<'a> {
-        last: Option<(Vec<u8>, &'a [u8])>,
+    pub struct Derived {
+        last: BTreeMap<Vec<u8>, Record>,
     }
 
-    impl<'a> CurrentKeys<'a> {
-        fn version(&mut self, history_key: &[u8], record: &'a [u8], batch: &mut Batch) -> std::io::Result<()> {
-            let (key, _) = decode_history_key(history_key).ok_or_else(|| invalid("malformed history key".into()))?;
-            if self.last.as_ref().is_some_and(|(k, _)| *k != key) {
-                self.finish(batch)?;
-            }
-            self.last = Some((key, record));
+    impl Derived {
+        pub fn version(&mut self, revs_key: &[u8], version: &[u8], batch: &mut Batch) -> std::io::Result<()> {
+            let (rev, sub) = split_revs_key(revs_key).ok_or_else(|| invalid("malformed version key".into()))?;
+            let Version { key, record } = Version::decode(version).map_err(|e| invalid(format!("version: {e}")))?;
+            batch.put(Tree::KvHistory, history_key(&key, rev), index_value(sub));
+            self.last.insert(key, record);
             Ok(())
         }
 
-        fn finish(&mut self, batch: &mut Batch) -> std::io::Result<()> {
-            if let Some((key, record)) = self.last.take() {
-                let decoded: Record =
-                    crate::codec::decode(record).map_err(|e| invalid(format!("history record: {e}")))?;
-                if !decoded.is_tombstone() {
-                    batch.put(Tree::Kv, key, record);
+        pub fn finish(self, batch: &mut Batch) {
+            for (key, record) in self.last {
+                if !record.is_tombstone() {
+                    batch.put(Tree::Kv, key, record.encode());
                 }
             }
-            Ok(())
         }
     }
 
     /// Adds a put to `batch` for every pair in `data`, each into the tree of `trees` it names,
-    /// and one into `Kv` for every key live at the snapshot's revision.
+    /// and the derived trees' pairs (see [`Derived`]).
     pub fn import(data: &[u8], trees: &[Tree], batch: &mut Batch) -> Result<(), std::io::Error> {
         let mut r = Reader(data);
+        let mut derived = Derived::default();
         for _ in 0..r.len()? {
             let name = r.bytes()?;
             let tree = *trees
                 .iter()
                 .find(|t| t.name().as_bytes() == name)
                 .ok_or_else(|| invalid(format!("unknown tree {}", String::from_utf8_lossy(name))))?;
-            let mut current = CurrentKeys::default();
             for _ in 0..r.len()? {
                 let k = r.bytes()?;
                 let v = r.bytes()?;
-                if tree == Tree::KvHistory {
-                    current.version(k, v, batch)?;
+                if tree == Tree::KvRevs {
+                    derived.version(k, v, batch)?;
                 }
                 batch.put(tree, k, v);
             }
-            current.finish(batch)?;
         }
+        derived.finish(batch);
         if !r.0.is_empty() {
             return Err(invalid(format!("{} bytes after the last tree", r.0.len())));
         }
@@ -344,7 +341,7 @@ fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
         let missing =
             || read_err(std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"));
         let data = data.ok_or_else(missing)?;
-        content::import(&data, &SM_TREES, &mut batch).map_err(read_err)?;
+        content::import(&data, &SNAPSHOT_TREES, &mut batch).map_err(read_err)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         batch.put(Tree::SmMeta, LAST_APPLIED, encode(&meta.last_log_id));
         batch.put(Tree::SmMeta, MEMBERSHIP, encode(&meta.last_membership));
@@ -365,35 +362,27 @@ fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Rebuilds `Kv`, each live key's latest version, from the history, which holds every key's
-/// latest version (compaction keeps it): the sled engine keeps `Kv` in memory only, and after a
-/// crash or a restore whatever `Kv` an engine kept may not match the history.
-fn rebuild_current<E: Engine>(engine: &E) -> Result<(), StorageError> {
-    use crate::mvcc::keys::{decode_history_key, Record};
+/// Rebuilds the trees derived from `KvRevs` (the index `KvHistory` and the current keys `Kv`):
+/// the sled engine keeps them in memory only, and after a crash or a restore whatever an engine
+/// kept may not match `KvRevs`. Written in parts: a crash during it only means it runs again.
+fn rebuild_derived<E: Engine>(engine: &E) -> Result<(), StorageError> {
+    /// Ops per write, so a large store is not held twice over in one batch.
+    const PART: usize = 1 << 16;
     let mut batch = Batch::default();
-    for item in engine.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, false) {
-        batch.delete(Tree::Kv, item.map_err(sm_read_err)?.0);
-    }
-    let live = |(key, record): (Vec<u8>, Vec<u8>), batch: &mut Batch| -> Result<(), StorageError> {
-        if !decode::<Record>(&record)?.is_tombstone() {
-            batch.put(Tree::Kv, key, record);
+    for tree in [Tree::Kv, Tree::KvHistory] {
+        for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+            batch.delete(tree, item.map_err(sm_read_err)?.0);
         }
-        Ok(())
-    };
-    let mut last: Option<(Vec<u8>, Vec<u8>)> = None;
-    for item in engine.scan(Tree::KvHistory, Bound::Unbounded, Bound::Unbounded, false) {
-        let (history_key, record) = item.map_err(sm_read_err)?;
-        let malformed = || sm_read_err(std::io::Error::other("a malformed key in the history"));
-        let (key, _) = decode_history_key(&history_key).ok_or_else(malformed)?;
-        // A key's versions are adjacent and sorted by revision: its last one is its state.
-        if let Some(done) = last.take_if(|(k, _)| *k != key) {
-            live(done, &mut batch)?;
+    }
+    let mut derived = content::Derived::default();
+    for item in engine.scan(Tree::KvRevs, Bound::Unbounded, Bound::Unbounded, false) {
+        let (key, version) = item.map_err(sm_read_err)?;
+        derived.version(&key, &version, &mut batch).map_err(sm_read_err)?;
+        if batch.ops.len() >= PART {
+            engine.write_relaxed(std::mem::take(&mut batch)).map_err(sm_write_err)?;
         }
-        last = Some((key, record));
     }
-    if let Some(done) = last {
-        live(done, &mut batch)?;
-    }
+    derived.finish(&mut batch);
     engine.write_relaxed(batch).map_err(sm_write_err)
 }
 
@@ -418,7 +407,7 @@ impl<E: Engine> KvStore<E> {
             restore(&*engine)?;
             meta = load_meta(&*engine)?;
         }
-        rebuild_current(&*engine)?;
+        rebuild_derived(&*engine)?;
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
         let stored = engine
             .get(Tree::Snapshot, SNAP_META)
@@ -626,7 +615,7 @@ impl<E: Engine> KvStore<E> {
                 batch.delete(tree, item.map_err(sm_read_err)?.0);
             }
         }
-        content::import(&data, &SM_TREES, &mut batch)
+        content::import(&data, &SNAPSHOT_TREES, &mut batch)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         drop(data);
         self.persist_snapshot(meta, &file, batch)?;
@@ -858,7 +847,7 @@ mod tests {
     fn import(data: &[u8]) -> MemEngine {
         let engine = MemEngine::new();
         let mut batch = Batch::default();
-        content::import(data, &super::SM_TREES, &mut batch).unwrap();
+        content::import(data, &super::SNAPSHOT_TREES, &mut batch).unwrap();
         engine.write(batch).unwrap();
         engine
     }
@@ -872,7 +861,7 @@ mod tests {
         let small = vec![(Tree::SmMeta, vec![(b"revision".to_vec(), b"r".to_vec())]), (Tree::Members, Vec::new())];
         let data = export_at(&engine, revs.current, &small);
         let mut expected: Vec<(String, Vec<Pair>)> =
-            [Tree::KvHistory, Tree::KvRevs].into_iter().map(|t| (t.name().to_string(), dump(&engine, t))).collect();
+            [Tree::KvRevs].into_iter().map(|t| (t.name().to_string(), dump(&engine, t))).collect();
         expected.extend(small.iter().map(|(t, pairs)| (t.name().to_string(), pairs.clone())));
         assert_eq!(data, bincode::serialize(&expected).unwrap());
     }
@@ -907,14 +896,18 @@ mod tests {
         let revs = first_phase(&engine);
         let data = export_at(&engine, revs.current, &[(Tree::Members, Vec::new())]);
         for bad in [&data[..data.len() - 1], &[data.as_slice(), &[0]].concat()[..], &data[..3]] {
-            assert!(content::import(bad, &super::SM_TREES, &mut Batch::default()).is_err());
+            assert!(content::import(bad, &super::SNAPSHOT_TREES, &mut Batch::default()).is_err());
         }
-        let known = [Tree::KvHistory, Tree::KvRevs];
+        let known = [Tree::KvRevs];
         assert!(content::import(&data, &known, &mut Batch::default()).is_err(), "unknown tree");
-        // A history record that is not a record.
-        let bad_record =
-            bincode::serialize(&vec![("kv_history", vec![(crate::mvcc::keys::history_key(b"k", 2), vec![1u8])])])
-                .unwrap();
-        assert!(content::import(&bad_record, &known, &mut Batch::default()).is_err());
+        // A version that is not a version, and one under a key that is not a revision.
+        let version = crate::mvcc::keys::Version::encode(b"k", &crate::mvcc::keys::Record::default());
+        let revs_key = crate::mvcc::keys::revs_key(2, 0).to_vec();
+        for pair in [(revs_key.clone(), vec![1u8]), (revs_key[..15].to_vec(), version.clone())] {
+            let bad = bincode::serialize(&vec![("kv_revs", vec![pair])]).unwrap();
+            assert!(content::import(&bad, &known, &mut Batch::default()).is_err());
+        }
+        let good = bincode::serialize(&vec![("kv_revs", vec![(revs_key, version)])]).unwrap();
+        assert!(content::import(&good, &known, &mut Batch::default()).is_ok());
     }
 }

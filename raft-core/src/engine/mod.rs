@@ -9,6 +9,7 @@
 //! - [`MemEngine`]: an in-memory engine for deterministic simulation whose simulated crash
 //!   drops everything written after the last [`Engine::flush`].
 
+mod history;
 mod mem;
 mod memtable;
 mod packed;
@@ -26,13 +27,16 @@ pub use sled_engine::{SledEngine, SyncStats};
 pub enum Tree {
     /// Vote, last purged log id, committed log id.
     RaftMeta,
-    /// Latest live version of every key: user key -> encoded record. Derived from `KvHistory`
+    /// Latest live version of every key: user key -> encoded record. Derived from `KvRevs`
     /// and rebuilt from it when the state machine opens; the sled engine keeps it in memory only.
     Kv,
-    /// Every retained version: memcomparable(user key) ‖ revision -> encoded record.
+    /// Index of every retained version by key: memcomparable(user key) ‖ revision (8 bytes) ->
+    /// sub-revision (8 bytes). Derived from `KvRevs` like `Kv`; the sled engine keeps it in
+    /// memory only, in a form that relies on this layout.
     KvHistory,
-    /// Revision order of the history: revision ‖ sub-revision -> user key (watch replay,
-    /// compaction). The sled engine stores the pairs of one apply as one record.
+    /// Every retained version, in revision order: revision ‖ sub-revision -> user key and
+    /// encoded record (reads at a revision, watch replay, compaction, snapshots). The sled
+    /// engine stores the pairs of one apply as one record.
     KvRevs,
     /// State-machine meta: last applied, membership, revisions, cluster id.
     SmMeta,
@@ -75,6 +79,9 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
     #[error("raft log: {0}")]
     Log(#[from] LogError),
+    /// A write that does not fit a tree's layout (a bug above the engine).
+    #[error("layout: {0}")]
+    Layout(&'static str),
 }
 
 /// The engine's result type.

@@ -24,6 +24,9 @@ const RUN_PAIRS: usize = 128;
 /// record again for every change to it, and turns records of over 128 KiB into files.
 const RUN_BYTES: usize = 16 << 10;
 
+/// The pairs of a record or of a run of appends, in key order.
+type Run = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// A write to a sled record: `None` removes it.
 pub type RecordOp = (Vec<u8>, Option<Vec<u8>>);
 
@@ -110,22 +113,24 @@ pub fn record_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<Vec<RecordOp>> {
         Some((_, record)) => pairs(&record).last().transpose()?.map(|(k, _)| k.to_vec()),
         None => None,
     };
-    // Records being rewritten, by their key: their pairs once the ops have been applied.
-    let mut touched: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+    // Records being rewritten, by their key: the last key they held, and their pairs once the
+    // ops have been applied. A compaction deletes most pairs of the records it reaches: each
+    // record is read and decoded once, not once per op.
+    let mut touched: BTreeMap<Vec<u8>, (Vec<u8>, Run)> = BTreeMap::new();
     // Keys between records: each becomes a record of its own, so records never overlap.
     let mut loose: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut appended: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for op in ops {
         let past_end = end.as_ref().is_none_or(|end| op.key > *end);
+        let already = touched.range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(op.key.as_slice()))).next_back();
         let target = if past_end {
             &mut appended
+        } else if let Some((_, (_, run))) = already.filter(|(_, (last, _))| op.key <= *last) {
+            run
         } else if let Some((first, record)) = holding(tree, &op.key)? {
-            match touched.entry(first.to_vec()) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(pairs(&record).map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_>>()?)
-                }
-            }
+            let run: Run = pairs(&record).map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect::<Result<_>>()?;
+            let last = run.keys().next_back().cloned().unwrap_or_default();
+            &mut touched.entry(first.to_vec()).or_insert((last, run)).1
         } else {
             &mut loose
         };
@@ -135,7 +140,7 @@ pub fn record_ops(tree: &sled::Tree, ops: Vec<Op>) -> Result<Vec<RecordOp>> {
         };
     }
     let mut out: Vec<RecordOp> = touched.keys().map(|first| (first.clone(), None)).collect();
-    for run in touched.values() {
+    for (_, run) in touched.values() {
         records_of(run, &mut out);
     }
     for (k, v) in loose {

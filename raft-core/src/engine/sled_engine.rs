@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use super::history::HistoryTable;
 use super::memtable::MemTable;
 use super::packed;
 use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, SegmentLog, Tree};
@@ -70,7 +71,13 @@ pub struct SledEngine {
     /// [`Tree::Kv`], in memory only (see [`MemTable`]): never written to sled, empty at open
     /// until the state machine rebuilds it from the history.
     current: MemTable,
+    /// [`Tree::KvHistory`], in memory only (see [`HistoryTable`]), rebuilt like `current`.
+    history: HistoryTable,
 }
+
+/// Trees the sled engine keeps in memory only: derived from `KvRevs`, and rebuilt from it by
+/// the state machine when it opens.
+const MEMORY_ONLY: [Tree; 2] = [Tree::Kv, Tree::KvHistory];
 
 /// sled's page cache bound. Its 1 GiB default let a member keep every page of history and the
 /// stored snapshot it ever touched: after 90 s of 64-client puts a member held 611 MiB with the
@@ -107,8 +114,11 @@ impl SledEngine {
         std::fs::create_dir_all(dir.join("files"))?;
         // Durability comes from our explicit flush; sled's timer flush would only add noise.
         let db = open_db(dir)?;
-        // Builds before this one kept `Kv` in sled; it is memory-only now.
-        db.drop_tree(Tree::Kv.name())?;
+        // A memory-only tree's sled tree stays empty (its handle unused); clear what an older
+        // layout may have left there.
+        for t in MEMORY_ONLY {
+            db.drop_tree(t.name())?;
+        }
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
         let engine = SledEngine {
@@ -121,6 +131,7 @@ impl SledEngine {
             stats: SyncStats::default(),
             log: SegmentLog::open(dir.join("log"))?,
             current: MemTable::default(),
+            history: HistoryTable::default(),
         };
         // A `.tmp` file is one a crash cut short while it was written (see `put_file`).
         for entry in std::fs::read_dir(dir.join("files"))? {
@@ -143,6 +154,24 @@ impl SledEngine {
 
     fn tree(&self, t: Tree) -> &sled::Tree {
         &self.trees[t.index()]
+    }
+
+    /// Applies an op to a memory-only tree.
+    fn apply_in_memory(&self, op: super::Op) {
+        match op.tree {
+            Tree::Kv => self.current.apply(op),
+            _ => self.history.apply(op),
+        }
+    }
+
+    /// Splits `ops` into those for sled and those for the memory-only trees, checking the
+    /// latter first so that a batch that does not fit the layout changes nothing.
+    fn split_in_memory(ops: Vec<super::Op>) -> Result<(Vec<super::Op>, Vec<super::Op>)> {
+        let (memory, sled): (Vec<_>, Vec<_>) = ops.into_iter().partition(|op| MEMORY_ONLY.contains(&op.tree));
+        for op in memory.iter().filter(|op| op.tree == Tree::KvHistory) {
+            HistoryTable::check(op)?;
+        }
+        Ok((sled, memory))
     }
 
     /// `ops` with those on [`Tree::KvRevs`] turned into writes of its packed records (see
@@ -233,8 +262,10 @@ impl SledEngine {
 
 impl Engine for SledEngine {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if tree == Tree::Kv {
-            return Ok(self.current.get(key));
+        match tree {
+            Tree::Kv => return Ok(self.current.get(key)),
+            Tree::KvHistory => return Ok(self.history.get(key)),
+            _ => {}
         }
         if tree == Tree::KvRevs {
             return packed::get(self.tree(tree), key);
@@ -243,8 +274,10 @@ impl Engine for SledEngine {
     }
 
     fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
-        if tree == Tree::Kv {
-            return self.current.scan(lower, upper, reverse);
+        match tree {
+            Tree::Kv => return self.current.scan(lower, upper, reverse),
+            Tree::KvHistory => return self.history.scan(lower, upper, reverse),
+            _ => {}
         }
         let range = (owned_bound(lower), owned_bound(upper));
         // sled panics on an inverted range; an empty scan is the right answer.
@@ -271,25 +304,23 @@ impl Engine for SledEngine {
         if batch.ops.len() == 1 {
             return self.write_relaxed(batch);
         }
-        // `Kv` is in memory and rebuilt after a crash: it lands once the rest has.
-        let (current, ops): (Vec<_>, Vec<_>) = batch.ops.into_iter().partition(|op| op.tree == Tree::Kv);
+        // The memory-only trees are rebuilt after a crash: they land once the rest has.
+        let (ops, memory) = Self::split_in_memory(batch.ops)?;
         self.write_trees(self.with_revs_packed(ops)?)?;
-        current.into_iter().for_each(|op| self.current.apply(op));
+        memory.into_iter().for_each(|op| self.apply_in_memory(op));
         Ok(())
     }
 
     fn write_relaxed(&self, batch: Batch) -> Result<()> {
-        for op in self.with_revs_packed(batch.ops)? {
-            if op.tree == Tree::Kv {
-                self.current.apply(op);
-                continue;
-            }
+        let (ops, memory) = Self::split_in_memory(batch.ops)?;
+        for op in self.with_revs_packed(ops)? {
             let tree = self.tree(op.tree);
             match op.value {
                 Some(v) => tree.insert(op.key, v)?,
                 None => tree.remove(op.key)?,
             };
         }
+        memory.into_iter().for_each(|op| self.apply_in_memory(op));
         Ok(())
     }
     /// The log first: the trees may hold applied entries, and a state machine that is durably

@@ -1,11 +1,14 @@
-//! On-disk layout of the MVCC data.
+//! On-disk layout of the MVCC data (as etcd lays it out: versions by revision, an index by key).
 //!
-//! - `Kv`: user key -> [`Record`] of its live version (fast reads at the current revision).
-//! - `KvHistory`: `memcomparable(user key) ‖ revision` -> [`Record`] of every retained version,
-//!   tombstones included. The escaping keeps user-key order, so a key range maps to one
-//!   contiguous history range, and a key's versions are adjacent and sorted by revision.
-//! - `KvRevs`: `revision ‖ sub-revision` -> user key: the history in revision order (watch replay
-//!   from a revision; compaction visits only revisions it removes).
+//! - `KvRevs`: `revision ‖ sub-revision` -> [`Version`] (user key and [`Record`]): every
+//!   retained version, tombstones included, in revision order. One apply appends a run of
+//!   them, so the sled engine stores it packed; watch replay from a revision and compaction
+//!   read it in order.
+//! - `KvHistory`: `memcomparable(user key) ‖ revision` -> sub-revision: the index by key. The
+//!   escaping keeps user-key order, so a key range maps to one contiguous index range, and a
+//!   key's revisions are adjacent and sorted. Derived from `KvRevs`.
+//! - `Kv`: user key -> [`Record`] of its live version (reads at the current revision). Derived
+//!   from `KvRevs`.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +48,43 @@ impl Record {
             lease: self.lease,
         }
     }
+}
+
+/// A `KvRevs` value: one version of a key, with the key.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct Version {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub record: Record,
+}
+
+/// What [`Version`] encodes from, without copying the key and the record.
+#[derive(Serialize)]
+struct VersionRef<'a> {
+    #[serde(with = "serde_bytes")]
+    key: &'a [u8],
+    record: &'a Record,
+}
+
+impl Version {
+    pub fn encode(key: &[u8], record: &Record) -> Vec<u8> {
+        bincode::serialize(&VersionRef { key, record }).expect("versions always serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Version, bincode::Error> {
+        crate::codec::decode(bytes)
+    }
+}
+
+/// A `KvHistory` value: the sub-revision that, with the key's revision, finds the version in
+/// `KvRevs`.
+pub fn index_value(sub: i64) -> Vec<u8> {
+    (sub as u64).to_be_bytes().to_vec()
+}
+
+/// The sub-revision a `KvHistory` value holds.
+pub fn index_sub(value: &[u8]) -> Option<i64> {
+    Some(u64::from_be_bytes(value.try_into().ok()?) as i64)
 }
 
 /// Order-preserving encoding of a user key: 0x00 becomes 0x00 0xff, and 0x00 0x01 terminates.
@@ -114,11 +154,11 @@ pub fn revs_key(revision: i64, sub: i64) -> [u8; 16] {
     k
 }
 
-/// Revision of a `KvRevs` key.
-pub fn revs_key_revision(k: &[u8]) -> i64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[..8]);
-    u64::from_be_bytes(b) as i64
+/// Revision and sub-revision of a `KvRevs` key.
+pub fn split_revs_key(k: &[u8]) -> Option<(i64, i64)> {
+    let k: &[u8; 16] = k.try_into().ok()?;
+    let (rev, sub) = k.split_at(8);
+    Some((u64::from_be_bytes(rev.try_into().ok()?) as i64, u64::from_be_bytes(sub.try_into().ok()?) as i64))
 }
 
 #[cfg(test)]

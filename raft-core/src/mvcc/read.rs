@@ -9,7 +9,9 @@ use kv_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use kv_api::mvccpb::KeyValue;
 use kv_api::EtcdError;
 
-use super::keys::{after_all_versions, encode_key, history_key, Record};
+use super::keys::{
+    after_all_versions, encode_key, history_key, history_key_revision, index_sub, revs_key, Record, Version,
+};
 use super::view::Reader;
 use super::MvccError;
 use crate::engine::Tree;
@@ -80,6 +82,12 @@ pub fn latest<R: Reader + ?Sized>(r: &R, range: &KeyRange) -> Result<Vec<(Vec<u8
     }
 }
 
+/// The version stored in `KvRevs` under `revs_key`, which the index names (so it must exist).
+pub(super) fn version<R: Reader + ?Sized>(r: &R, revs_key: &[u8]) -> Result<Version, MvccError> {
+    let bytes = r.get(Tree::KvRevs, revs_key)?.ok_or(MvccError::Corrupt("an indexed version is missing"))?;
+    Ok(Version::decode(&bytes)?)
+}
+
 /// The version of `key` visible at `revision` (latest with mod_revision <= revision), if live.
 fn version_at<R: Reader + ?Sized>(
     r: &R,
@@ -90,8 +98,10 @@ fn version_at<R: Reader + ?Sized>(
     let upper = history_key(key, revision + 1);
     let mut scan = r.scan(Tree::KvHistory, Bound::Included(encoded), Bound::Excluded(&upper), true);
     match scan.next().transpose()? {
-        Some((_, v)) => {
-            let rec = Record::decode(&v)?;
+        Some((hk, sub)) => {
+            let rev = history_key_revision(&hk).ok_or(MvccError::Corrupt("history key"))?;
+            let sub = index_sub(&sub).ok_or(MvccError::Corrupt("history index value"))?;
+            let rec = version(r, &revs_key(rev, sub))?.record;
             Ok((!rec.is_tombstone()).then_some(rec))
         }
         None => Ok(None),

@@ -14,7 +14,7 @@ use kv_api::etcdserverpb::{
 };
 use kv_api::EtcdError;
 
-use super::keys::{encode_key, history_key, revs_key, Record};
+use super::keys::{encode_key, history_key, history_key_revision, index_sub, index_value, revs_key, Record, Version};
 use super::read::{self, KeyRange, Revisions};
 use super::view::{Overlay, Reader};
 use super::MvccError;
@@ -99,22 +99,27 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
         let to = revs_key(target + 1, 0);
         let mut touched = BTreeSet::new();
         for item in self.view.scan(Tree::KvRevs, Bound::Included(&from), Bound::Excluded(&to), false) {
-            let (_, key) = item?;
-            touched.insert(key);
+            let (_, version) = item?;
+            touched.insert(Version::decode(&version)?.key);
         }
         for key in touched {
             let enc = encode_key(&key);
             let upper = history_key(&key, target + 1);
             let mut versions = Vec::new();
             for item in self.view.scan(Tree::KvHistory, Bound::Included(&enc), Bound::Excluded(&upper), false) {
-                let (hk, v) = item?;
-                versions.push((hk, Record::decode(&v)?));
+                let (hk, sub) = item?;
+                let rev = history_key_revision(&hk).ok_or(MvccError::Corrupt("history key"))?;
+                versions.push((hk, revs_key(rev, index_sub(&sub).ok_or(MvccError::Corrupt("history index value"))?)));
             }
-            let keep_last = versions.last().is_some_and(|(_, r)| !r.is_tombstone());
+            // The newest version at or below the target stays, unless it is a tombstone.
+            let keep_last = match versions.last() {
+                Some((_, rk)) => !read::version(&*self.view, rk)?.record.is_tombstone(),
+                None => false,
+            };
             let drop_n = versions.len() - usize::from(keep_last);
-            for (hk, rec) in versions.into_iter().take(drop_n) {
+            for (hk, rk) in versions.into_iter().take(drop_n) {
                 self.view.delete(Tree::KvHistory, hk);
-                self.view.delete(Tree::KvRevs, revs_key(rec.mod_revision, rec.sub).to_vec());
+                self.view.delete(Tree::KvRevs, rk.to_vec());
             }
         }
         self.revs.compacted = target;
@@ -122,13 +127,12 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
     }
 
     fn write_version(&mut self, ctx: &mut Ctx, key: &[u8], rec: &Record) {
-        let bytes = rec.encode();
-        self.view.put(Tree::KvHistory, history_key(key, ctx.rev), bytes.clone());
-        self.view.put(Tree::KvRevs, revs_key(ctx.rev, ctx.sub).to_vec(), key.to_vec());
+        self.view.put(Tree::KvHistory, history_key(key, ctx.rev), index_value(ctx.sub));
+        self.view.put(Tree::KvRevs, revs_key(ctx.rev, ctx.sub).to_vec(), Version::encode(key, rec));
         if rec.is_tombstone() {
             self.view.delete(Tree::Kv, key.to_vec());
         } else {
-            self.view.put(Tree::Kv, key.to_vec(), bytes);
+            self.view.put(Tree::Kv, key.to_vec(), rec.encode());
         }
         ctx.sub += 1;
     }

@@ -39,7 +39,7 @@ async fn a_flush_fsyncs_db_and_new_blob_files() {
     let stats = engine.sync_stats();
     let (f0, db0, bf0, bd0) = stats.snapshot();
     let mut b = Batch::default();
-    b.put(Tree::KvHistory, b"big".to_vec(), vec![42u8; 300 * 1024]);
+    b.put(Tree::Members, b"big".to_vec(), vec![42u8; 300 * 1024]);
     engine.write(b).unwrap();
     engine.flush().unwrap();
     let (f1, db1, bf1, bd1) = stats.snapshot();
