@@ -47,6 +47,9 @@ const TORN: &[u8] = b"torn";
 const SNAP_META: &[u8] = b"meta";
 /// The name of the file holding the current snapshot's data.
 const SNAP_FILE: &[u8] = b"file";
+/// The revision and compacted revision the current snapshot was built at, when this member
+/// built it: the base of the next build (see [`content::export`]).
+const SNAP_BASE: &[u8] = b"base";
 
 /// The file an installed snapshot is stored in, named by a digest of its id. The id comes from
 /// the leader, and any id must name a plain file in the files directory: a raw id holding a `/`
@@ -163,24 +166,121 @@ mod content {
         Ok(())
     }
 
-    /// Writes the state at `revision`: every `KvRevs` pair at or below it, streamed from the
-    /// engine in one scan (later versions that apply adds meanwhile are past its end), then
-    /// `small`, the other trees as the caller copied them at that revision. The caller keeps
-    /// compaction from removing versions until this returns.
+    /// Writes the state at `revision`: every `KvRevs` pair at or below it, then `small`, the
+    /// other trees as the caller copied them at that revision. The caller keeps compaction from
+    /// removing versions until this returns.
+    ///
+    /// The versions come from `base` up to its revision, when the caller has one: an earlier
+    /// snapshot's data with no compaction since, so it holds exactly the versions at or below
+    /// its revision that are stored now (history only grows between compactions). Only the
+    /// newer ones are read from the engine, in one scan (later versions that apply adds
+    /// meanwhile are past its end). Reading the whole history back from sled at every
+    /// snapshot cost the time to read it, and memory: sled keeps the pages a scan reads in
+    /// memory until its cache has seen many more accesses since (docs/architecture.md).
     pub fn export<E: Engine + ?Sized>(
         engine: &E,
         revision: i64,
+        base: Option<Base>,
         small: &[(Tree, Vec<Pair>)],
         out: &mut dyn FileWrite,
     ) -> std::io::Result<()> {
         write_len(out, 1 + small.len())?;
-        let end = revs_key(revision.saturating_add(1), 0);
-        let revs = engine.scan(Tree::KvRevs, Bound::Unbounded, Bound::Excluded(&end), false);
-        section(out, Tree::KvRevs, revs.map(|item| item.map_err(std::io::Error::other)))?;
+        section(out, Tree::KvRevs, versions(engine, revision, base)?)?;
         for (tree, pairs) in small {
             section(out, *tree, pairs.iter().cloned().map(Ok))?;
         }
         Ok(())
+    }
+
+    /// Every `KvRevs` pair at or below `revision`, in order: from `base` up to its revision
+    /// when there is one (see [`export`]), the rest from the engine.
+    pub fn versions<'e, E: Engine + ?Sized>(
+        engine: &'e E,
+        revision: i64,
+        base: Option<Base>,
+    ) -> std::io::Result<impl Iterator<Item = std::io::Result<Pair>> + 'e> {
+        let end = revs_key(revision.saturating_add(1), 0);
+        let (from, base) = match base {
+            Some(base) if base.revision <= revision => {
+                (revs_key(base.revision.saturating_add(1), 0).to_vec(), Some(BaseVersions::open(base)?))
+            }
+            _ => (Vec::new(), None),
+        };
+        let newer = engine
+            .scan(Tree::KvRevs, Bound::Included(&from), Bound::Excluded(&end), false)
+            .map(|item| item.map_err(std::io::Error::other));
+        Ok(base.into_iter().flatten().chain(newer))
+    }
+
+    /// An earlier snapshot's data to export from (see [`export`]).
+    pub struct Base {
+        pub data: Box<dyn std::io::Read + Send>,
+        /// The revision it was taken at.
+        pub revision: i64,
+    }
+
+    /// The `KvRevs` section a snapshot's data starts with, read as a stream.
+    struct BaseVersions {
+        base: Base,
+        left: u64,
+    }
+
+    /// Most bytes of one key or value in a base: a version is at most a request's size.
+    const MAX_FIELD: u64 = 64 << 20;
+
+    fn read_len(r: &mut dyn std::io::Read) -> std::io::Result<u64> {
+        let mut n = [0u8; 8];
+        r.read_exact(&mut n)?;
+        Ok(u64::from_le_bytes(n))
+    }
+
+    fn read_bytes(r: &mut dyn std::io::Read) -> std::io::Result<Vec<u8>> {
+        let n = read_len(r)?;
+        if n > MAX_FIELD {
+            return Err(invalid(format!("a field of {n} bytes in the base snapshot")));
+        }
+        let mut b = Vec::with_capacity(n as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(r, n), &mut b)?;
+        if b.len() as u64 != n {
+            return Err(invalid("the base snapshot ends inside a field".into()));
+        }
+        Ok(b)
+    }
+
+    impl BaseVersions {
+        fn open(mut base: Base) -> std::io::Result<Self> {
+            read_len(&mut base.data)?;
+            if read_bytes(&mut base.data)? != Tree::KvRevs.name().as_bytes() {
+                return Err(invalid("the base snapshot does not start with its versions".into()));
+            }
+            let left = read_len(&mut base.data)?;
+            Ok(BaseVersions { base, left })
+        }
+
+        fn pair(&mut self) -> std::io::Result<Pair> {
+            let k = read_bytes(&mut self.base.data)?;
+            let v = read_bytes(&mut self.base.data)?;
+            match split_revs_key(&k) {
+                Some((rev, _)) if rev <= self.base.revision => Ok((k, v)),
+                _ => Err(invalid("a base snapshot version past the base's revision".into())),
+            }
+        }
+    }
+
+    impl Iterator for BaseVersions {
+        type Item = std::io::Result<Pair>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            if self.left == 0 {
+                return None;
+            }
+            self.left -= 1;
+            let pair = self.pair();
+            if pair.is_err() {
+                self.left = 0;
+            }
+            Some(pair)
+        }
     }
 
     fn invalid(what: String) -> std::io::Error {
@@ -259,6 +359,16 @@ mod content {
         }
         Ok(())
     }
+}
+
+/// A snapshot file [`KvStore::export`] wrote.
+struct Built {
+    meta: SnapshotMeta,
+    /// The meta of the snapshot stored when the export began.
+    stored_before: Option<SnapshotMeta>,
+    file: String,
+    /// The revision and compacted revision it was taken at.
+    at: (i64, i64),
 }
 
 struct Shared<E> {
@@ -365,7 +475,9 @@ fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
 /// Rebuilds the trees derived from `KvRevs` (the index `KvHistory` and the current keys `Kv`):
 /// the sled engine keeps them in memory only, and after a crash or a restore whatever an engine
 /// kept may not match `KvRevs`. Written in parts: a crash during it only means it runs again.
-fn rebuild_derived<E: Engine>(engine: &E) -> Result<(), StorageError> {
+/// The versions come from the stored snapshot where it can serve them, as for an export (see
+/// [`content::export`]): read from sled, the whole history would stay in memory a while.
+fn rebuild_derived<E: Engine>(engine: &E, meta: &SmMeta) -> Result<(), StorageError> {
     /// Ops per write, so a large store is not held twice over in one batch.
     const PART: usize = 1 << 16;
     let mut batch = Batch::default();
@@ -375,7 +487,7 @@ fn rebuild_derived<E: Engine>(engine: &E) -> Result<(), StorageError> {
         }
     }
     let mut derived = content::Derived::default();
-    for item in engine.scan(Tree::KvRevs, Bound::Unbounded, Bound::Unbounded, false) {
+    for item in content::versions(engine, meta.revision, stored_base(engine, meta)).map_err(sm_read_err)? {
         let (key, version) = item.map_err(sm_read_err)?;
         derived.version(&key, &version, &mut batch).map_err(sm_read_err)?;
         if batch.ops.len() >= PART {
@@ -384,6 +496,19 @@ fn rebuild_derived<E: Engine>(engine: &E) -> Result<(), StorageError> {
     }
     derived.finish(&mut batch);
     engine.write_relaxed(batch).map_err(sm_write_err)
+}
+
+/// The stored snapshot's data as the base for reading the versions of the state in `meta`,
+/// when this member built it and no compaction came since (see [`content::export`]). Anything
+/// missing or unreadable means no base: every version is then read from the engine.
+fn stored_base<E: Engine>(engine: &E, meta: &SmMeta) -> Option<content::Base> {
+    let (revision, compacted): (i64, i64) = decode(&engine.get(Tree::Snapshot, SNAP_BASE).ok()??).ok()?;
+    if compacted != meta.compacted || revision > meta.revision {
+        return None;
+    }
+    let name = engine.get(Tree::Snapshot, SNAP_FILE).ok()??;
+    let data = engine.open_file(&String::from_utf8_lossy(&name)).ok()??;
+    Some(content::Base { data, revision })
 }
 
 fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
@@ -407,7 +532,7 @@ impl<E: Engine> KvStore<E> {
             restore(&*engine)?;
             meta = load_meta(&*engine)?;
         }
-        rebuild_derived(&*engine)?;
+        rebuild_derived(&*engine, &meta)?;
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
         let stored = engine
             .get(Tree::Snapshot, SNAP_META)
@@ -558,9 +683,8 @@ impl<E: Engine> KvStore<E> {
 
     /// Writes a snapshot file of the state at the last applied log id. Apply goes on meanwhile:
     /// the gate is held only to capture the position and copy the small trees, and the history
-    /// is streamed up to the captured revision (see [`content`]). Returns the snapshot's meta,
-    /// the meta of the snapshot stored when it began, and the file.
-    fn export(&self) -> Result<(SnapshotMeta, Option<SnapshotMeta>, String), StorageError> {
+    /// is streamed up to the captured revision (see [`content`]).
+    fn export(&self) -> Result<Built, StorageError> {
         // Unique per build; the id is not known until the gate is held.
         static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -571,23 +695,28 @@ impl<E: Engine> KvStore<E> {
             .put_file(&file, &mut |out| {
                 // Before the gate, as apply takes them; held until the history is written.
                 let _history = self.shared.history.read();
-                let (meta, stored, small) = {
+                let (meta, stored, small, base) = {
                     let meta = self.read_gate();
                     let stored = self.stored_snapshot_meta().map_err(std::io::Error::other)?;
+                    let base = stored_base(engine, &meta);
                     let mut small = Vec::new();
                     for tree in [Tree::SmMeta, Tree::Members] {
                         let pairs = engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false);
                         small.push((tree, pairs.collect::<Result<Vec<_>, _>>().map_err(std::io::Error::other)?));
                     }
-                    (meta.clone(), stored, small)
+                    (meta.clone(), stored, small, base)
                 };
-                content::export(engine, meta.revision, &small, out)?;
-                built = Some((snapshot_meta_of(&meta), stored));
+                content::export(engine, meta.revision, base, &small, out)?;
+                built = Some(Built {
+                    meta: snapshot_meta_of(&meta),
+                    stored_before: stored,
+                    file: file.clone(),
+                    at: (meta.revision, meta.compacted),
+                });
                 Ok(())
             })
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let (snap, stored) = built.expect("put_file ran the export");
-        Ok((snap, stored, file))
+        Ok(built.expect("put_file ran the export"))
     }
 
     /// [`RaftStateMachine::install_snapshot`]'s work, blocking. A failure is published to the
@@ -618,7 +747,7 @@ impl<E: Engine> KvStore<E> {
         content::import(&data, &SNAPSHOT_TREES, &mut batch)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         drop(data);
-        self.persist_snapshot(meta, &file, batch)?;
+        self.persist_snapshot(meta, &file, batch, None)?;
         let mut fresh = load_meta(&**engine)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
@@ -638,13 +767,25 @@ impl<E: Engine> KvStore<E> {
     }
 
     /// Makes `meta`, with its data in `file` (already stored), the current snapshot together
-    /// with `batch`, durably, then removes every other file. Caller holds the gate exclusively,
+    /// with `batch`, durably, then removes every other file. `base` is the revision and
+    /// compacted revision a snapshot built here was taken at (`None` for an installed one,
+    /// whose next build then reads every version). Caller holds the gate exclusively,
     /// so no apply is half written: the stored state is whole, and no longer marked torn (the
     /// caller clears `torn` in the gate).
-    fn persist_snapshot(&self, meta: &SnapshotMeta, file: &str, mut batch: Batch) -> Result<(), StorageError> {
+    fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta,
+        file: &str,
+        mut batch: Batch,
+        base: Option<(i64, i64)>,
+    ) -> Result<(), StorageError> {
         let err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
         batch.put(Tree::Snapshot, SNAP_FILE, file.as_bytes().to_vec());
+        match base {
+            Some(at) => batch.put(Tree::Snapshot, SNAP_BASE, encode(&at)),
+            None => batch.delete(Tree::Snapshot, SNAP_BASE),
+        }
         batch.delete(Tree::SmMeta, TORN);
         self.shared.engine.write(batch).map_err(err)?;
         self.shared.engine.flush().map_err(err)?;
@@ -663,7 +804,7 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
     /// Exports the state at the last applied log id while apply goes on (see [`KvStore::export`]).
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Scanning and writing the whole state takes long on a big store: off the runtime.
-        let (snap_meta, stored_before, file) = crate::rt::blocking(|| self.export())?;
+        let Built { meta: snap_meta, stored_before, file, at } = crate::rt::blocking(|| self.export())?;
         // Builds run concurrently with installs (an install waits for the export, then replaces
         // the state): if another snapshot became current meanwhile, it is at least as new as this
         // build and already removed this build's file. Otherwise this one becomes current; the
@@ -672,7 +813,7 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         crate::rt::blocking(|| {
             let mut gate = self.write_gate();
             if self.stored_snapshot_meta()? == stored_before {
-                self.persist_snapshot(&snap_meta, &file, Batch::default())?;
+                self.persist_snapshot(&snap_meta, &file, Batch::default(), Some(at))?;
                 gate.torn = false;
             }
             Ok::<(), StorageError>(())
@@ -840,8 +981,34 @@ mod tests {
 
     fn export_at(engine: &MemEngine, revision: i64, small: &[(Tree, Vec<Pair>)]) -> Vec<u8> {
         let mut data = std::io::Cursor::new(Vec::new());
-        content::export(engine, revision, small, &mut data).unwrap();
+        content::export(engine, revision, None, small, &mut data).unwrap();
         data.into_inner()
+    }
+
+    /// An export from an earlier snapshot's data (no compaction since) is byte for byte the
+    /// export that reads every version; a base that holds versions past its stated revision
+    /// is refused rather than copied.
+    #[test]
+    fn an_export_from_a_base_is_the_full_export() {
+        let engine = MemEngine::new();
+        let revs = first_phase(&engine);
+        let small = vec![(Tree::Members, Vec::new())];
+        let earlier = export_at(&engine, revs.current, &small);
+        let later = write(&engine, revs, |w| {
+            w.put(&put("key03", "later")).unwrap();
+            w.delete_range(&DeleteRangeRequest { key: b"key01".to_vec(), ..Default::default() }).unwrap();
+            w.put(&put("new", "later")).unwrap();
+        });
+        let from_base = |data: &[u8], revision: i64| {
+            let base = content::Base { data: Box::new(std::io::Cursor::new(data.to_vec())), revision };
+            let mut out = std::io::Cursor::new(Vec::new());
+            content::export(&engine, later.current, Some(base), &small, &mut out).map(|()| out.into_inner())
+        };
+        let full = export_at(&engine, later.current, &small);
+        assert_eq!(from_base(&earlier, revs.current).unwrap(), full);
+        assert_eq!(from_base(&full, later.current).unwrap(), full, "a base at the revision itself");
+        assert!(from_base(&full, revs.current).is_err(), "versions past the base's revision");
+        assert!(from_base(&earlier[..earlier.len() / 2], revs.current).is_err(), "a cut base");
     }
 
     fn import(data: &[u8]) -> MemEngine {

@@ -23,8 +23,10 @@ use parking_lot::RwLock;
 use super::mem::valid;
 use super::{owned_bound, EngineError, Op, Pair, Result, Scan};
 
-/// Pairs a scan copies out per lock: scans hold no lock between `next` calls.
+/// Most pairs a scan copies out per lock: scans hold no lock between `next` calls. The first
+/// chunk is smaller: reads at a revision take only the first pair of most scans.
 const SCAN_CHUNK: usize = 64;
+const FIRST_CHUNK: usize = 2;
 
 /// Each prefix's (revision, value) pairs, sorted by revision.
 type Map = BTreeMap<Vec<u8>, Vec<(u64, [u8; 8])>>;
@@ -111,6 +113,7 @@ impl HistoryTable {
             upper: owned_bound(upper),
             reverse,
             chunk: Vec::new(),
+            chunk_len: FIRST_CHUNK,
             done: false,
         })
     }
@@ -182,6 +185,8 @@ struct HistoryScan {
     reverse: bool,
     /// The next pairs, in reverse of the order they are returned in.
     chunk: Vec<Pair>,
+    /// Pairs the next refill copies.
+    chunk_len: usize,
     done: bool,
 }
 
@@ -192,10 +197,11 @@ impl HistoryScan {
             return;
         }
         let (lower, upper) = (self.lower.as_ref().map(Vec::as_slice), self.upper.as_ref().map(Vec::as_slice));
-        self.chunk = collect(&self.map.read(), lower, upper, self.reverse, SCAN_CHUNK);
-        if self.chunk.len() < SCAN_CHUNK {
+        self.chunk = collect(&self.map.read(), lower, upper, self.reverse, self.chunk_len);
+        if self.chunk.len() < self.chunk_len {
             self.done = true;
         }
+        self.chunk_len = (self.chunk_len * 4).min(SCAN_CHUNK);
         if let Some((last, _)) = self.chunk.last() {
             if self.reverse {
                 self.upper = Bound::Excluded(last.clone());

@@ -247,6 +247,11 @@ impl Engine for MemEngine {
         Ok(self.state.lock().files.get(name).cloned())
     }
 
+    fn open_file(&self, name: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        let data = self.state.lock().files.get(name).cloned();
+        Ok(data.map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn std::io::Read + Send>))
+    }
+
     fn retain_file(&self, keep: &str) -> Result<()> {
         self.state.lock().files.retain(|name, _| name == keep);
         Ok(())

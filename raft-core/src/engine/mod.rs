@@ -162,6 +162,10 @@ pub trait Engine: Send + Sync + 'static {
     /// A stored file's content, if there is one of that name.
     fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>>;
 
+    /// A stored file to read as a stream, if there is one of that name: for files too large to
+    /// hold whole. The stream stays readable if the file is replaced or removed meanwhile.
+    fn open_file(&self, name: &str) -> Result<Option<Box<dyn std::io::Read + Send>>>;
+
     /// Removes every stored file but `keep`, durably; a file that a `put_file` running alongside
     /// is still writing stays (it is not stored yet).
     fn retain_file(&self, keep: &str) -> Result<()>;

@@ -371,6 +371,14 @@ impl Engine for SledEngine {
         }
     }
 
+    fn open_file(&self, name: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+        match File::open(self.file_path(name)?) {
+            Ok(file) => Ok(Some(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn retain_file(&self, keep: &str) -> Result<()> {
         let mut removed = false;
         for entry in std::fs::read_dir(&self.files_dir)? {
