@@ -478,6 +478,17 @@ fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
 /// The versions come from the stored snapshot where it can serve them, as for an export (see
 /// [`content::export`]): read from sled, the whole history would stay in memory a while.
 fn rebuild_derived<E: Engine>(engine: &E, meta: &SmMeta) -> Result<(), StorageError> {
+    let Some(base) = stored_base(engine, meta) else {
+        return derive_from(engine, meta, None);
+    };
+    derive_from(engine, meta, Some(base)).or_else(|e| {
+        tracing::warn!("rebuilding the key index from the stored snapshot failed ({e}); reading every version instead");
+        derive_from(engine, meta, None)
+    })
+}
+
+/// [`rebuild_derived`] from the versions [`content::versions`] yields.
+fn derive_from<E: Engine>(engine: &E, meta: &SmMeta, base: Option<content::Base>) -> Result<(), StorageError> {
     /// Ops per write, so a large store is not held twice over in one batch.
     const PART: usize = 1 << 16;
     let mut batch = Batch::default();
@@ -487,7 +498,7 @@ fn rebuild_derived<E: Engine>(engine: &E, meta: &SmMeta) -> Result<(), StorageEr
         }
     }
     let mut derived = content::Derived::default();
-    for item in content::versions(engine, meta.revision, stored_base(engine, meta)).map_err(sm_read_err)? {
+    for item in content::versions(engine, meta.revision, base).map_err(sm_read_err)? {
         let (key, version) = item.map_err(sm_read_err)?;
         derived.version(&key, &version, &mut batch).map_err(sm_read_err)?;
         if batch.ops.len() >= PART {
@@ -684,7 +695,17 @@ impl<E: Engine> KvStore<E> {
     /// Writes a snapshot file of the state at the last applied log id. Apply goes on meanwhile:
     /// the gate is held only to capture the position and copy the small trees, and the history
     /// is streamed up to the captured revision (see [`content`]).
+    /// It starts from the stored snapshot where it can; if reading that fails, it is written
+    /// again from the engine alone.
     fn export(&self) -> Result<Built, StorageError> {
+        self.export_from(true).or_else(|e| {
+            tracing::warn!("building a snapshot from the stored one failed ({e}); reading every version instead");
+            self.export_from(false)
+        })
+    }
+
+    /// [`KvStore::export`], starting from the stored snapshot when `with_base` and it can.
+    fn export_from(&self, with_base: bool) -> Result<Built, StorageError> {
         // Unique per build; the id is not known until the gate is held.
         static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -698,7 +719,7 @@ impl<E: Engine> KvStore<E> {
                 let (meta, stored, small, base) = {
                     let meta = self.read_gate();
                     let stored = self.stored_snapshot_meta().map_err(std::io::Error::other)?;
-                    let base = stored_base(engine, &meta);
+                    let base = if with_base { stored_base(engine, &meta) } else { None };
                     let mut small = Vec::new();
                     for tree in [Tree::SmMeta, Tree::Members] {
                         let pairs = engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false);

@@ -1,5 +1,6 @@
 //! raft-core integration tests: the stores under openraft's own suite, the crash model of the
-//! in-memory engine, the fsyncs on the acknowledgement path, and installing a leader's snapshot.
+//! in-memory engine, the fsyncs on the acknowledgement path, installing a leader's snapshot, and
+//! snapshots and starts that read the stored snapshot.
 #![cfg(not(madsim))]
 
 mod common;
@@ -9,3 +10,4 @@ mod t30_fsync;
 mod t40_read_index;
 mod t50_append_bound;
 mod t60_snapshot_install;
+mod t70_snapshot_base;
