@@ -66,7 +66,7 @@ async fn snapshots_and_restarts_from_the_stored_snapshot_keep_every_revision() {
     let expected = history(&sm);
     sm.flush_whole().unwrap();
     drop(sm);
-    let mut sm = open();
+    let sm = open();
     assert_eq!(history(&sm), expected, "rebuilt from the stored snapshot and the newer versions");
 
     // An unreadable stored snapshot: the start and the next build read every version instead.
