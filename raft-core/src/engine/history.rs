@@ -20,12 +20,11 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::mem::valid;
-use super::{owned_bound, EngineError, Op, Pair, Result, Scan};
+use super::memtable::ChunkedScan;
+use super::{EngineError, Op, Pair, Result, Scan};
 
-/// Most pairs a scan copies out per lock: scans hold no lock between `next` calls. The first
-/// chunk is smaller: reads at a revision take only the first pair of most scans.
-const SCAN_CHUNK: usize = 64;
+/// Pairs a scan's first chunk copies (see [`ChunkedScan`]): reads at a revision take only the
+/// first pair of most scans.
 const FIRST_CHUNK: usize = 2;
 
 /// Each prefix's (revision, value) pairs, sorted by revision.
@@ -107,15 +106,11 @@ impl HistoryTable {
     }
 
     pub fn scan(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'static> {
-        Box::new(HistoryScan {
-            map: self.map.clone(),
-            lower: owned_bound(lower),
-            upper: owned_bound(upper),
-            reverse,
-            chunk: Vec::new(),
-            chunk_len: FIRST_CHUNK,
-            done: false,
-        })
+        let map = self.map.clone();
+        let fill = move |lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool, n: usize| {
+            collect(&map.read(), lower, upper, reverse, n)
+        };
+        Box::new(ChunkedScan::new(fill, lower, upper, reverse, FIRST_CHUNK))
     }
 }
 
@@ -177,56 +172,10 @@ fn collect(map: &Map, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool, n
     out
 }
 
-/// A scan copying [`SCAN_CHUNK`] pairs at a time, resuming after the last one it returned.
-struct HistoryScan {
-    map: Arc<RwLock<Map>>,
-    lower: Bound<Vec<u8>>,
-    upper: Bound<Vec<u8>>,
-    reverse: bool,
-    /// The next pairs, in reverse of the order they are returned in.
-    chunk: Vec<Pair>,
-    /// Pairs the next refill copies.
-    chunk_len: usize,
-    done: bool,
-}
-
-impl HistoryScan {
-    fn refill(&mut self) {
-        if !valid(&self.lower, &self.upper) {
-            self.done = true;
-            return;
-        }
-        let (lower, upper) = (self.lower.as_ref().map(Vec::as_slice), self.upper.as_ref().map(Vec::as_slice));
-        self.chunk = collect(&self.map.read(), lower, upper, self.reverse, self.chunk_len);
-        if self.chunk.len() < self.chunk_len {
-            self.done = true;
-        }
-        self.chunk_len = (self.chunk_len * 4).min(SCAN_CHUNK);
-        if let Some((last, _)) = self.chunk.last() {
-            if self.reverse {
-                self.upper = Bound::Excluded(last.clone());
-            } else {
-                self.lower = Bound::Excluded(last.clone());
-            }
-        }
-        self.chunk.reverse();
-    }
-}
-
-impl Iterator for HistoryScan {
-    type Item = Result<Pair>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.chunk.is_empty() && !self.done {
-            self.refill();
-        }
-        self.chunk.pop().map(Ok)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::mem::valid;
     use crate::engine::Tree;
     use crate::mvcc::keys::{after_all_versions, encode_key, history_key};
     use proptest::prelude::*;

@@ -1,8 +1,10 @@
-//! A tree held in memory only, for [`Tree::Kv`](super::Tree::Kv) in the sled engine.
+//! A tree held in memory only, for [`Tree::Kv`](super::Tree::Kv) in the sled engine, and the
+//! chunked scan that both in-memory tables ([`MemTable`] and the key index of
+//! `engine::history`) serve their scans with.
 //!
 //! Why: `Kv` (each key's live version) is derived data: every version is also in
-//! `KvHistory`, written by the same apply, and the state machine rebuilds `Kv` from the history
-//! when it opens. Keeping it in sled cost a sled read and a sled insert per put on every member
+//! `KvRevs`, written by the same apply, and the state machine rebuilds `Kv` from it when it
+//! opens. Keeping it in sled cost a sled read and a sled insert per put on every member
 //! (each sled insert copies the leaf it lands in) and made every current-revision read a sled
 //! lookup; held here, both are a `BTreeMap` operation. The price is memory for the live keys'
 //! latest versions (what etcd keeps in memory too) and a scan of the history at start.
@@ -16,8 +18,8 @@ use parking_lot::RwLock;
 use super::mem::valid;
 use super::{owned_bound, Op, Pair, Result, Scan};
 
-/// Pairs a scan copies out per lock: scans hold no lock between `next` calls.
-const SCAN_CHUNK: usize = 64;
+/// Most pairs a scan copies out per lock: scans hold no lock between `next` calls.
+pub(super) const SCAN_CHUNK: usize = 64;
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -42,46 +44,65 @@ impl MemTable {
     }
 
     pub fn scan(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'static> {
-        Box::new(TableScan {
-            map: self.map.clone(),
-            lower: owned_bound(lower),
-            upper: owned_bound(upper),
-            reverse,
-            chunk: Vec::new(),
-            done: false,
-        })
+        let map = self.map.clone();
+        let fill = move |lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool, n: usize| -> Vec<Pair> {
+            let map = map.read();
+            let range = map.range::<[u8], _>((lower, upper));
+            let copy = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+            if reverse {
+                range.rev().take(n).map(copy).collect()
+            } else {
+                range.take(n).map(copy).collect()
+            }
+        };
+        Box::new(ChunkedScan::new(fill, lower, upper, reverse, SCAN_CHUNK))
     }
 }
 
-/// A scan copying [`SCAN_CHUNK`] pairs at a time, resuming after the last one it returned.
-struct TableScan {
-    map: Arc<RwLock<Map>>,
+/// A scan over an in-memory table that copies pairs out a chunk at a time, each under the
+/// table's lock, and resumes after the last pair it returned: no lock is held between `next`
+/// calls, and writes made meanwhile are seen as an ordered map would show them. `fill` copies
+/// at most `n` pairs within the bounds, in key order or in reverse. Chunks start at
+/// `first_chunk` pairs and grow to [`SCAN_CHUNK`].
+pub(super) struct ChunkedScan<F> {
+    fill: F,
     lower: Bound<Vec<u8>>,
     upper: Bound<Vec<u8>>,
     reverse: bool,
     /// The next pairs, in reverse of the order they are returned in.
     chunk: Vec<Pair>,
+    /// Pairs the next refill copies.
+    chunk_len: usize,
     done: bool,
 }
 
-impl TableScan {
+impl<F> ChunkedScan<F>
+where
+    F: FnMut(Bound<&[u8]>, Bound<&[u8]>, bool, usize) -> Vec<Pair>,
+{
+    pub(super) fn new(fill: F, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool, first_chunk: usize) -> Self {
+        ChunkedScan {
+            fill,
+            lower: owned_bound(lower),
+            upper: owned_bound(upper),
+            reverse,
+            chunk: Vec::new(),
+            chunk_len: first_chunk.clamp(1, SCAN_CHUNK),
+            done: false,
+        }
+    }
+
     fn refill(&mut self) {
         if !valid(&self.lower, &self.upper) {
             self.done = true;
             return;
         }
-        let map = self.map.read();
-        let range = map.range::<Vec<u8>, _>((self.lower.clone(), self.upper.clone()));
-        let copy = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
-        self.chunk = if self.reverse {
-            range.rev().take(SCAN_CHUNK).map(copy).collect()
-        } else {
-            range.take(SCAN_CHUNK).map(copy).collect()
-        };
-        drop(map);
-        if self.chunk.len() < SCAN_CHUNK {
+        let (lower, upper) = (self.lower.as_ref().map(Vec::as_slice), self.upper.as_ref().map(Vec::as_slice));
+        self.chunk = (self.fill)(lower, upper, self.reverse, self.chunk_len);
+        if self.chunk.len() < self.chunk_len {
             self.done = true;
         }
+        self.chunk_len = (self.chunk_len * 4).min(SCAN_CHUNK);
         if let Some((last, _)) = self.chunk.last() {
             if self.reverse {
                 self.upper = Bound::Excluded(last.clone());
@@ -93,7 +114,10 @@ impl TableScan {
     }
 }
 
-impl Iterator for TableScan {
+impl<F> Iterator for ChunkedScan<F>
+where
+    F: FnMut(Bound<&[u8]>, Bound<&[u8]>, bool, usize) -> Vec<Pair>,
+{
     type Item = Result<Pair>;
 
     fn next(&mut self) -> Option<Self::Item> {
