@@ -522,6 +522,16 @@ fn stored_base<E: Engine>(engine: &E, meta: &SmMeta) -> Option<content::Base> {
     Some(content::Base { data, revision })
 }
 
+/// The revision and compacted revision that an imported snapshot's meta section sets in
+/// `batch` (its last write of each key), if it sets both.
+fn imported_base(batch: &Batch) -> Option<(i64, i64)> {
+    let value = |key: &[u8]| {
+        let op = batch.ops.iter().rev().find(|op| op.tree == Tree::SmMeta && op.key == key)?;
+        crate::codec::decode::<i64>(op.value.as_deref()?).ok()
+    };
+    Some((value(REVISION)?, value(COMPACTED)?))
+}
+
 fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
     batch.put(Tree::SmMeta, REVISION.to_vec(), encode(&m.revision));
     batch.put(Tree::SmMeta, COMPACTED.to_vec(), encode(&m.compacted));
@@ -768,7 +778,10 @@ impl<E: Engine> KvStore<E> {
         content::import(&data, &SNAPSHOT_TREES, &mut batch)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         drop(data);
-        self.persist_snapshot(meta, &file, batch, None)?;
+        // The data holds exactly the versions at or below its revision, as compacted then, so it
+        // is the base of the next build and start, as a snapshot built here would be.
+        let base = imported_base(&batch);
+        self.persist_snapshot(meta, &file, batch, base)?;
         let mut fresh = load_meta(&**engine)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
@@ -789,8 +802,8 @@ impl<E: Engine> KvStore<E> {
 
     /// Makes `meta`, with its data in `file` (already stored), the current snapshot together
     /// with `batch`, durably, then removes every other file. `base` is the revision and
-    /// compacted revision a snapshot built here was taken at (`None` for an installed one,
-    /// whose next build then reads every version). Caller holds the gate exclusively,
+    /// compacted revision the snapshot was taken at (`None` when unknown: the next build then
+    /// reads every version). Caller holds the gate exclusively,
     /// so no apply is half written: the stored state is whole, and no longer marked torn (the
     /// caller clears `torn` in the gate).
     fn persist_snapshot(

@@ -60,6 +60,12 @@ async fn snapshots_and_restarts_from_the_stored_snapshot_keep_every_revision() {
     let mut other = KvStore::open(Arc::new(MemEngine::new())).unwrap();
     other.install_snapshot(&second.meta, Box::new(Cursor::new(second_data))).await.unwrap();
     assert_eq!(history(&other), expected);
+    // The installed snapshot is the base of that member's next build, which holds them too.
+    let rebuilt = other.build_snapshot().await.unwrap();
+    let rebuilt_data = other.get_current_snapshot().await.unwrap().unwrap().snapshot.into_inner();
+    let mut third = KvStore::open(Arc::new(MemEngine::new())).unwrap();
+    third.install_snapshot(&rebuilt.meta, Box::new(Cursor::new(rebuilt_data))).await.unwrap();
+    assert_eq!(history(&third), expected);
 
     // A clean restart with versions past the snapshot: the index comes from its file and sled.
     apply(&mut sm, &[("d", "1"), ("a", "4")]);
