@@ -28,7 +28,9 @@ const FORMAT: &[u8] = b"format";
 /// hold their batch of requests encoded (`RequestBatch`). Format 3: the current snapshot's
 /// data is a file beside the trees (`files/snapshot-<id>`), not a value in the snapshot tree.
 /// Format 4: the Raft log is in segment files (`log/`), not a tree. Format 5: the revision
-/// index is stored packed, one sled record per run of pairs (`engine::packed`).
+/// index is stored packed, one sled record per run of pairs (`engine::packed`). Format 6: each
+/// version is stored once, by revision, in `kv_revs` (with its key), and the index by key is
+/// derived at start (`mvcc::keys`).
 pub const DATA_FORMAT: u32 = 6;
 
 /// A data dir this build cannot read.

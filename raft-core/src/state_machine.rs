@@ -225,24 +225,30 @@ mod content {
         left: u64,
     }
 
-    /// Most bytes of one key or value in a base: a version is at most a request's size.
+    /// Most bytes of one key or value in a snapshot: a version is at most a request's size.
     const MAX_FIELD: u64 = 64 << 20;
 
+    /// Reads a length (the encoding's count of pairs, trees or bytes) from snapshot data, held
+    /// whole (`&[u8]`) or streamed from a file alike.
     fn read_len(r: &mut dyn std::io::Read) -> std::io::Result<u64> {
         let mut n = [0u8; 8];
-        r.read_exact(&mut n)?;
+        r.read_exact(&mut n).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => invalid("the data ends inside a length".into()),
+            _ => e,
+        })?;
         Ok(u64::from_le_bytes(n))
     }
 
+    /// Reads a key, a value or a tree name (see [`read_len`]).
     fn read_bytes(r: &mut dyn std::io::Read) -> std::io::Result<Vec<u8>> {
         let n = read_len(r)?;
         if n > MAX_FIELD {
-            return Err(invalid(format!("a field of {n} bytes in the base snapshot")));
+            return Err(invalid(format!("a field of {n} bytes")));
         }
         let mut b = Vec::with_capacity(n as usize);
         std::io::Read::read_to_end(&mut std::io::Read::take(r, n), &mut b)?;
         if b.len() as u64 != n {
-            return Err(invalid("the base snapshot ends inside a field".into()));
+            return Err(invalid(format!("{n} bytes announced, {} left", b.len())));
         }
         Ok(b)
     }
@@ -287,26 +293,6 @@ mod content {
         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {what}"))
     }
 
-    struct Reader<'a>(&'a [u8]);
-
-    impl<'a> Reader<'a> {
-        fn len(&mut self) -> Result<usize, std::io::Error> {
-            let (n, rest) = self.0.split_first_chunk::<8>().ok_or_else(|| invalid("truncated length".into()))?;
-            self.0 = rest;
-            usize::try_from(u64::from_le_bytes(*n)).map_err(|_| invalid("length out of range".into()))
-        }
-
-        fn bytes(&mut self) -> Result<&'a [u8], std::io::Error> {
-            let n = self.len()?;
-            if n > self.0.len() {
-                return Err(invalid(format!("{n} bytes announced, {} left", self.0.len())));
-            }
-            let (b, rest) = self.0.split_at(n);
-            self.0 = rest;
-            Ok(b)
-        }
-    }
-
     /// Builds the derived trees from `KvRevs` pairs read in revision order: an index entry in
     /// `KvHistory` for each version, and for each key its last version, written to `Kv` at
     /// [`Derived::finish`] when it is live.
@@ -335,27 +321,27 @@ mod content {
 
     /// Adds a put to `batch` for every pair in `data`, each into the tree of `trees` it names,
     /// and the derived trees' pairs (see [`Derived`]).
-    pub fn import(data: &[u8], trees: &[Tree], batch: &mut Batch) -> Result<(), std::io::Error> {
-        let mut r = Reader(data);
+    pub fn import(mut data: &[u8], trees: &[Tree], batch: &mut Batch) -> Result<(), std::io::Error> {
+        let r = &mut data;
         let mut derived = Derived::default();
-        for _ in 0..r.len()? {
-            let name = r.bytes()?;
+        for _ in 0..read_len(r)? {
+            let name = read_bytes(r)?;
             let tree = *trees
                 .iter()
                 .find(|t| t.name().as_bytes() == name)
-                .ok_or_else(|| invalid(format!("unknown tree {}", String::from_utf8_lossy(name))))?;
-            for _ in 0..r.len()? {
-                let k = r.bytes()?;
-                let v = r.bytes()?;
+                .ok_or_else(|| invalid(format!("unknown tree {}", String::from_utf8_lossy(&name))))?;
+            for _ in 0..read_len(r)? {
+                let k = read_bytes(r)?;
+                let v = read_bytes(r)?;
                 if tree == Tree::KvRevs {
-                    derived.version(k, v, batch)?;
+                    derived.version(&k, &v, batch)?;
                 }
                 batch.put(tree, k, v);
             }
         }
         derived.finish(batch);
-        if !r.0.is_empty() {
-            return Err(invalid(format!("{} bytes after the last tree", r.0.len())));
+        if !data.is_empty() {
+            return Err(invalid(format!("{} bytes after the last tree", data.len())));
         }
         Ok(())
     }
@@ -473,8 +459,9 @@ fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
 }
 
 /// Rebuilds the trees derived from `KvRevs` (the index `KvHistory` and the current keys `Kv`):
-/// the sled engine keeps them in memory only, and after a crash or a restore whatever an engine
-/// kept may not match `KvRevs`. Written in parts: a crash during it only means it runs again.
+/// the sled engine keeps them in memory only, and an engine that keeps them may have kept
+/// them from before a crash. Written in parts: a crash during it only means it runs again. (A
+/// start that restores the snapshot instead derives them as it imports it.)
 /// The versions come from the stored snapshot where it can serve them, as for an export (see
 /// [`content::export`]): read from sled, the whole history would stay in memory a while.
 fn rebuild_derived<E: Engine>(engine: &E, meta: &SmMeta) -> Result<(), StorageError> {
@@ -550,10 +537,12 @@ impl<E: Engine> KvStore<E> {
     pub fn open(engine: Arc<E>) -> Result<Self, StorageError> {
         let mut meta = load_meta(&*engine)?;
         if meta.torn {
+            // The restore imports the snapshot, which derives `Kv` and `KvHistory` afresh.
             restore(&*engine)?;
             meta = load_meta(&*engine)?;
+        } else {
+            rebuild_derived(&*engine, &meta)?;
         }
-        rebuild_derived(&*engine, &meta)?;
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
         let stored = engine
             .get(Tree::Snapshot, SNAP_META)

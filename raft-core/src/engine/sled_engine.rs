@@ -265,10 +265,8 @@ impl Engine for SledEngine {
         match tree {
             Tree::Kv => return Ok(self.current.get(key)),
             Tree::KvHistory => return Ok(self.history.get(key)),
+            Tree::KvRevs => return packed::get(self.tree(tree), key),
             _ => {}
-        }
-        if tree == Tree::KvRevs {
-            return packed::get(self.tree(tree), key);
         }
         Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
     }
@@ -281,7 +279,7 @@ impl Engine for SledEngine {
         }
         let range = (owned_bound(lower), owned_bound(upper));
         // sled panics on an inverted range; an empty scan is the right answer.
-        if is_empty_range(&range) {
+        if !super::mem::valid(&range.0, &range.1) {
             return Box::new(std::iter::empty());
         }
         if tree == Tree::KvRevs {
@@ -507,15 +505,6 @@ impl SledEngine {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad file name {name:?}")).into());
         }
         Ok(self.files_dir.join(name))
-    }
-}
-
-fn is_empty_range(r: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
-    use Bound::*;
-    match r {
-        (Included(a), Included(b)) => a > b,
-        (Included(a), Excluded(b)) | (Excluded(a), Included(b)) | (Excluded(a), Excluded(b)) => a >= b,
-        _ => false,
     }
 }
 

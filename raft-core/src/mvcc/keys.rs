@@ -82,9 +82,11 @@ pub fn index_value(sub: i64) -> Vec<u8> {
     (sub as u64).to_be_bytes().to_vec()
 }
 
-/// The sub-revision a `KvHistory` value holds.
-pub fn index_sub(value: &[u8]) -> Option<i64> {
-    Some(u64::from_be_bytes(value.try_into().ok()?) as i64)
+/// The `KvRevs` key of the version a `KvHistory` entry names: the revision its key ends with
+/// and the sub-revision its value holds.
+pub fn indexed_revs_key(history_key: &[u8], value: &[u8]) -> Option<[u8; 16]> {
+    let sub = u64::from_be_bytes(value.try_into().ok()?) as i64;
+    Some(revs_key(history_key_revision(history_key)?, sub))
 }
 
 /// Order-preserving encoding of a user key: 0x00 becomes 0x00 0xff, and 0x00 0x01 terminates.

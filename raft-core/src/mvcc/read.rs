@@ -9,9 +9,7 @@ use kv_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use kv_api::mvccpb::KeyValue;
 use kv_api::EtcdError;
 
-use super::keys::{
-    after_all_versions, encode_key, history_key, history_key_revision, index_sub, revs_key, Record, Version,
-};
+use super::keys::{after_all_versions, encode_key, history_key, indexed_revs_key, Record, Version};
 use super::view::Reader;
 use super::MvccError;
 use crate::engine::Tree;
@@ -82,6 +80,11 @@ pub fn latest<R: Reader + ?Sized>(r: &R, range: &KeyRange) -> Result<Vec<(Vec<u8
     }
 }
 
+/// The `KvRevs` key a `KvHistory` pair names.
+pub(super) fn indexed(history_key: &[u8], value: &[u8]) -> Result<[u8; 16], MvccError> {
+    indexed_revs_key(history_key, value).ok_or(MvccError::Corrupt("a malformed index entry"))
+}
+
 /// The version stored in `KvRevs` under `revs_key`, which the index names (so it must exist).
 pub(super) fn version<R: Reader + ?Sized>(r: &R, revs_key: &[u8]) -> Result<Version, MvccError> {
     let bytes = r.get(Tree::KvRevs, revs_key)?.ok_or(MvccError::Corrupt("an indexed version is missing"))?;
@@ -99,9 +102,7 @@ fn version_at<R: Reader + ?Sized>(
     let mut scan = r.scan(Tree::KvHistory, Bound::Included(encoded), Bound::Excluded(&upper), true);
     match scan.next().transpose()? {
         Some((hk, sub)) => {
-            let rev = history_key_revision(&hk).ok_or(MvccError::Corrupt("history key"))?;
-            let sub = index_sub(&sub).ok_or(MvccError::Corrupt("history index value"))?;
-            let rec = version(r, &revs_key(rev, sub))?.record;
+            let rec = version(r, &indexed(&hk, &sub)?)?.record;
             Ok((!rec.is_tombstone()).then_some(rec))
         }
         None => Ok(None),

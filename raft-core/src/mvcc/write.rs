@@ -14,7 +14,7 @@ use kv_api::etcdserverpb::{
 };
 use kv_api::EtcdError;
 
-use super::keys::{encode_key, history_key, history_key_revision, index_sub, index_value, revs_key, Record, Version};
+use super::keys::{encode_key, history_key, index_value, revs_key, Record, Version};
 use super::read::{self, KeyRange, Revisions};
 use super::view::{Overlay, Reader};
 use super::MvccError;
@@ -108,8 +108,8 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
             let mut versions = Vec::new();
             for item in self.view.scan(Tree::KvHistory, Bound::Included(&enc), Bound::Excluded(&upper), false) {
                 let (hk, sub) = item?;
-                let rev = history_key_revision(&hk).ok_or(MvccError::Corrupt("history key"))?;
-                versions.push((hk, revs_key(rev, index_sub(&sub).ok_or(MvccError::Corrupt("history index value"))?)));
+                let rk = read::indexed(&hk, &sub)?;
+                versions.push((hk, rk));
             }
             // The newest version at or below the target stays, unless it is a tombstone.
             let keep_last = match versions.last() {
