@@ -92,6 +92,11 @@ pub struct ServerConfig {
     #[arg(skip = raft_core::NodeConfig::default().max_payload_entries)]
     #[serde(skip)]
     pub max_payload_entries: u64,
+    /// Bytes of snapshot data per InstallSnapshot RPC (raft-core's `NodeConfig`). No flag or
+    /// key, as above: the simulation lowers it so a transfer takes many round trips.
+    #[arg(skip = raft_core::NodeConfig::default().snapshot_chunk_bytes)]
+    #[serde(skip)]
+    pub snapshot_chunk_bytes: usize,
     /// Bugs planted on purpose for the simulation (feature `planted-bugs`; no flag sets them).
     #[cfg(feature = "planted-bugs")]
     #[arg(skip)]
@@ -219,8 +224,10 @@ impl ServerConfig {
                 "--max-request-bytes, --max-txn-ops, --snapshot-count and --max-batch-requests must be positive".into(),
             ));
         }
-        if self.max_append_bytes == 0 || self.max_payload_entries == 0 {
-            return Err(ConfigError("max_append_bytes and max_payload_entries must be positive".into()));
+        if self.max_append_bytes == 0 || self.max_payload_entries == 0 || self.snapshot_chunk_bytes == 0 {
+            return Err(ConfigError(
+                "max_append_bytes, max_payload_entries and snapshot_chunk_bytes must be positive".into(),
+            ));
         }
         if self.request_timeout.is_zero() {
             return Err(ConfigError("--request-timeout must be positive".into()));

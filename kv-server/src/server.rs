@@ -139,6 +139,7 @@ pub(crate) async fn start_member<E: Engine>(
         share_read_index: cfg.share_read_index,
         max_append_bytes: cfg.max_append_bytes,
         max_payload_entries: cfg.max_payload_entries,
+        snapshot_chunk_bytes: cfg.snapshot_chunk_bytes,
         #[cfg(feature = "planted-bugs")]
         planted: cfg.planted,
     };

@@ -267,12 +267,12 @@ mod hot {
         let mut builder = sm.clone();
         rt.block_on(builder.build_snapshot()).expect("build snapshot");
         // The data goes to the snapshot file; openraft reads it back through this call.
-        let current = rt.block_on(sm.get_current_snapshot()).expect("read snapshot").expect("a snapshot is stored");
-        let size = current.snapshot.into_inner().len();
+        let mut current = rt.block_on(sm.get_current_snapshot()).expect("read snapshot").expect("a snapshot is stored");
+        let size = current.snapshot.len().expect("snapshot size");
         let mut group = c.benchmark_group("snapshot_build");
         // Each build moves megabytes and fsyncs them; 10 samples is criterion's minimum.
         group.sample_size(10);
-        group.throughput(Throughput::Bytes(size as u64));
+        group.throughput(Throughput::Bytes(size));
         group.bench_function(BenchmarkId::new("keys", PRELOADED_KEYS), |b| {
             b.iter_batched(
                 || {

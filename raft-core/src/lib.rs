@@ -8,14 +8,17 @@
 //! - [`log_store`]: the Raft log and vote over an engine, durable before acknowledged;
 //! - [`mvcc`]: etcd's MVCC semantics (revisions, ranges, txn, compaction) over an engine;
 //! - [`state_machine`]: the openraft state machine around the MVCC store, with snapshots;
+//! - [`snapshot_data`]: snapshot data as openraft moves it, files read and written in place;
 //! - [`codec`]: the strict bincode decoder for stored and peer-sent values;
 //! - [`request`]: the Raft payload, a batch of write requests with one result each;
 //! - [`node`]: a running member: batcher, writes, forwarding, read barrier, status;
 //! - [`reads`]: the lease and staleness bookkeeping behind the lease and bounded read levels;
 //! - [`network`]: the Raft transport between members;
+//! - [`catch_up`]: no election from a member while it receives or installs a snapshot;
 //! - [`ids`]: member and cluster ids derived from the cluster flags;
 //! - `planted` (feature `planted-bugs`, tests only): switches that break a guarantee on purpose.
 
+pub mod catch_up;
 pub mod codec;
 pub mod engine;
 pub mod ids;
@@ -28,6 +31,7 @@ pub mod planted;
 pub mod reads;
 pub mod request;
 pub mod rt;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod typ;
 

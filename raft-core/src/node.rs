@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::catch_up::{CatchUp, Receiving};
 use crate::engine::Engine;
 use crate::log_store::LogStore;
 use crate::network::{PeerError, PeerNetwork, Peers, Rpc, Stamp};
@@ -56,6 +57,9 @@ pub struct NodeConfig {
     /// Most entries one AppendEntries carries (openraft's `max_payload_entries`); whichever of
     /// this and `max_append_bytes` is reached first ends the message. No flag, as above.
     pub max_payload_entries: u64,
+    /// Bytes of snapshot data per InstallSnapshot RPC (openraft's `snapshot_max_chunk_size`).
+    /// No flag, as above.
+    pub snapshot_chunk_bytes: usize,
     #[cfg(feature = "planted-bugs")]
     pub planted: crate::planted::PlantedBugs,
 }
@@ -89,6 +93,7 @@ impl Default for NodeConfig {
             share_read_index: true,
             max_append_bytes: crate::log_store::MAX_APPEND_BYTES,
             max_payload_entries: Config::default().max_payload_entries,
+            snapshot_chunk_bytes: 1 << 20,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }
@@ -229,6 +234,8 @@ pub struct Node<E: Engine> {
     epoch: u64,
     election_timeout: Duration,
     request_timeout: Duration,
+    /// Holds elections off while this member receives or installs a snapshot.
+    catch_up: Arc<CatchUp>,
     #[cfg(feature = "planted-bugs")]
     planted: crate::planted::PlantedBugs,
 }
@@ -251,6 +258,7 @@ impl<E: Engine> Clone for Node<E> {
             epoch: self.epoch,
             election_timeout: self.election_timeout,
             request_timeout: self.request_timeout,
+            catch_up: self.catch_up.clone(),
             #[cfg(feature = "planted-bugs")]
             planted: self.planted,
         }
@@ -266,6 +274,8 @@ impl<E: Engine> Node<E> {
     /// (see [`Node::bootstrap`] for a new cluster).
     pub async fn start(config: NodeConfig, engine: Arc<E>) -> Result<Self, NodeError> {
         let election_ms = config.election_timeout.as_millis() as u64;
+        // Each snapshot chunk must arrive within this; chunks are small enough for a busy disk.
+        let chunk_timeout = (4 * election_ms).max(1000);
         let raft_config = Config {
             cluster_name: "raftkv".into(),
             heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
@@ -274,9 +284,8 @@ impl<E: Engine> Node<E> {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             // Entries a lagging member can still fetch from the log before it needs a snapshot.
             max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
-            // Each chunk must arrive within this; chunks are small enough for a busy disk.
-            install_snapshot_timeout: (4 * election_ms).max(1000),
-            snapshot_max_chunk_size: 1 << 20,
+            install_snapshot_timeout: chunk_timeout,
+            snapshot_max_chunk_size: config.snapshot_chunk_bytes as u64,
             max_payload_entries: config.max_payload_entries,
             ..Config::default()
         }
@@ -319,6 +328,11 @@ impl<E: Engine> Node<E> {
             tokio::spawn(read_index_rounds_task(confirmer.clone(), rx));
             tx
         });
+        // Longer than the leader waits for a snapshot chunk, plus an election timeout.
+        let quiet = Duration::from_millis(chunk_timeout) + 2 * config.election_timeout;
+        let catch_up = CatchUp::start(raft.clone(), quiet, config.election_timeout / 2);
+        #[cfg(feature = "planted-bugs")]
+        catch_up.plant(config.planted);
         Ok(Node {
             id: config.id,
             raft,
@@ -337,6 +351,7 @@ impl<E: Engine> Node<E> {
                 .map_or(0, |d| d.as_nanos() as u64),
             election_timeout: config.election_timeout,
             request_timeout: config.request_timeout,
+            catch_up,
             #[cfg(feature = "planted-bugs")]
             planted: config.planted,
         })
@@ -570,6 +585,22 @@ impl<E: Engine> Node<E> {
     /// Now on this member's clock (peer receipt stamps).
     pub fn clock_stamp(&self) -> Stamp {
         Stamp { epoch: self.epoch, us: self.started.elapsed().as_micros() as u64 }
+    }
+
+    /// Marks a snapshot RPC from the leader being served: this member starts no election until
+    /// some time after the last one (see [`crate::catch_up`]).
+    pub fn receiving_snapshot(&self) -> Receiving {
+        self.catch_up.receiving()
+    }
+
+    /// Notes an AppendEntries accepted from an established leader (see [`crate::catch_up`]).
+    pub fn heard_leader(&self) {
+        self.catch_up.heard_leader();
+    }
+
+    /// Whether elections are held off because a snapshot is being received or installed.
+    pub fn catching_up(&self) -> bool {
+        self.catch_up.paused()
     }
 
     /// Whether this member still refuses votes: for twice the election timeout after it starts,

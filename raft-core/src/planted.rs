@@ -5,11 +5,14 @@
 //! - `local_linearizable_reads` serves a linearizable read from the member's own state, with
 //!   no ReadIndex round: a deposed leader or a lagging follower answers with stale data;
 //! - `ack_before_flush` tells openraft a log append is done before it is flushed, so a crash
-//!   can lose an entry a quorum counted as stored.
+//!   can lose an entry a quorum counted as stored;
+//! - `elect_while_catching_up` lets a member that receives a snapshot start elections (the
+//!   timer openraft 0.9 does not reset while a snapshot streams then runs out).
 
 /// Which planted bugs a member runs with; all off by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
     pub local_linearizable_reads: bool,
     pub ack_before_flush: bool,
+    pub elect_while_catching_up: bool,
 }

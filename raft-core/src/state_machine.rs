@@ -19,7 +19,7 @@
 //! while its finished batch lands, never while computing it; a snapshot export takes it only to
 //! capture its position, then streams the history while apply goes on.
 
-use std::io::Cursor;
+use std::io::Seek;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -35,6 +35,7 @@ use crate::mvcc::view::Overlay;
 use crate::mvcc::write::Writer;
 use crate::mvcc::MvccError;
 use crate::request::{MemberAttrs, ResponseBatch, WriteRequest, WriteResponse, WriteResult};
+use crate::snapshot_data::SnapshotData;
 use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const REVISION: &[u8] = b"revision";
@@ -124,13 +125,12 @@ impl SmMeta {
 /// `KvRevs` only grows between compactions and a version never changes once written: the
 /// export takes every version at or below the revision it captured, and compaction waits for
 /// it. The index `KvHistory` and the current-key table `Kv` are derived from `KvRevs`, so they
-/// are not exported; the importer rebuilds them ([`Derived`]). `KvRevs` always holds each live
+/// are not exported; the importer rebuilds them ([`derive`]). `KvRevs` always holds each live
 /// key's latest version (compaction keeps it).
 mod content {
     use crate::engine::{Batch, Engine, FileWrite, Pair, Tree};
-    use crate::mvcc::keys::{history_key, index_value, revs_key, split_revs_key, Record, Version};
-    use std::collections::BTreeMap;
-    use std::io::SeekFrom;
+    use crate::mvcc::keys::{history_key, index_value, revs_key, split_revs_key, Version};
+    use std::io::{Read, SeekFrom};
     use std::ops::Bound;
 
     fn write_len(out: &mut dyn FileWrite, n: usize) -> std::io::Result<()> {
@@ -214,7 +214,7 @@ mod content {
 
     /// An earlier snapshot's data to export from (see [`export`]).
     pub struct Base {
-        pub data: Box<dyn std::io::Read + Send>,
+        pub data: Box<dyn crate::engine::ReadSeek>,
         /// The revision it was taken at.
         pub revision: i64,
     }
@@ -293,37 +293,37 @@ mod content {
         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt snapshot: {what}"))
     }
 
-    /// Builds the derived trees from `KvRevs` pairs read in revision order: an index entry in
-    /// `KvHistory` for each version, and for each key its last version, written to `Kv` at
-    /// [`Derived::finish`] when it is live.
-    #[derive(Default)]
-    pub struct Derived {
-        last: BTreeMap<Vec<u8>, Record>,
+    /// Adds to `batch` the derived trees' pairs for one `KvRevs` pair: its index entry in
+    /// `KvHistory`, and the key's entry in `Kv` as of this version (set, or removed by a
+    /// tombstone). Fed every version in revision order, `Kv` ends with each key's last
+    /// version when it is live; nothing is held between versions, so memory does not grow
+    /// with the store.
+    pub fn derive(revs_key: &[u8], version: &[u8], batch: &mut Batch) -> std::io::Result<()> {
+        let (rev, sub) = split_revs_key(revs_key).ok_or_else(|| invalid("malformed version key".into()))?;
+        let Version { key, record } = Version::decode(version).map_err(|e| invalid(format!("version: {e}")))?;
+        batch.put(Tree::KvHistory, history_key(&key, rev), index_value(sub));
+        if record.is_tombstone() {
+            batch.delete(Tree::Kv, key);
+        } else {
+            batch.put(Tree::Kv, key, record.encode());
+        }
+        Ok(())
     }
 
-    impl Derived {
-        pub fn version(&mut self, revs_key: &[u8], version: &[u8], batch: &mut Batch) -> std::io::Result<()> {
-            let (rev, sub) = split_revs_key(revs_key).ok_or_else(|| invalid("malformed version key".into()))?;
-            let Version { key, record } = Version::decode(version).map_err(|e| invalid(format!("version: {e}")))?;
-            batch.put(Tree::KvHistory, history_key(&key, rev), index_value(sub));
-            self.last.insert(key, record);
-            Ok(())
-        }
+    /// Most bytes of pairs [`import`] gathers before handing them on.
+    pub const IMPORT_PART: usize = 1 << 20;
 
-        pub fn finish(self, batch: &mut Batch) {
-            for (key, record) in self.last {
-                if !record.is_tombstone() {
-                    batch.put(Tree::Kv, key, record.encode());
-                }
-            }
-        }
-    }
-
-    /// Adds a put to `batch` for every pair in `data`, each into the tree of `trees` it names,
-    /// and the derived trees' pairs (see [`Derived`]).
-    pub fn import(mut data: &[u8], trees: &[Tree], batch: &mut Batch) -> Result<(), std::io::Error> {
-        let r = &mut data;
-        let mut derived = Derived::default();
+    /// Reads snapshot data from `data` as a stream and hands `write` a put for every pair,
+    /// each into the tree of `trees` it names, with the derived trees' pairs (see [`derive`]),
+    /// in batches of about [`IMPORT_PART`] bytes: the data is never held whole.
+    pub fn import(
+        data: &mut dyn std::io::Read,
+        trees: &[Tree],
+        write: &mut dyn FnMut(Batch) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let r = data;
+        let mut batch = Batch::default();
+        let mut bytes = 0;
         for _ in 0..read_len(r)? {
             let name = read_bytes(r)?;
             let tree = *trees
@@ -333,17 +333,23 @@ mod content {
             for _ in 0..read_len(r)? {
                 let k = read_bytes(r)?;
                 let v = read_bytes(r)?;
+                bytes += k.len() + v.len();
                 if tree == Tree::KvRevs {
-                    derived.version(&k, &v, batch)?;
+                    derive(&k, &v, &mut batch)?;
                 }
                 batch.put(tree, k, v);
+                if bytes >= IMPORT_PART {
+                    write(std::mem::take(&mut batch))?;
+                    bytes = 0;
+                }
             }
         }
-        derived.finish(batch);
-        if !data.is_empty() {
-            return Err(invalid(format!("{} bytes after the last tree", data.len())));
+        let mut rest = Vec::new();
+        r.take(1 << 20).read_to_end(&mut rest)?;
+        if !rest.is_empty() {
+            return Err(invalid(format!("{} bytes after the last tree", rest.len())));
         }
-        Ok(())
+        write(batch)
     }
 }
 
@@ -417,35 +423,90 @@ fn load_meta<E: Engine>(engine: &E) -> Result<SmMeta, StorageError> {
     })
 }
 
-/// Takes a torn stored state back to the stored snapshot, or to the empty state when there is
-/// none (then no entry was ever purged), durably; openraft applies the log from there. The
-/// cluster id is kept: it is set once, at bootstrap, not by the log.
-fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
-    let cluster_id = engine.get(Tree::SmMeta, CLUSTER_ID).map_err(sm_read_err)?;
-    let mut batch = Batch::default();
-    for tree in SM_TREES {
+/// Ops per write when a large state is rewritten in parts (cleared, imported, derived), so a
+/// large store is never held in one batch.
+const PART: usize = 1 << 16;
+
+/// Deletes every pair of `trees`, in parts, but the torn mark and the cluster id: the caller
+/// writes op by op under the torn mark, which must stay until the state is whole again, and
+/// the cluster id is set once, at bootstrap, never by a snapshot.
+fn clear_trees<E: Engine>(engine: &E, trees: &[Tree]) -> Result<(), StorageError> {
+    for &tree in trees {
+        let mut batch = Batch::default();
         for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
-            batch.delete(tree, item.map_err(sm_read_err)?.0);
+            let key = item.map_err(sm_read_err)?.0;
+            if tree == Tree::SmMeta && (key == TORN || key == CLUSTER_ID) {
+                continue;
+            }
+            batch.delete(tree, key);
+            if batch.ops.len() >= PART {
+                engine.write_relaxed(std::mem::take(&mut batch)).map_err(sm_write_err)?;
+            }
         }
+        engine.write_relaxed(batch).map_err(sm_write_err)?;
     }
+    Ok(())
+}
+
+/// Bytes a snapshot's import writes between flushes of the engine.
+const FLUSH_EVERY: usize = 4 << 20;
+
+/// Replaces the state machine's trees with the snapshot stored in `file`, streamed from the
+/// file in parts. The caller holds the torn mark: a crash part way is restored again.
+fn load_snapshot<E: Engine>(engine: &E, meta: &SnapshotMeta, file: &str) -> Result<(), StorageError> {
+    let read_err = |e: std::io::Error| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e));
+    let missing = || {
+        let what = format!("the snapshot's file {file} is missing");
+        read_err(std::io::Error::new(std::io::ErrorKind::NotFound, what))
+    };
+    let mut data = engine.open_file(file).map_err(|e| read_err(std::io::Error::other(e)))?.ok_or_else(missing)?;
+    clear_trees(engine, &SM_TREES)?;
+    // A failed write is the engine's error, not the snapshot's: keep it as it was.
+    let mut failed_write = None;
+    let mut unflushed = 0;
+    let imported = content::import(&mut data, &SNAPSHOT_TREES, &mut |batch| {
+        unflushed += batch.encoded_len();
+        let mut written = engine.write_relaxed(batch);
+        if written.is_ok() && unflushed >= FLUSH_EVERY {
+            // sled keeps what was written since its last flush in memory.
+            unflushed = 0;
+            written = engine.flush();
+        }
+        written.map_err(|e| {
+            let message = e.to_string();
+            failed_write = Some(e);
+            std::io::Error::other(message)
+        })
+    });
+    if let Some(e) = failed_write {
+        return Err(sm_write_err(e));
+    }
+    imported.map_err(read_err)
+}
+
+/// Takes a torn stored state back to the stored snapshot, or to the empty state when there is
+/// none (then no entry was ever purged), durably; openraft applies the log from there. Written
+/// in parts under the torn mark: a crash during it only means it runs again.
+fn restore<E: Engine>(engine: &E) -> Result<(), StorageError> {
     let snapshot: Option<SnapshotMeta> =
         engine.get(Tree::Snapshot, SNAP_META).map_err(sm_read_err)?.map(|m| decode(&m)).transpose()?;
-    if let Some(meta) = &snapshot {
-        let name = engine.get(Tree::Snapshot, SNAP_FILE).map_err(sm_read_err)?.unwrap_or_default();
-        let read_err = |e: std::io::Error| StorageIOError::read_snapshot(Some(meta.signature()), &e);
-        let data = engine.get_file(&String::from_utf8_lossy(&name)).map_err(|e| read_err(std::io::Error::other(e)))?;
-        let missing =
-            || read_err(std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"));
-        let data = data.ok_or_else(missing)?;
-        content::import(&data, &SNAPSHOT_TREES, &mut batch).map_err(read_err)?;
-        // The snapshot's position is authoritative even if its content predates the meta keys.
-        batch.put(Tree::SmMeta, LAST_APPLIED, encode(&meta.last_log_id));
-        batch.put(Tree::SmMeta, MEMBERSHIP, encode(&meta.last_membership));
+    let cluster_id = engine.get(Tree::SmMeta, CLUSTER_ID).map_err(sm_read_err)?;
+    let mut batch = Batch::default();
+    match &snapshot {
+        Some(meta) => {
+            let name = engine.get(Tree::Snapshot, SNAP_FILE).map_err(sm_read_err)?.unwrap_or_default();
+            load_snapshot(engine, meta, &String::from_utf8_lossy(&name))?;
+            // The snapshot's position is authoritative even if its content predates the meta keys.
+            batch.put(Tree::SmMeta, LAST_APPLIED, encode(&meta.last_log_id));
+            batch.put(Tree::SmMeta, MEMBERSHIP, encode(&meta.last_membership));
+        }
+        None => clear_trees(engine, &SM_TREES)?,
     }
-    batch.delete(Tree::SmMeta, TORN);
+    // The snapshot's meta section may carry a cluster id and a torn mark of its own.
     if let Some(id) = cluster_id {
         batch.put(Tree::SmMeta, CLUSTER_ID, id);
     }
+    batch.delete(Tree::SmMeta, TORN);
     engine.write(batch).map_err(sm_write_err)?;
     engine.flush().map_err(sm_write_err)?;
     tracing::warn!(
@@ -476,23 +537,15 @@ fn rebuild_derived<E: Engine>(engine: &E, meta: &SmMeta) -> Result<(), StorageEr
 
 /// [`rebuild_derived`] from the versions [`content::versions`] yields.
 fn derive_from<E: Engine>(engine: &E, meta: &SmMeta, base: Option<content::Base>) -> Result<(), StorageError> {
-    /// Ops per write, so a large store is not held twice over in one batch.
-    const PART: usize = 1 << 16;
+    clear_trees(engine, &[Tree::Kv, Tree::KvHistory])?;
     let mut batch = Batch::default();
-    for tree in [Tree::Kv, Tree::KvHistory] {
-        for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
-            batch.delete(tree, item.map_err(sm_read_err)?.0);
-        }
-    }
-    let mut derived = content::Derived::default();
     for item in content::versions(engine, meta.revision, base).map_err(sm_read_err)? {
         let (key, version) = item.map_err(sm_read_err)?;
-        derived.version(&key, &version, &mut batch).map_err(sm_read_err)?;
+        content::derive(&key, &version, &mut batch).map_err(sm_read_err)?;
         if batch.ops.len() >= PART {
             engine.write_relaxed(std::mem::take(&mut batch)).map_err(sm_write_err)?;
         }
     }
-    derived.finish(&mut batch);
     engine.write_relaxed(batch).map_err(sm_write_err)
 }
 
@@ -509,14 +562,10 @@ fn stored_base<E: Engine>(engine: &E, meta: &SmMeta) -> Option<content::Base> {
     Some(content::Base { data, revision })
 }
 
-/// The revision and compacted revision that an imported snapshot's meta section sets in
-/// `batch` (its last write of each key), if it sets both.
-fn imported_base(batch: &Batch) -> Option<(i64, i64)> {
-    let value = |key: &[u8]| {
-        let op = batch.ops.iter().rev().find(|op| op.tree == Tree::SmMeta && op.key == key)?;
-        crate::codec::decode::<i64>(op.value.as_deref()?).ok()
-    };
-    Some((value(REVISION)?, value(COMPACTED)?))
+/// The revision and compacted revision that an imported snapshot's meta section set, if it
+/// set both.
+fn imported_base<E: Engine>(engine: &E) -> Result<Option<(i64, i64)>, StorageError> {
+    Ok(i64_at(engine, REVISION)?.zip(i64_at(engine, COMPACTED)?))
 }
 
 fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
@@ -741,7 +790,7 @@ impl<E: Engine> KvStore<E> {
 
     /// [`RaftStateMachine::install_snapshot`]'s work, blocking. A failure is published to the
     /// log store's purge waiting for this snapshot, which then fails too.
-    fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+    fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
         let installed = self.try_install(meta, data);
         if installed.is_err() {
             self.shared.snapshot.send_modify(|s| s.install_failed = true);
@@ -749,37 +798,53 @@ impl<E: Engine> KvStore<E> {
         installed
     }
 
-    fn try_install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
+    /// Stores the received data as the snapshot's file, then replaces the state with it in
+    /// parts, streamed from that file, under the torn mark: a crash part way restores the
+    /// previous snapshot at the next start (whose file stays until this one is current), and
+    /// the log from there, so the member is back on its previous state.
+    fn try_install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let _history = self.history_exclusive();
         let mut gate = self.write_gate();
-        let engine = &self.shared.engine;
+        let engine = &*self.shared.engine;
+        let write_err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
         // The file first: until the meta below points to it, it is an unused file.
         let file = installed_file_name(&meta.snapshot_id);
-        engine
-            .put_file(&file, &mut |out| out.write_all(&data))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let mut batch = Batch::default();
-        for tree in SM_TREES {
-            for item in engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
-                batch.delete(tree, item.map_err(sm_read_err)?.0);
-            }
+        match data.into_received() {
+            Ok(received) => engine.store_received(&file, received).map_err(write_err)?,
+            Err(mut other) => engine
+                .put_file(&file, &mut |out| {
+                    other.seek(std::io::SeekFrom::Start(0))?;
+                    std::io::copy(&mut other, out).map(drop)
+                })
+                .map_err(write_err)?,
         }
-        content::import(&data, &SNAPSHOT_TREES, &mut batch)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        drop(data);
+        if !gate.torn {
+            let mut mark = Batch::default();
+            mark.put(Tree::SmMeta, TORN, vec![1]);
+            engine.write(mark).map_err(sm_write_err)?;
+            engine.flush().map_err(sm_write_err)?;
+            gate.torn = true;
+        }
+        if let Err(e) = load_snapshot(engine, meta, &file) {
+            // What is stored is part of a snapshot: only a restart's restore may clear the mark.
+            gate.apply_failed = true;
+            return Err(e);
+        }
         // The data holds exactly the versions at or below its revision, as compacted then, so it
         // is the base of the next build and start, as a snapshot built here would be.
-        let base = imported_base(&batch);
-        self.persist_snapshot(meta, &file, batch, base)?;
-        let mut fresh = load_meta(&**engine)?;
+        let base = imported_base(engine)?;
+        self.persist_snapshot(meta, &file, Batch::default(), base)?;
+        let mut fresh = load_meta(engine)?;
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
         fresh.membership = meta.last_membership.clone();
         tracing::info!(
             snapshot = %meta.snapshot_id,
             revision = fresh.revision,
-            "installed snapshot up to log {}",
-            meta.last_log_id.map_or(0, |l| l.index)
+            "installed snapshot up to log {} in {:?}",
+            meta.last_log_id.map_or(0, |l| l.index),
+            started.elapsed()
         );
         let revision = fresh.revision;
         *gate = fresh;
@@ -845,7 +910,7 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         // meta of a snapshot it had built (sm worker, startup helper) and reads the data through
         // `get_current_snapshot` when it sends one. A copy the size of the whole state would
         // only raise the member's peak memory.
-        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(Cursor::new(Vec::new())) })
+        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(SnapshotData::empty()) })
     }
 }
 
@@ -920,18 +985,16 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A file of the engine that the chunks from the leader are written into as they arrive.
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let file = self.shared.engine.receive_file().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(SnapshotData::received(file)))
     }
 
-    /// Replaces the whole state with the snapshot's in one atomic batch.
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    /// Replaces the whole state with the snapshot's (see [`KvStore::try_install`]).
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         // Replacing the whole state takes long on a big store: off the runtime.
-        crate::rt::blocking(|| self.install(meta, snapshot.into_inner()))
+        crate::rt::blocking(|| self.install(meta, *snapshot))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
@@ -940,13 +1003,14 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
             return Ok(None);
         };
         let file = engine.get(Tree::Snapshot, SNAP_FILE).map_err(sm_read_err)?.unwrap_or_default();
-        let data = engine.get_file(&String::from_utf8_lossy(&file)).map_err(sm_read_err)?.ok_or_else(|| {
+        // Read from the file as it is sent, a chunk at a time.
+        let data = engine.open_file(&String::from_utf8_lossy(&file)).map_err(sm_read_err)?.ok_or_else(|| {
             StorageIOError::read_snapshot(
                 Some(meta.signature()),
                 &std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"),
             )
         })?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::stored(data)) }))
     }
 }
 
@@ -963,7 +1027,7 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::content;
-    use crate::engine::{Batch, Engine, MemEngine, Pair, Tree};
+    use crate::engine::{Engine, MemEngine, Pair, Tree};
     use crate::mvcc::read::Revisions;
     use crate::mvcc::view::Overlay;
     use crate::mvcc::write::Writer;
@@ -1036,9 +1100,10 @@ mod tests {
 
     fn import(data: &[u8]) -> MemEngine {
         let engine = MemEngine::new();
-        let mut batch = Batch::default();
-        content::import(data, &super::SNAPSHOT_TREES, &mut batch).unwrap();
-        engine.write(batch).unwrap();
+        content::import(&mut &data[..], &super::SNAPSHOT_TREES, &mut |batch| {
+            engine.write(batch).map_err(std::io::Error::other)
+        })
+        .unwrap();
         engine
     }
 
@@ -1086,18 +1151,18 @@ mod tests {
         let revs = first_phase(&engine);
         let data = export_at(&engine, revs.current, &[(Tree::Members, Vec::new())]);
         for bad in [&data[..data.len() - 1], &[data.as_slice(), &[0]].concat()[..], &data[..3]] {
-            assert!(content::import(bad, &super::SNAPSHOT_TREES, &mut Batch::default()).is_err());
+            assert!(content::import(&mut &bad[..], &super::SNAPSHOT_TREES, &mut |_| Ok(())).is_err());
         }
         let known = [Tree::KvRevs];
-        assert!(content::import(&data, &known, &mut Batch::default()).is_err(), "unknown tree");
+        assert!(content::import(&mut &data[..], &known, &mut |_| Ok(())).is_err(), "unknown tree");
         // A version that is not a version, and one under a key that is not a revision.
         let version = crate::mvcc::keys::Version::encode(b"k", &crate::mvcc::keys::Record::default());
         let revs_key = crate::mvcc::keys::revs_key(2, 0).to_vec();
         for pair in [(revs_key.clone(), vec![1u8]), (revs_key[..15].to_vec(), version.clone())] {
             let bad = bincode::serialize(&vec![("kv_revs", vec![pair])]).unwrap();
-            assert!(content::import(&bad, &known, &mut Batch::default()).is_err());
+            assert!(content::import(&mut &bad[..], &known, &mut |_| Ok(())).is_err());
         }
         let good = bincode::serialize(&vec![("kv_revs", vec![(revs_key, version)])]).unwrap();
-        assert!(content::import(&good, &known, &mut Batch::default()).is_ok());
+        assert!(content::import(&mut &good[..], &known, &mut |_| Ok(())).is_ok());
     }
 }

@@ -1,8 +1,6 @@
 //! The openraft type configuration, declared once, and short aliases for its types so no other
 //! file spells `<TypeConfig as RaftTypeConfig>::...`.
 
-use std::io::Cursor;
-
 use crate::request::{RequestBatch, ResponseBatch};
 
 /// openraft's `Node`: what a member needs to reach another (its peer URLs). A member's name and
@@ -26,7 +24,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = PeerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = crate::rt::Runtime,
 );
 

@@ -18,6 +18,8 @@ pub struct Options {
     pub members: usize,
     /// Applied entries between snapshots (`--snapshot-count`).
     pub snapshot_count: u64,
+    /// Bytes of snapshot data per InstallSnapshot RPC.
+    pub snapshot_chunk_bytes: usize,
     /// Bugs the members run with (tests of the simulation itself).
     #[cfg(feature = "planted-bugs")]
     pub planted: raft_core::planted::PlantedBugs,
@@ -28,6 +30,7 @@ impl Default for Options {
         Options {
             members: 3,
             snapshot_count: ServerConfig::default().snapshot_count,
+            snapshot_chunk_bytes: ServerConfig::default().snapshot_chunk_bytes,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }
@@ -173,6 +176,7 @@ impl SimCluster {
                 initial_cluster: Some(initial.clone()),
                 request_timeout: Duration::from_secs(2),
                 snapshot_count: opts.snapshot_count,
+                snapshot_chunk_bytes: opts.snapshot_chunk_bytes,
                 #[cfg(feature = "planted-bugs")]
                 planted: opts.planted,
                 ..ServerConfig::default()

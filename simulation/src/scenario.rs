@@ -20,7 +20,9 @@ pub struct Scenario {
     pub members: usize,
     /// The faults the nemesis picks from.
     pub faults: &'static [Fault],
-    /// Small snapshot threshold, and a follower down long enough to need a snapshot.
+    /// Small snapshot threshold, and a follower down long enough to need a snapshot, which is
+    /// sent in small chunks so that the transfer outlasts the election timeout; no member
+    /// may start an election meanwhile.
     pub snapshot_catchup: bool,
 }
 
@@ -75,6 +77,7 @@ impl Scenario {
         opts.members = self.members;
         if self.snapshot_catchup {
             opts.snapshot_count = 10;
+            opts.snapshot_chunk_bytes = SNAPSHOT_CATCHUP_CHUNK;
         }
         let c = SimCluster::start(&opts);
         sleep(Duration::from_secs(1)).await;
@@ -98,14 +101,25 @@ impl Scenario {
     }
 }
 
+/// Bytes per snapshot chunk in the `snapshot_catchup` scenario: a transfer of the few hundred
+/// KB its follower misses takes many round trips, longer than an election timeout.
+const SNAPSHOT_CATCHUP_CHUNK: usize = 1024;
+
+/// The highest term any member reports.
+async fn highest_term(c: &SimCluster) -> u64 {
+    c.statuses().await.iter().flatten().map(|s| s.raft_term).max().unwrap_or(0)
+}
+
 /// A follower is killed for 2 s of writes (far more entries than the leader keeps past its
-/// snapshot), restarted, and must catch up by installing a snapshot.
+/// snapshot), restarted, and must catch up by installing a snapshot, with no election on the
+/// way: the term is the same once it has.
 async fn snapshot_catchup(c: &SimCluster, faults: &mut Vec<String>, problems: &mut Vec<String>, clock: Instant) {
     let leader = c.leader().await;
     let victim = (0..c.len()).find(|&i| Some(i) != leader).expect("a follower");
     c.crash(victim);
     faults.push(format!("{} ms: m{} killed for 2 s (snapshot catch-up)", clock.elapsed().as_millis(), victim + 1));
     sleep(Duration::from_secs(2)).await;
+    let term = highest_term(c).await;
     c.restart(victim);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -116,6 +130,13 @@ async fn snapshot_catchup(c: &SimCluster, faults: &mut Vec<String>, problems: &m
                 clock.elapsed().as_millis(),
                 victim + 1
             ));
+            let now = highest_term(c).await;
+            if now != term {
+                problems.push(format!(
+                    "an election while m{} caught up by snapshot: term {term} before its restart, {now} after",
+                    victim + 1
+                ));
+            }
             return;
         }
         if Instant::now() > deadline {

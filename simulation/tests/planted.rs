@@ -47,6 +47,14 @@ fn local_linearizable_reads_are_found() {
     found_and_replayed("isolate_leader", "local_linearizable_reads_are_found", bugs);
 }
 
+/// A member receiving a snapshot may start elections: the transfer outlasts its election
+/// timeout, it campaigns at a higher term, and the leader steps down.
+#[test]
+fn elect_while_catching_up_is_found() {
+    let bugs = PlantedBugs { elect_while_catching_up: true, ..PlantedBugs::default() };
+    found_and_replayed("snapshot_catchup", "elect_while_catching_up_is_found", bugs);
+}
+
 /// Appends acknowledged before they are flushed: killing a majority loses entries a quorum
 /// counted as stored, and with them acknowledged writes.
 #[test]

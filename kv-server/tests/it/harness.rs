@@ -63,7 +63,8 @@ impl Server {
             .arg("--listen-client-urls")
             .arg("http://127.0.0.1:0")
             .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn")
+            // KV_TEST_LOG overrides the members' log filter, to debug a test.
+            .env("RUST_LOG", std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kv-server");

@@ -11,5 +11,6 @@ mod t50_cluster_info;
 mod t60_cluster;
 mod t70_failover;
 mod t80_snapshot;
+mod t85_catch_up;
 mod t90_consistency;
 mod t95_client;

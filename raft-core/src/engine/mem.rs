@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{owned_bound, Batch, Engine, FileWrite, Pair, Result, Scan, Tree};
+use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Pair, ReadSeek, ReceivedFile, Result, Scan, Tree};
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -247,9 +247,22 @@ impl Engine for MemEngine {
         Ok(self.state.lock().files.get(name).cloned())
     }
 
-    fn open_file(&self, name: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+    fn open_file(&self, name: &str) -> Result<Option<Box<dyn ReadSeek>>> {
         let data = self.state.lock().files.get(name).cloned();
-        Ok(data.map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn std::io::Read + Send>))
+        Ok(data.map(|d| Box::new(std::io::Cursor::new(d)) as Box<dyn ReadSeek>))
+    }
+
+    fn receive_file(&self) -> Result<Box<dyn ReceivedFile>> {
+        Ok(Box::new(std::io::Cursor::new(Vec::<u8>::new())))
+    }
+
+    fn store_received(&self, name: &str, file: Box<dyn ReceivedFile>) -> Result<()> {
+        let data = file
+            .into_any()
+            .downcast::<std::io::Cursor<Vec<u8>>>()
+            .map_err(|_| EngineError::Layout("a received file from another engine"))?;
+        self.state.lock().files.insert(name.to_string(), data.into_inner());
+        Ok(())
     }
 
     fn retain_file(&self, keep: &str) -> Result<()> {

@@ -18,6 +18,8 @@ mod sled_engine;
 
 use std::ops::Bound;
 
+pub use crate::snapshot_data::{ReadSeek, ReceivedFile};
+
 pub use mem::MemEngine;
 pub use segment_log::{LogError, SegmentLog};
 pub use sled_engine::{SledEngine, SyncStats};
@@ -164,7 +166,16 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A stored file to read as a stream, if there is one of that name: for files too large to
     /// hold whole. The stream stays readable if the file is replaced or removed meanwhile.
-    fn open_file(&self, name: &str) -> Result<Option<Box<dyn std::io::Read + Send>>>;
+    fn open_file(&self, name: &str) -> Result<Option<Box<dyn ReadSeek>>>;
+
+    /// A new file to receive data into (a snapshot sent by the leader, written as it arrives),
+    /// not stored until [`Engine::store_received`]; dropped unstored, it is removed, and a crash
+    /// leaves nothing that the next open keeps.
+    fn receive_file(&self) -> Result<Box<dyn ReceivedFile>>;
+
+    /// Stores a file made by [`Engine::receive_file`] under `name`, as [`Engine::put_file`]
+    /// would have written it: durable once this returns, replacing an earlier one atomically.
+    fn store_received(&self, name: &str, file: Box<dyn ReceivedFile>) -> Result<()>;
 
     /// Removes every stored file but `keep`, durably; a file that a `put_file` running alongside
     /// is still writing stays (it is not stored yet).

@@ -19,7 +19,9 @@ use sled::Transactional;
 use super::history::HistoryTable;
 use super::memtable::MemTable;
 use super::packed;
-use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Result, Scan, SegmentLog, Tree};
+use super::{
+    owned_bound, Batch, Engine, EngineError, FileWrite, ReadSeek, ReceivedFile, Result, Scan, SegmentLog, Tree,
+};
 
 /// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
 #[derive(Debug, Default)]
@@ -369,12 +371,36 @@ impl Engine for SledEngine {
         }
     }
 
-    fn open_file(&self, name: &str) -> Result<Option<Box<dyn std::io::Read + Send>>> {
+    fn open_file(&self, name: &str) -> Result<Option<Box<dyn ReadSeek>>> {
         match File::open(self.file_path(name)?) {
             Ok(file) => Ok(Some(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `<dir>/files/received-<n>.tmp`: `retain_file` leaves it alone and the next open removes
+    /// it if a crash left it.
+    fn receive_file(&self) -> Result<Box<dyn ReceivedFile>> {
+        static RECEIVED: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let n = RECEIVED.fetch_add(1, Ordering::Relaxed);
+        let path = self.files_dir.join(format!("received-{nanos}-{n}.tmp"));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        Ok(Box::new(Received { file: Some(file), path }))
+    }
+
+    fn store_received(&self, name: &str, file: Box<dyn ReceivedFile>) -> Result<()> {
+        let path = self.file_path(name)?;
+        let mut received = file
+            .into_any()
+            .downcast::<Received>()
+            .map_err(|_| EngineError::Layout("a received file from another engine"))?;
+        let file = received.file.take().expect("a received file is stored once");
+        file.sync_all()?;
+        std::fs::rename(&received.path, &path)?;
+        File::open(&self.files_dir)?.sync_all()?;
+        Ok(())
     }
 
     fn retain_file(&self, keep: &str) -> Result<()> {
@@ -495,6 +521,50 @@ impl std::io::Write for EarlyWriteback {
 impl std::io::Seek for EarlyWriteback {
     fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
         self.file.seek(to)
+    }
+}
+
+/// A file being received ([`Engine::receive_file`]); removed when dropped unless stored.
+struct Received {
+    /// `None` once stored.
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl Received {
+    fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("a stored received file is not used again")
+    }
+}
+
+impl std::io::Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file().read(buf)
+    }
+}
+
+impl std::io::Write for Received {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl std::io::Seek for Received {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.file().seek(to)
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Not stored: a transfer cut off or refused. Nothing refers to it.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -19,14 +19,15 @@ use std::time::Duration;
 use kv_api::raftkvpb::peer_client::PeerClient;
 use kv_api::raftkvpb::PeerRequest;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
+use openraft::{OptionalSend, RPCTypes, StorageIOError};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,7 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::reads::RestartFloor;
-use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, TypeConfig};
+use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, Snapshot, TypeConfig, Vote};
 use tokio::time::Instant;
 
 /// Largest peer message either side sends or accepts. Write batches are capped far below it
@@ -50,6 +51,24 @@ pub const MAX_APPEND_SPLIT_BYTES: usize = 16 << 20;
 /// How long a replication stream waits before retrying a peer it could not reach. openraft's
 /// default (500 ms) would delay a restarted member's catch-up for no benefit on a LAN.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Bytes of snapshot data per InstallSnapshot RPC when openraft does not say.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Failed snapshot chunks in a row before a transfer gives up (openraft's replication then
+/// starts a new one after its backoff).
+const SNAPSHOT_CHUNK_TRIES: u32 = 5;
+
+/// Pause before sending a failed snapshot chunk again.
+const SNAPSHOT_CHUNK_RETRY: Duration = Duration::from_millis(50);
+
+/// How long the last chunk of a snapshot of `size` bytes may take: the receiver answers it
+/// only once it has stored and installed the whole snapshot, at disk speed. A bound for a
+/// receiver that hangs, not an estimate (docs/operations.md has the measured rates).
+fn install_allowance(size: u64) -> Duration {
+    const BYTES_PER_SEC: u64 = 8 << 20;
+    Duration::from_secs(30) + Duration::from_millis(size.saturating_mul(1000) / BYTES_PER_SEC)
+}
 
 /// A peer's recent receipt stamps in one term and one life of the peer, oldest first, each with
 /// when its answer came back to this leader.
@@ -427,7 +446,98 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         Ok(self.rpc(Rpc::Vote, RPCTypes::Vote, payload, None, &option).await?.0)
     }
 
+    /// Sends the snapshot in chunks read from its file as they go. Each chunk must arrive within
+    /// openraft's snapshot timeout, but the last one is answered only after the receiver
+    /// installed the whole snapshot, which takes longer on a large store: it gets
+    /// [`install_allowance`]. (openraft's own sender gives every chunk the same timeout, so the
+    /// last chunk of a large snapshot timed out and the whole transfer started over.)
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        mut snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let meta = snapshot.meta.clone();
+        let storage = |e: std::io::Error| -> StreamingError<TypeConfig, Fatal<NodeId>> {
+            openraft::StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)).into()
+        };
+        let chunk = option.snapshot_chunk_size().unwrap_or(SNAPSHOT_CHUNK);
+        let size = snapshot.snapshot.len().map_err(storage)?;
+        let started = Instant::now();
+        let mut cancel = std::pin::pin!(cancel);
+        let (mut offset, mut failures) = (0u64, 0u32);
+        loop {
+            let data = snapshot.snapshot.read_chunk(offset, chunk).map_err(storage)?;
+            let n = data.len() as u64;
+            let done = offset + n >= size;
+            let req = InstallSnapshotRequest { vote, meta: meta.clone(), offset, data, done };
+            let timeout = if done { install_allowance(size) } else { option.hard_ttl() };
+            let sent = tokio::select! {
+                closed = &mut cancel => return Err(closed.into()),
+                sent = self.install_chunk(req, timeout) => sent,
+            };
+            match sent {
+                Ok(resp) if resp.vote > vote => return Ok(SnapshotResponse::new(resp.vote)),
+                Ok(resp) if done => {
+                    tracing::info!(
+                        target = format_args!("{:x}", self.target),
+                        snapshot = %meta.snapshot_id,
+                        bytes = size,
+                        "snapshot sent and installed in {:?}",
+                        started.elapsed()
+                    );
+                    return Ok(SnapshotResponse::new(resp.vote));
+                }
+                Ok(_) => {
+                    offset += n;
+                    failures = 0;
+                }
+                Err(RPCError::RemoteError(RemoteError {
+                    source: RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)),
+                    ..
+                })) => {
+                    // The receiver lost what it had (it restarted, or took the last chunk
+                    // already): from the start.
+                    tracing::warn!(%m, "snapshot transfer out of step with the receiver; sending it again");
+                    (offset, failures) = (0, 0);
+                }
+                Err(RPCError::RemoteError(RemoteError { target, target_node, source: RaftError::Fatal(f) })) => {
+                    return Err(RemoteError { target, target_node, source: f }.into());
+                }
+                // Down: openraft's replication backs off and starts again.
+                Err(RPCError::Unreachable(e)) => return Err(e.into()),
+                Err(e) => {
+                    failures += 1;
+                    if failures >= SNAPSHOT_CHUNK_TRIES {
+                        return Err(match e {
+                            RPCError::Timeout(e) => e.into(),
+                            RPCError::Network(e) => e.into(),
+                            other => NetworkError::new(&other).into(),
+                        });
+                    }
+                    tracing::warn!(error = %e, offset, "snapshot chunk failed; sending it again");
+                    tokio::time::sleep(SNAPSHOT_CHUNK_RETRY).await;
+                }
+            }
+        }
+    }
+
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+impl PeerClientHandle {
+    /// One InstallSnapshot RPC with its own timeout.
+    async fn install_chunk(
+        &self,
+        req: InstallSnapshotRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        let payload = encode(&req);
+        let option = RPCOption::new(timeout);
+        Ok(self.rpc(Rpc::InstallSnapshot, RPCTypes::InstallSnapshot, payload, None, &option).await?.0)
     }
 }

@@ -1,12 +1,13 @@
 //! Installing a snapshot sent by a leader, on the sled engine.
 
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use kv_api::etcdserverpb::RangeRequest;
 use openraft::storage::RaftStateMachine;
 use openraft::RaftSnapshotBuilder;
 use raft_core::engine::{MemEngine, SledEngine};
+use raft_core::snapshot_data::SnapshotData;
 use raft_core::KvStore;
 
 use crate::common::{membership_entry, put_entry};
@@ -18,21 +19,89 @@ async fn a_snapshot_id_never_names_a_path() {
     let mut leader = KvStore::open(Arc::new(MemEngine::new())).unwrap();
     leader.apply(vec![membership_entry(1), put_entry(2, "a", b"1".to_vec())]).await.unwrap();
     let built = leader.build_snapshot().await.unwrap();
-    let data = leader.get_current_snapshot().await.unwrap().unwrap().snapshot.into_inner();
+    let data = leader.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let mut member = KvStore::open(Arc::new(SledEngine::open(dir.path().join("data")).unwrap())).unwrap();
     for id in ["../outside/evil.tmp", ".hidden", "a/b\\c"] {
         let mut meta = built.meta.clone();
         meta.snapshot_id = id.to_string();
-        member.install_snapshot(&meta, Box::new(Cursor::new(data.clone()))).await.unwrap();
-        let current = member.get_current_snapshot().await.unwrap().unwrap();
+        member.install_snapshot(&meta, Box::new(SnapshotData::from_bytes(data.clone()))).await.unwrap();
+        let mut current = member.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.snapshot_id, id);
-        assert_eq!(current.snapshot.into_inner(), data);
+        assert_eq!(current.snapshot.read_all().unwrap(), data);
     }
     let got = member.range(&RangeRequest { key: b"a".to_vec(), ..Default::default() }).unwrap();
     assert_eq!(got.kvs[0].value, b"1");
     assert!(!dir.path().join("outside").exists());
     let files: Vec<_> = std::fs::read_dir(dir.path().join("data/files")).unwrap().collect();
     assert_eq!(files.len(), 1, "only the current snapshot's file is kept");
+}
+
+fn value_of(sm: &KvStore<SledEngine>, key: &str) -> Option<Vec<u8>> {
+    let got = sm.range(&RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() }).unwrap();
+    got.kvs.first().map(|kv| kv.value.clone())
+}
+
+/// A snapshot arrives in chunks, in any order, into a file of the member's own: installed, it
+/// is the member's state. A transfer cut off leaves no file, and an install that fails part
+/// way (data that ends early) leaves the member, once restarted, on its previous
+/// state, from its previous snapshot.
+#[tokio::test]
+async fn snapshots_are_received_into_files_and_a_failed_install_keeps_the_previous_state() {
+    let mut leader = KvStore::open(Arc::new(MemEngine::new())).unwrap();
+    let entries: Vec<_> = std::iter::once(membership_entry(1))
+        .chain((2..=40).map(|i| put_entry(i, &format!("k{i:02}"), vec![i as u8; 1000])))
+        .collect();
+    leader.apply(entries).await.unwrap();
+    let built = leader.build_snapshot().await.unwrap();
+    let data = leader.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("data/files");
+    let received_files = || {
+        std::fs::read_dir(&files)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("received-"))
+            .count()
+    };
+    let open = || KvStore::open(Arc::new(SledEngine::open(dir.path().join("data")).unwrap())).unwrap();
+    let mut member = open();
+    member.apply(vec![membership_entry(1), put_entry(2, "previous", b"state".to_vec())]).await.unwrap();
+    member.build_snapshot().await.unwrap();
+
+    // Cut off: half the chunks arrive, then the transfer is abandoned.
+    let mut cut = member.begin_receiving_snapshot().await.unwrap();
+    cut.write_all(&data[..data.len() / 2]).unwrap();
+    assert_eq!(received_files(), 1);
+    drop(cut);
+    assert_eq!(received_files(), 0, "an abandoned transfer leaves no file");
+
+    // Cut short after most of its pairs: the install fails part way through the import.
+    let mut bad = member.begin_receiving_snapshot().await.unwrap();
+    bad.write_all(&data[..data.len() - 100]).unwrap();
+    let mut meta = built.meta.clone();
+    meta.snapshot_id = "damaged".into();
+    assert!(member.install_snapshot(&meta, bad).await.is_err());
+    member.flush_whole().unwrap();
+    drop(member);
+    let member = open();
+    assert_eq!(value_of(&member, "previous").as_deref(), Some(&b"state"[..]), "back on the previous snapshot");
+    assert_eq!(value_of(&member, "k10"), None);
+    drop(member);
+
+    // Whole, the chunks written out of order: installed.
+    let mut member = open();
+    let mut good = member.begin_receiving_snapshot().await.unwrap();
+    let half = data.len() / 2;
+    good.seek(SeekFrom::Start(half as u64)).unwrap();
+    good.write_all(&data[half..]).unwrap();
+    good.seek(SeekFrom::Start(0)).unwrap();
+    good.write_all(&data[..half]).unwrap();
+    member.install_snapshot(&built.meta, good).await.unwrap();
+    assert_eq!(received_files(), 0, "the received file became the snapshot's");
+    assert_eq!(value_of(&member, "k10"), Some(vec![10; 1000]));
+    assert_eq!(value_of(&member, "previous"), None);
+    let mut current = member.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.snapshot.read_all().unwrap(), data);
 }

@@ -2,7 +2,7 @@
 //! sled engine: both must give exactly the state that reading every version gives, and a
 //! stored snapshot that cannot be read must only cost the shortcut.
 
-use std::io::Cursor;
+use raft_core::snapshot_data::SnapshotData;
 use std::sync::Arc;
 
 use kv_api::etcdserverpb::RangeRequest;
@@ -56,15 +56,15 @@ async fn snapshots_and_restarts_from_the_stored_snapshot_keep_every_revision() {
     assert_eq!(expected.iter().filter(|(r, _, _)| *r == sm.meta().revision).count(), 3);
 
     // Installed elsewhere, it holds every revision.
-    let second_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.into_inner();
+    let second_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
     let mut other = KvStore::open(Arc::new(MemEngine::new())).unwrap();
-    other.install_snapshot(&second.meta, Box::new(Cursor::new(second_data))).await.unwrap();
+    other.install_snapshot(&second.meta, Box::new(SnapshotData::from_bytes(second_data))).await.unwrap();
     assert_eq!(history(&other), expected);
     // The installed snapshot is the base of that member's next build, which holds them too.
     let rebuilt = other.build_snapshot().await.unwrap();
-    let rebuilt_data = other.get_current_snapshot().await.unwrap().unwrap().snapshot.into_inner();
+    let rebuilt_data = other.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
     let mut third = KvStore::open(Arc::new(MemEngine::new())).unwrap();
-    third.install_snapshot(&rebuilt.meta, Box::new(Cursor::new(rebuilt_data))).await.unwrap();
+    third.install_snapshot(&rebuilt.meta, Box::new(SnapshotData::from_bytes(rebuilt_data))).await.unwrap();
     assert_eq!(history(&third), expected);
 
     // A clean restart with versions past the snapshot: the index comes from its file and sled.
@@ -84,8 +84,8 @@ async fn snapshots_and_restarts_from_the_stored_snapshot_keep_every_revision() {
     let mut sm = open();
     assert_eq!(history(&sm), expected, "rebuilt from sled alone");
     let third = sm.build_snapshot().await.unwrap();
-    let third_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.into_inner();
+    let third_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
     let mut other = KvStore::open(Arc::new(MemEngine::new())).unwrap();
-    other.install_snapshot(&third.meta, Box::new(Cursor::new(third_data))).await.unwrap();
+    other.install_snapshot(&third.meta, Box::new(SnapshotData::from_bytes(third_data))).await.unwrap();
     assert_eq!(history(&other), expected);
 }
