@@ -103,7 +103,7 @@ impl Scenario {
 
 /// Bytes per snapshot chunk in the `snapshot_catchup` scenario: a transfer of the few hundred
 /// KB its follower misses takes many round trips, longer than an election timeout.
-const SNAPSHOT_CATCHUP_CHUNK: usize = 1024;
+const SNAPSHOT_CATCHUP_CHUNK: usize = 256;
 
 /// The highest term any member reports.
 async fn highest_term(c: &SimCluster) -> u64 {
