@@ -46,6 +46,7 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
             is_learner: learner,
             read_index_rounds: node.read_index_rounds(),
             snapshots_installed: node.snapshots_installed(),
+            receiving_snapshot: node.catching_up(),
         }))
     }
 }

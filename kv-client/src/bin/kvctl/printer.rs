@@ -170,6 +170,7 @@ pub fn statuses(f: Format, rows: &[(String, StatusResponse)]) {
                         "leader": s.leader, "raft_term": s.raft_term, "raft_index": s.raft_index,
                         "raft_applied_index": s.raft_applied_index, "errors": s.errors,
                         "read_index_rounds": s.read_index_rounds, "snapshots_installed": s.snapshots_installed,
+                        "receiving_snapshot": s.receiving_snapshot,
                     })
                 })
                 .collect(),
