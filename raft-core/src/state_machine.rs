@@ -130,7 +130,7 @@ impl SmMeta {
 mod content {
     use crate::engine::{Batch, Engine, FileWrite, Pair, Tree};
     use crate::mvcc::keys::{history_key, index_value, revs_key, split_revs_key, Version};
-    use std::io::{Read, SeekFrom};
+    use std::io::SeekFrom;
     use std::ops::Bound;
 
     fn write_len(out: &mut dyn FileWrite, n: usize) -> std::io::Result<()> {
@@ -344,10 +344,8 @@ mod content {
                 }
             }
         }
-        let mut rest = Vec::new();
-        r.take(1 << 20).read_to_end(&mut rest)?;
-        if !rest.is_empty() {
-            return Err(invalid(format!("{} bytes after the last tree", rest.len())));
+        if r.read(&mut [0u8])? != 0 {
+            return Err(invalid("data after the last tree".into()));
         }
         write(batch)
     }
@@ -573,6 +571,19 @@ fn meta_ops(batch: &mut Overlay<'_, impl Engine + ?Sized>, m: &SmMeta) {
     batch.put(Tree::SmMeta, COMPACTED.to_vec(), encode(&m.compacted));
     batch.put(Tree::SmMeta, LAST_APPLIED.to_vec(), encode(&m.last_applied));
     batch.put(Tree::SmMeta, MEMBERSHIP.to_vec(), encode(&m.membership));
+}
+
+/// Marks the stored state torn, durably, before the first op-by-op write since it was flushed
+/// whole (see the module doc); `gate` is the meta, held exclusively.
+fn mark_torn<E: Engine + ?Sized>(engine: &E, gate: &mut SmMeta) -> Result<(), StorageError> {
+    if !gate.torn {
+        let mut mark = Batch::default();
+        mark.put(Tree::SmMeta, TORN, vec![1]);
+        engine.write(mark).map_err(sm_write_err)?;
+        engine.flush().map_err(sm_write_err)?;
+        gate.torn = true;
+    }
+    Ok(())
 }
 
 /// A lock guard taken at once when `now` got it, otherwise waited for through
@@ -819,13 +830,7 @@ impl<E: Engine> KvStore<E> {
                 })
                 .map_err(write_err)?,
         }
-        if !gate.torn {
-            let mut mark = Batch::default();
-            mark.put(Tree::SmMeta, TORN, vec![1]);
-            engine.write(mark).map_err(sm_write_err)?;
-            engine.flush().map_err(sm_write_err)?;
-            gate.torn = true;
-        }
+        mark_torn(engine, &mut gate)?;
         if let Err(e) = load_snapshot(engine, meta, &file) {
             // What is stored is part of a snapshot: only a restart's restore may clear the mark.
             gate.apply_failed = true;
@@ -959,14 +964,7 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         // A compaction removes versions: it waits for a snapshot export reading them.
         let _history = (meta.compacted != compacted_before).then(|| self.history_exclusive());
         let mut gate = self.write_gate();
-        if !gate.torn {
-            // The first write since the state was flushed whole: the mark goes first, durably.
-            let mut mark = Batch::default();
-            mark.put(Tree::SmMeta, TORN, vec![1]);
-            engine.write(mark).map_err(sm_write_err)?;
-            engine.flush().map_err(sm_write_err)?;
-            gate.torn = true;
-        }
+        mark_torn(&*engine, &mut gate)?;
         if let Err(e) = engine.write_relaxed(batch) {
             gate.apply_failed = true;
             return Err(sm_write_err(e));
