@@ -27,7 +27,7 @@ struct State {
     in_flight: usize,
     /// When the last one ended.
     last_end: Instant,
-    /// When an AppendEntries of an established leader was last accepted.
+    /// When an AppendEntries of an established leader was last accepted while paused.
     last_heard: Instant,
     /// Whether elections are off.
     paused: bool,
@@ -104,8 +104,11 @@ impl CatchUp {
     /// timer, so elections may be on again if no snapshot RPC runs.
     pub fn heard_leader(&self) {
         let mut st = self.state.lock();
-        st.last_heard = Instant::now();
-        self.resume_if_over(&mut st);
+        // Called for every AppendEntries: only a paused switch needs the time.
+        if st.paused {
+            st.last_heard = Instant::now();
+            self.resume_if_over(&mut st);
+        }
     }
 
     fn resume_if_over(&self, st: &mut State) {

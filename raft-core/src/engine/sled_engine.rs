@@ -358,9 +358,7 @@ impl Engine for SledEngine {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
-        std::fs::rename(&tmp, &path)?;
-        File::open(&self.files_dir)?.sync_all()?;
-        Ok(())
+        self.move_into_place(&tmp, &path)
     }
 
     fn get_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -398,9 +396,7 @@ impl Engine for SledEngine {
             .map_err(|_| EngineError::Layout("a received file from another engine"))?;
         let file = received.file.take().expect("a received file is stored once");
         file.sync_all()?;
-        std::fs::rename(&received.path, &path)?;
-        File::open(&self.files_dir)?.sync_all()?;
-        Ok(())
+        self.move_into_place(&received.path, &path)
     }
 
     fn retain_file(&self, keep: &str) -> Result<()> {
@@ -569,6 +565,14 @@ impl Drop for Received {
 }
 
 impl SledEngine {
+    /// Renames a synced file over `path` in the files directory and syncs the directory, so
+    /// the new name survives power loss: the last step of storing a file.
+    fn move_into_place(&self, synced: &Path, path: &Path) -> Result<()> {
+        std::fs::rename(synced, path)?;
+        File::open(&self.files_dir)?.sync_all()?;
+        Ok(())
+    }
+
     /// Where file `name` lives; names are plain (no separators), chosen by raft-core.
     fn file_path(&self, name: &str) -> Result<PathBuf> {
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') || name.ends_with(".tmp") {

@@ -433,8 +433,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        let payload = encode(&rpc);
-        Ok(self.rpc(Rpc::InstallSnapshot, RPCTypes::InstallSnapshot, payload, None, &option).await?.0)
+        self.install_chunk(rpc, option.hard_ttl()).await
     }
 
     async fn vote(
