@@ -30,8 +30,9 @@ const FORMAT: &[u8] = b"format";
 /// Format 4: the Raft log is in segment files (`log/`), not a tree. Format 5: the revision
 /// index is stored packed, one sled record per run of pairs (`engine::packed`). Format 6: each
 /// version is stored once, by revision, in `kv_revs` (with its key), and the index by key is
-/// derived at start (`mvcc::keys`).
-pub const DATA_FORMAT: u32 = 6;
+/// derived at start (`mvcc::keys`). Format 7: snapshot data starts with a header naming its
+/// format version (`state_machine::format`).
+pub const DATA_FORMAT: u32 = 7;
 
 /// A data dir this build cannot read.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{owned_bound, Batch, Engine, EngineError, FileWrite, Pair, ReadSeek, ReceivedFile, Result, Scan, Tree};
+use super::{
+    owned_bound, Batch, Engine, EngineError, FileWrite, KvEngine, Pair, RaftEngine, ReadSeek, ReceivedFile, Result,
+    Scan, Tree,
+};
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -179,7 +182,7 @@ impl Iterator for MemScan {
 }
 
 /// BTreeMap::range panics on inverted or empty-excluded ranges.
-pub(super) fn valid(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
+pub(crate) fn valid(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     use Bound::*;
     match (lower, upper) {
         (Included(a), Included(b)) => a <= b,
@@ -189,7 +192,7 @@ pub(super) fn valid(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
     }
 }
 
-impl Engine for MemEngine {
+impl KvEngine for MemEngine {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.state.lock().live[tree.index()].get(key).cloned())
     }
@@ -216,16 +219,6 @@ impl Engine for MemEngine {
         let mut st = self.state.lock();
         apply(&mut st.live, &batch);
         st.pending.extend(batch.ops.into_iter().map(|op| Batch { ops: vec![op] }));
-        Ok(())
-    }
-
-    fn flush(&self) -> Result<()> {
-        let mut st = self.state.lock();
-        let pending = std::mem::take(&mut st.pending);
-        for b in &pending {
-            apply(&mut st.durable, b);
-        }
-        st.sync_log();
         Ok(())
     }
 
@@ -269,7 +262,9 @@ impl Engine for MemEngine {
         self.state.lock().files.retain(|name, _| name == keep);
         Ok(())
     }
+}
 
+impl RaftEngine for MemEngine {
     fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()> {
         let mut st = self.state.lock();
         let mut next = st.log.last_key_value().map(|(i, _)| i + 1);
@@ -327,6 +322,18 @@ impl Engine for MemEngine {
     }
 }
 
+impl Engine for MemEngine {
+    fn flush(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        let pending = std::mem::take(&mut st.pending);
+        for b in &pending {
+            apply(&mut st.durable, b);
+        }
+        st.sync_log();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,18 +343,18 @@ mod tests {
     fn crash_drops_exactly_the_unflushed_writes() {
         let e = MemEngine::new();
         let mut b = Batch::default();
-        b.put(Tree::Kv, b"a".to_vec(), b"1".to_vec());
+        b.put(Tree::Members, b"a".to_vec(), b"1".to_vec());
         e.write(b).unwrap();
         e.flush().unwrap();
         let mut b = Batch::default();
-        b.put(Tree::Kv, b"b".to_vec(), b"2".to_vec());
-        b.delete(Tree::Kv, b"a".to_vec());
+        b.put(Tree::Members, b"b".to_vec(), b"2".to_vec());
+        b.delete(Tree::Members, b"a".to_vec());
         e.write(b).unwrap();
-        assert_eq!(e.get(Tree::Kv, b"a").unwrap(), None);
+        assert_eq!(e.get(Tree::Members, b"a").unwrap(), None);
         assert_eq!(e.unflushed_batches(), 1);
         e.crash();
-        assert_eq!(e.get(Tree::Kv, b"a").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(e.get(Tree::Kv, b"b").unwrap(), None);
+        assert_eq!(e.get(Tree::Members, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(e.get(Tree::Members, b"b").unwrap(), None);
     }
 
     #[test]
@@ -355,19 +362,19 @@ mod tests {
         let e = MemEngine::new();
         let mut b = Batch::default();
         for k in [b"a", b"b", b"c", b"d"] {
-            b.put(Tree::Kv, k.to_vec(), k.to_vec());
+            b.put(Tree::Members, k.to_vec(), k.to_vec());
         }
         e.write(b).unwrap();
         let fwd: Vec<_> =
-            e.scan(Tree::Kv, Bound::Included(b"b"), Bound::Excluded(b"d"), false).map(|r| r.unwrap().0).collect();
+            e.scan(Tree::Members, Bound::Included(b"b"), Bound::Excluded(b"d"), false).map(|r| r.unwrap().0).collect();
         assert_eq!(fwd, vec![b"b".to_vec(), b"c".to_vec()]);
-        let mut rev = e.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, true);
+        let mut rev = e.scan(Tree::Members, Bound::Unbounded, Bound::Unbounded, true);
         assert_eq!(rev.next().unwrap().unwrap().0, b"d".to_vec());
         // A write between steps is seen by a re-seeking scan without deadlock.
         let mut b = Batch::default();
-        b.delete(Tree::Kv, b"c".to_vec());
+        b.delete(Tree::Members, b"c".to_vec());
         e.write(b).unwrap();
         assert_eq!(rev.next().unwrap().unwrap().0, b"b".to_vec());
-        assert_eq!(e.last(Tree::Kv).unwrap().unwrap().0, b"d".to_vec());
+        assert_eq!(e.last(Tree::Members).unwrap().unwrap().0, b"d".to_vec());
     }
 }

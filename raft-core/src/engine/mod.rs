@@ -9,9 +9,7 @@
 //! - [`MemEngine`]: an in-memory engine for deterministic simulation whose simulated crash
 //!   drops everything written after the last [`Engine::flush`].
 
-mod history;
 mod mem;
-mod memtable;
 mod packed;
 mod segment_log;
 mod sled_engine;
@@ -20,6 +18,7 @@ use std::ops::Bound;
 
 pub use crate::snapshot_data::{ReadSeek, ReceivedFile};
 
+pub(crate) use mem::valid;
 pub use mem::MemEngine;
 pub use segment_log::{LogError, SegmentLog};
 pub use sled_engine::{SledEngine, SyncStats};
@@ -29,16 +28,10 @@ pub use sled_engine::{SledEngine, SyncStats};
 pub enum Tree {
     /// Vote, last purged log id, committed log id.
     RaftMeta,
-    /// Latest live version of every key: user key -> encoded record. Derived from `KvRevs`
-    /// and rebuilt from it when the state machine opens; the sled engine keeps it in memory only.
-    Kv,
-    /// Index of every retained version by key: memcomparable(user key) ‖ revision (8 bytes) ->
-    /// sub-revision (8 bytes). Derived from `KvRevs` like `Kv`; the sled engine keeps it in
-    /// memory only, in a form that relies on this layout.
-    KvHistory,
     /// Every retained version, in revision order: revision ‖ sub-revision -> user key and
     /// encoded record (reads at a revision, watch replay, compaction, snapshots). The sled
-    /// engine stores the pairs of one apply as one record.
+    /// engine stores the pairs of one apply as one record. The index by key and the table of
+    /// current keys are derived from it and live in memory above the engine (`mvcc::index`).
     KvRevs,
     /// State-machine meta: last applied, membership, revisions, cluster id.
     SmMeta,
@@ -50,15 +43,12 @@ pub enum Tree {
 
 impl Tree {
     /// All trees, in a fixed order (used to open them and to span batches).
-    pub const ALL: [Tree; 7] =
-        [Tree::RaftMeta, Tree::Kv, Tree::KvHistory, Tree::KvRevs, Tree::SmMeta, Tree::Members, Tree::Snapshot];
+    pub const ALL: [Tree; 5] = [Tree::RaftMeta, Tree::KvRevs, Tree::SmMeta, Tree::Members, Tree::Snapshot];
 
     /// The on-disk name of the tree.
     pub fn name(self) -> &'static str {
         match self {
             Tree::RaftMeta => "raft_meta",
-            Tree::Kv => "kv",
-            Tree::KvHistory => "kv_history",
             Tree::KvRevs => "kv_revs",
             Tree::SmMeta => "sm_meta",
             Tree::Members => "members",
@@ -75,8 +65,10 @@ impl Tree {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    /// The storage backend's own error (sled's, for the sled engine), boxed so that no
+    /// backend type appears in the engine traits.
+    #[error("{0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("raft log: {0}")]
@@ -128,10 +120,20 @@ impl Batch {
     }
 }
 
-/// The storage operations raftkv needs. Implementations must make [`Engine::write`] atomic
-/// (after a crash either every op of a batch is visible or none) and [`Engine::flush`] durable
-/// (everything written before it, trees and log, survives power loss once it returns).
-pub trait Engine: Send + Sync + 'static {
+/// A node's storage: the trees and files of the state machine ([`KvEngine`]) and the Raft log
+/// ([`RaftEngine`]) in one place, so one durable [`Engine::flush`] covers both. They are two
+/// traits because they are two concerns with different costs (as TiKV keeps its `RaftEngine`
+/// apart from its `KvEngine`): a log append syncs the log alone, and the state machine's
+/// writes are made durable only at snapshots and shutdown.
+pub trait Engine: KvEngine + RaftEngine {
+    /// Makes every earlier write, trees and log, durable: it survives power loss once this
+    /// returns. The only point where state-machine data may be acknowledged.
+    fn flush(&self) -> Result<()>;
+}
+
+/// The trees and files of the state machine. Implementations must make [`KvEngine::write`]
+/// atomic (after a crash either every op of a batch is visible or none).
+pub trait KvEngine: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
@@ -147,9 +149,6 @@ pub trait Engine: Send + Sync + 'static {
     /// `state_machine`): in sled an atomic batch seals and writes its I/O buffer twice and wakes
     /// sled's whole I/O thread pool each time, on every member for every Raft entry.
     fn write_relaxed(&self, batch: Batch) -> Result<()>;
-
-    /// Makes every earlier write durable. The only point where data may be acknowledged.
-    fn flush(&self) -> Result<()>;
 
     /// Approximate bytes the engine occupies (Status.dbSize).
     fn size_on_disk(&self) -> u64;
@@ -169,21 +168,24 @@ pub trait Engine: Send + Sync + 'static {
     fn open_file(&self, name: &str) -> Result<Option<Box<dyn ReadSeek>>>;
 
     /// A new file to receive data into (a snapshot sent by the leader, written as it arrives),
-    /// not stored until [`Engine::store_received`]; dropped unstored, it is removed, and a crash
+    /// not stored until [`KvEngine::store_received`]; dropped unstored, it is removed, and a crash
     /// leaves nothing that the next open keeps.
     fn receive_file(&self) -> Result<Box<dyn ReceivedFile>>;
 
-    /// Stores a file made by [`Engine::receive_file`] under `name`, as [`Engine::put_file`]
+    /// Stores a file made by [`KvEngine::receive_file`] under `name`, as [`KvEngine::put_file`]
     /// would have written it: durable once this returns, replacing an earlier one atomically.
     fn store_received(&self, name: &str, file: Box<dyn ReceivedFile>) -> Result<()>;
 
     /// Removes every stored file but `keep`, durably; a file that a `put_file` running alongside
     /// is still writing stays (it is not stored yet).
     fn retain_file(&self, keep: &str) -> Result<()>;
+}
 
+/// The Raft log: entries by index, appended, synced, truncated and purged apart from the trees.
+pub trait RaftEngine: Send + Sync + 'static {
     /// Appends Raft log entries `(index, encoded entry)`. The indexes follow one another and the
     /// first follows the last stored entry (any index starts an empty log). Not durable until
-    /// [`Engine::log_sync`] or [`Engine::flush`] returns.
+    /// [`RaftEngine::log_sync`] or [`Engine::flush`] returns.
     fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()>;
 
     /// Makes every earlier log append durable, and nothing else: a log append costs a sync of
@@ -207,14 +209,14 @@ pub trait Engine: Send + Sync + 'static {
     fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>>;
 }
 
-/// What [`Engine::put_file`] writes to: a file, positioned as it is written, that may seek back
+/// What [`KvEngine::put_file`] writes to: a file, positioned as it is written, that may seek back
 /// (to fill in a length it learnt later).
 pub trait FileWrite: std::io::Write + std::io::Seek {}
 
 impl<T: std::io::Write + std::io::Seek> FileWrite for T {}
 
 /// Convenience scans over an [`Engine`].
-pub trait EngineExt: Engine {
+pub trait EngineExt: KvEngine {
     /// Every pair whose key starts with `prefix`.
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Scan<'_> {
         match prefix_end(prefix) {
@@ -229,7 +231,7 @@ pub trait EngineExt: Engine {
     }
 }
 
-impl<E: Engine + ?Sized> EngineExt for E {}
+impl<E: KvEngine + ?Sized> EngineExt for E {}
 
 /// The smallest key greater than every key starting with `prefix`, or `None` if there is none
 /// (the prefix is empty or all 0xff).

@@ -16,12 +16,21 @@ use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::history::HistoryTable;
-use super::memtable::MemTable;
 use super::packed;
 use super::{
-    owned_bound, Batch, Engine, EngineError, FileWrite, ReadSeek, ReceivedFile, Result, Scan, SegmentLog, Tree,
+    owned_bound, Batch, Engine, EngineError, FileWrite, KvEngine, RaftEngine, ReadSeek, ReceivedFile, Result, Scan,
+    SegmentLog, Tree,
 };
+
+impl From<sled::Error> for EngineError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            // An I/O error stays one, so callers can tell a failing disk by its kind.
+            sled::Error::Io(e) => EngineError::Io(e),
+            other => EngineError::Backend(Box::new(other)),
+        }
+    }
+}
 
 /// Counts the fsyncs the durable flush performs, so tests can prove the ack path syncs.
 #[derive(Debug, Default)]
@@ -70,16 +79,11 @@ pub struct SledEngine {
     blobs: Mutex<BlobState>,
     stats: SyncStats,
     log: SegmentLog,
-    /// [`Tree::Kv`], in memory only (see [`MemTable`]): never written to sled, empty at open
-    /// until the state machine rebuilds it from the history.
-    current: MemTable,
-    /// [`Tree::KvHistory`], in memory only (see [`HistoryTable`]), rebuilt like `current`.
-    history: HistoryTable,
 }
 
-/// Trees the sled engine keeps in memory only: derived from `KvRevs`, and rebuilt from it by
-/// the state machine when it opens.
-const MEMORY_ONLY: [Tree; 2] = [Tree::Kv, Tree::KvHistory];
+/// Trees of older layouts that held derived data, now kept in memory above the engine
+/// (`mvcc::index`): dropped at open if a data dir still has them.
+const DERIVED_TREES: [&str; 2] = ["kv", "kv_history"];
 
 /// sled's page cache bound. Its 1 GiB default let a member keep every page of history and the
 /// stored snapshot it ever touched: after 90 s of 64-client puts a member held 611 MiB with the
@@ -116,10 +120,8 @@ impl SledEngine {
         std::fs::create_dir_all(dir.join("files"))?;
         // Durability comes from our explicit flush; sled's timer flush would only add noise.
         let db = open_db(dir)?;
-        // A memory-only tree's sled tree stays empty (its handle unused); clear what an older
-        // layout may have left there.
-        for t in MEMORY_ONLY {
-            db.drop_tree(t.name())?;
+        for name in DERIVED_TREES {
+            db.drop_tree(name)?;
         }
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let data_file = File::open(dir.join("db"))?;
@@ -132,8 +134,6 @@ impl SledEngine {
             blobs: Mutex::new(BlobState::default()),
             stats: SyncStats::default(),
             log: SegmentLog::open(dir.join("log"))?,
-            current: MemTable::default(),
-            history: HistoryTable::default(),
         };
         // A `.tmp` file is one a crash cut short while it was written (see `put_file`).
         for entry in std::fs::read_dir(dir.join("files"))? {
@@ -156,24 +156,6 @@ impl SledEngine {
 
     fn tree(&self, t: Tree) -> &sled::Tree {
         &self.trees[t.index()]
-    }
-
-    /// Applies an op to a memory-only tree.
-    fn apply_in_memory(&self, op: super::Op) {
-        match op.tree {
-            Tree::Kv => self.current.apply(op),
-            _ => self.history.apply(op),
-        }
-    }
-
-    /// Splits `ops` into those for sled and those for the memory-only trees, checking the
-    /// latter first so that a batch that does not fit the layout changes nothing.
-    fn split_in_memory(ops: Vec<super::Op>) -> Result<(Vec<super::Op>, Vec<super::Op>)> {
-        let (memory, sled): (Vec<_>, Vec<_>) = ops.into_iter().partition(|op| MEMORY_ONLY.contains(&op.tree));
-        for op in memory.iter().filter(|op| op.tree == Tree::KvHistory) {
-            HistoryTable::check(op)?;
-        }
-        Ok((sled, memory))
     }
 
     /// `ops` with those on [`Tree::KvRevs`] turned into writes of its packed records (see
@@ -254,7 +236,7 @@ impl SledEngine {
                         Ok::<_, ConflictableTransactionError<()>>(())
                     })
                     .map_err(|e| match e {
-                        TransactionError::Storage(e) => EngineError::Sled(e),
+                        TransactionError::Storage(e) => e.into(),
                         TransactionError::Abort(()) => unreachable!("the batch closure never aborts"),
                     })
             }
@@ -262,11 +244,9 @@ impl SledEngine {
     }
 }
 
-impl Engine for SledEngine {
+impl KvEngine for SledEngine {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match tree {
-            Tree::Kv => return Ok(self.current.get(key)),
-            Tree::KvHistory => return Ok(self.history.get(key)),
             Tree::KvRevs => return packed::get(self.tree(tree), key),
             _ => {}
         }
@@ -274,11 +254,6 @@ impl Engine for SledEngine {
     }
 
     fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
-        match tree {
-            Tree::Kv => return self.current.scan(lower, upper, reverse),
-            Tree::KvHistory => return self.history.scan(lower, upper, reverse),
-            _ => {}
-        }
         let range = (owned_bound(lower), owned_bound(upper));
         // sled panics on an inverted range; an empty scan is the right answer.
         if !super::mem::valid(&range.0, &range.1) {
@@ -304,34 +279,17 @@ impl Engine for SledEngine {
         if batch.ops.len() == 1 {
             return self.write_relaxed(batch);
         }
-        // The memory-only trees are rebuilt after a crash: they land once the rest has.
-        let (ops, memory) = Self::split_in_memory(batch.ops)?;
-        self.write_trees(self.with_revs_packed(ops)?)?;
-        memory.into_iter().for_each(|op| self.apply_in_memory(op));
-        Ok(())
+        self.write_trees(self.with_revs_packed(batch.ops)?)
     }
 
     fn write_relaxed(&self, batch: Batch) -> Result<()> {
-        let (ops, memory) = Self::split_in_memory(batch.ops)?;
-        for op in self.with_revs_packed(ops)? {
+        for op in self.with_revs_packed(batch.ops)? {
             let tree = self.tree(op.tree);
             match op.value {
                 Some(v) => tree.insert(op.key, v)?,
                 None => tree.remove(op.key)?,
             };
         }
-        memory.into_iter().for_each(|op| self.apply_in_memory(op));
-        Ok(())
-    }
-    /// The log first: the trees may hold applied entries, and a state machine that is durably
-    /// ahead of its own log would not match it after a crash.
-    fn flush(&self) -> Result<()> {
-        self.log.sync()?;
-        self.db.flush()?;
-        self.data_file.sync_all()?;
-        self.stats.db_fsyncs.fetch_add(1, Ordering::SeqCst);
-        self.sync_blobs()?;
-        self.stats.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -417,7 +375,9 @@ impl Engine for SledEngine {
         }
         Ok(())
     }
+}
 
+impl RaftEngine for SledEngine {
     fn log_append(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<()> {
         self.log.append(entries)
     }
@@ -442,6 +402,20 @@ impl Engine for SledEngine {
 
     fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>> {
         self.log.last()
+    }
+}
+
+impl Engine for SledEngine {
+    /// The log first: the trees may hold applied entries, and a state machine that is durably
+    /// ahead of its own log would not match it after a crash.
+    fn flush(&self) -> Result<()> {
+        self.log.sync()?;
+        self.db.flush()?;
+        self.data_file.sync_all()?;
+        self.stats.db_fsyncs.fetch_add(1, Ordering::SeqCst);
+        self.sync_blobs()?;
+        self.stats.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 

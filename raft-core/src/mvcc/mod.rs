@@ -1,13 +1,15 @@
-//! The MVCC key-value store with etcd's semantics, written once over the [`crate::engine::Engine`]
-//! trait.
+//! The MVCC key-value store with etcd's semantics, written once over the
+//! [`crate::engine::KvEngine`] trait.
 //!
 //! Layout:
-//! - [`keys`]: on-disk encoding of versions and the three kv trees;
-//! - [`view`]: the [`view::Reader`] abstraction and the apply-time [`view::Overlay`];
+//! - [`keys`]: encoding of versions and of the key index's entries;
+//! - [`index`]: the key index and current-key table, derived from the versions, in memory;
+//! - [`view`]: the [`view::Reader`] abstraction, the stored state and the apply-time overlay;
 //! - [`read`]: Range (latest, at a revision, sort, limit, filters);
 //! - [`write`]: Put, DeleteRange, Txn, Compact and revision accounting;
 //! - [`validate`]: the request checks etcd makes before proposing (no state needed).
 
+pub mod index;
 pub mod keys;
 pub mod read;
 pub mod validate;

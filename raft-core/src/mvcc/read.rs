@@ -9,10 +9,10 @@ use kv_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use kv_api::mvccpb::KeyValue;
 use kv_api::EtcdError;
 
+use super::index::Space;
 use super::keys::{after_all_versions, encode_key, history_key, indexed_revs_key, Record, Version};
 use super::view::Reader;
 use super::MvccError;
-use crate::engine::Tree;
 
 /// The key interval a request names (etcd's `key`/`range_end` rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,14 +64,14 @@ impl KeyRange {
 /// Live versions of the keys in `range` as of the latest state, in key order.
 pub fn latest<R: Reader + ?Sized>(r: &R, range: &KeyRange) -> Result<Vec<(Vec<u8>, Record)>, MvccError> {
     match range {
-        KeyRange::Single(k) => Ok(match r.get(Tree::Kv, k)? {
+        KeyRange::Single(k) => Ok(match r.get(Space::Current, k)? {
             Some(v) => vec![(k.clone(), Record::decode(&v)?)],
             None => vec![],
         }),
         KeyRange::Interval(s, e) => {
             let upper = e.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let mut out = Vec::new();
-            for item in r.scan(Tree::Kv, Bound::Included(s), upper, false) {
+            for item in r.scan(Space::Current, Bound::Included(s), upper, false) {
                 let (k, v) = item?;
                 out.push((k, Record::decode(&v)?));
             }
@@ -87,7 +87,7 @@ pub(super) fn indexed(history_key: &[u8], value: &[u8]) -> Result<[u8; 16], Mvcc
 
 /// The version stored in `KvRevs` under `revs_key`, which the index names (so it must exist).
 pub(super) fn version<R: Reader + ?Sized>(r: &R, revs_key: &[u8]) -> Result<Version, MvccError> {
-    let bytes = r.get(Tree::KvRevs, revs_key)?.ok_or(MvccError::Corrupt("an indexed version is missing"))?;
+    let bytes = r.get(Space::Revs, revs_key)?.ok_or(MvccError::Corrupt("an indexed version is missing"))?;
     Ok(Version::decode(&bytes)?)
 }
 
@@ -99,7 +99,7 @@ fn version_at<R: Reader + ?Sized>(
     revision: i64,
 ) -> Result<Option<Record>, MvccError> {
     let upper = history_key(key, revision + 1);
-    let mut scan = r.scan(Tree::KvHistory, Bound::Included(encoded), Bound::Excluded(&upper), true);
+    let mut scan = r.scan(Space::History, Bound::Included(encoded), Bound::Excluded(&upper), true);
     match scan.next().transpose()? {
         Some((hk, sub)) => {
             let rec = version(r, &indexed(&hk, &sub)?)?.record;
@@ -132,7 +132,7 @@ pub fn at_revision<R: Reader + ?Sized>(
             Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let Some((hk, _)) = r.scan(Tree::KvHistory, lower, upper, false).next().transpose()? else {
+        let Some((hk, _)) = r.scan(Space::History, lower, upper, false).next().transpose()? else {
             break;
         };
         let (key, _) = super::keys::decode_history_key(&hk).ok_or(MvccError::Corrupt("history key"))?;

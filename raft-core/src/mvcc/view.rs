@@ -1,58 +1,71 @@
 //! Read access shared by the read path and the apply path.
 //!
-//! [`Reader`] is what the MVCC logic reads through. The engine itself is a reader (the read
-//! path); an [`Overlay`] is a reader that also buffers writes (the apply path), so later
-//! requests of a batch see earlier ones before anything reaches the engine, and the whole
-//! entry lands in one atomic engine batch together with its meta.
+//! [`Reader`] is what the MVCC logic reads through. [`Stored`] reads the engine's trees and the
+//! key index together (the read path); an [`Overlay`] is a reader that also buffers writes (the
+//! apply path), so later requests of a batch see earlier ones before anything reaches the
+//! engine, and the whole entry lands as one set of [`Changes`] together with its meta.
 
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::ops::Bound;
 
-use crate::engine::{Batch, Engine, Pair, Result, Scan, Tree};
+use super::index::{Changes, KeyIndex, Space};
+use crate::engine::{KvEngine, Pair, Result, Scan};
 
-/// Point reads and ordered scans over the trees.
+/// Point reads and ordered scans over the MVCC spaces.
 pub trait Reader {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_>;
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn scan(&self, space: Space, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_>;
 }
 
-impl<E: Engine + ?Sized> Reader for E {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Engine::get(self, tree, key)
+/// The stored state: the engine's trees and the key index derived from them.
+pub struct Stored<'a, E: KvEngine + ?Sized> {
+    pub engine: &'a E,
+    pub index: &'a KeyIndex,
+}
+
+impl<E: KvEngine + ?Sized> Reader for Stored<'_, E> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match space.tree() {
+            Some(tree) => self.engine.get(tree, key),
+            None => Ok(self.index.get(space, key)),
+        }
     }
-    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
-        Engine::scan(self, tree, lower, upper, reverse)
+    fn scan(&self, space: Space, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
+        match space.tree() {
+            Some(tree) => self.engine.scan(tree, lower, upper, reverse),
+            None => self.index.scan(space, lower, upper, reverse),
+        }
     }
 }
 
 type Slot = Option<Vec<u8>>;
 
-/// Buffered writes over an engine, with savepoints so one failed request of a batch rolls back
+/// Buffered writes over a reader, with savepoints so one failed request of a batch rolls back
 /// alone.
-pub struct Overlay<'e, E: Engine + ?Sized> {
-    engine: &'e E,
+pub struct Overlay<'e, R: Reader + ?Sized> {
+    base: &'e R,
     writes: Vec<BTreeMap<Vec<u8>, Slot>>,
-    /// (tree, key, previous overlay slot) for every write, newest last.
-    undo: Vec<(Tree, Vec<u8>, Option<Slot>)>,
+    /// (space, key, previous overlay slot) for every write, newest last.
+    undo: Vec<(Space, Vec<u8>, Option<Slot>)>,
 }
 
-impl<'e, E: Engine + ?Sized> Overlay<'e, E> {
-    pub fn new(engine: &'e E) -> Self {
-        Overlay { engine, writes: vec![BTreeMap::new(); Tree::ALL.len()], undo: Vec::new() }
+impl<'e, R: Reader + ?Sized> Overlay<'e, R> {
+    pub fn new(base: &'e R) -> Self {
+        Overlay { base, writes: vec![BTreeMap::new(); Space::ALL.len()], undo: Vec::new() }
     }
 
-    pub fn put(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>) {
-        self.set(tree, key, Some(value));
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.set(space, key, Some(value));
     }
 
-    pub fn delete(&mut self, tree: Tree, key: Vec<u8>) {
-        self.set(tree, key, None);
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.set(space, key, None);
     }
 
-    fn set(&mut self, tree: Tree, key: Vec<u8>, slot: Slot) {
-        let prev = self.writes[tree as usize].insert(key.clone(), slot);
-        self.undo.push((tree, key, prev));
+    fn set(&mut self, space: Space, key: Vec<u8>, slot: Slot) {
+        let prev = self.writes[space.slot()].insert(key.clone(), slot);
+        self.undo.push((space, key, prev));
     }
 
     /// A point to roll back to.
@@ -63,10 +76,10 @@ impl<'e, E: Engine + ?Sized> Overlay<'e, E> {
     /// Undoes every write made after `sp`.
     pub fn rollback(&mut self, sp: usize) {
         while self.undo.len() > sp {
-            let (tree, key, prev) = self.undo.pop().expect("len > sp");
+            let (space, key, prev) = self.undo.pop().expect("len > sp");
             match prev {
-                Some(p) => self.writes[tree as usize].insert(key, p),
-                None => self.writes[tree as usize].remove(&key),
+                Some(p) => self.writes[space.slot()].insert(key, p),
+                None => self.writes[space.slot()].remove(&key),
             };
         }
     }
@@ -76,32 +89,33 @@ impl<'e, E: Engine + ?Sized> Overlay<'e, E> {
         self.undo.len() > sp
     }
 
-    /// The buffered writes as one engine batch.
-    pub fn into_batch(self) -> Batch {
-        let mut batch = Batch::default();
-        for (i, (tree, writes)) in Tree::ALL.iter().zip(self.writes).enumerate() {
-            debug_assert_eq!(*tree as usize, i);
+    /// The buffered writes: an engine batch for the stored spaces, ops for the key index.
+    pub fn into_changes(self) -> Changes {
+        let mut changes = Changes::default();
+        for (i, (space, writes)) in Space::ALL.iter().zip(self.writes).enumerate() {
+            debug_assert_eq!(space.slot(), i);
             for (k, v) in writes {
-                match v {
-                    Some(v) => batch.put(*tree, k, v),
-                    None => batch.delete(*tree, k),
+                match (space.tree(), v) {
+                    (Some(tree), Some(v)) => changes.stored.put(tree, k, v),
+                    (Some(tree), None) => changes.stored.delete(tree, k),
+                    (None, v) => changes.index.push((*space, k, v)),
                 }
             }
         }
-        batch
+        changes
     }
 }
 
-impl<E: Engine + ?Sized> Reader for Overlay<'_, E> {
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.writes[tree as usize].get(key) {
+impl<R: Reader + ?Sized> Reader for Overlay<'_, R> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.writes[space.slot()].get(key) {
             Some(slot) => Ok(slot.clone()),
-            None => self.engine.get(tree, key),
+            None => self.base.get(space, key),
         }
     }
 
-    fn scan(&self, tree: Tree, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
-        let map = &self.writes[tree as usize];
+    fn scan(&self, space: Space, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
+        let map = &self.writes[space.slot()];
         let mut local: Vec<(Vec<u8>, Slot)> = if crate::engine::owned_range_is_empty(lower, upper) {
             Vec::new()
         } else {
@@ -111,7 +125,7 @@ impl<E: Engine + ?Sized> Reader for Overlay<'_, E> {
             local.reverse();
         }
         Box::new(Merge {
-            base: self.engine.scan(tree, lower, upper, reverse).peekable(),
+            base: self.base.scan(space, lower, upper, reverse).peekable(),
             local: local.into_iter().peekable(),
             reverse,
         })
@@ -159,23 +173,26 @@ impl<L: Iterator<Item = (Vec<u8>, Slot)>> Iterator for Merge<'_, L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::MemEngine;
+    use crate::engine::{MemEngine, Tree};
 
     #[test]
     fn overlay_shadows_and_rolls_back() {
         let e = MemEngine::new();
-        let mut b = Batch::default();
+        let index = KeyIndex::default();
+        let mut b = crate::engine::Batch::default();
         for k in ["a", "c", "e"] {
-            b.put(Tree::Kv, k.as_bytes().to_vec(), b"base".to_vec());
+            b.put(Tree::Members, k.as_bytes().to_vec(), b"base".to_vec());
         }
         e.write(b).unwrap();
-        let mut o = Overlay::new(&e);
-        o.put(Tree::Kv, b"b".to_vec(), b"new".to_vec());
+        let stored = Stored { engine: &e, index: &index };
+        let mut o = Overlay::new(&stored);
+        o.put(Space::Members, b"b".to_vec(), b"new".to_vec());
         let sp = o.savepoint();
-        o.delete(Tree::Kv, b"c".to_vec());
-        o.put(Tree::Kv, b"e".to_vec(), b"new".to_vec());
-        let keys = |o: &Overlay<MemEngine>, rev| {
-            o.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, rev)
+        o.delete(Space::Members, b"c".to_vec());
+        o.put(Space::Members, b"e".to_vec(), b"new".to_vec());
+        o.put(Space::Current, b"x".to_vec(), b"new".to_vec());
+        let keys = |o: &Overlay<Stored<MemEngine>>, rev| {
+            o.scan(Space::Members, Bound::Unbounded, Bound::Unbounded, rev)
                 .map(|r| {
                     let (k, v) = r.unwrap();
                     format!("{}={}", String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap())
@@ -186,6 +203,8 @@ mod tests {
         assert_eq!(keys(&o, true), ["e=new", "b=new", "a=base"]);
         o.rollback(sp);
         assert_eq!(keys(&o, false), ["a=base", "b=new", "c=base", "e=base"]);
-        assert_eq!(o.into_batch().ops.len(), 1);
+        let changes = o.into_changes();
+        assert_eq!(changes.stored.ops.len(), 1);
+        assert!(changes.index.is_empty(), "the write to the index was rolled back");
     }
 }

@@ -14,18 +14,37 @@ use kv_api::etcdserverpb::{
 };
 use kv_api::EtcdError;
 
+use super::index::Space;
 use super::keys::{encode_key, history_key, index_value, revs_key, Record, Version};
 use super::read::{self, KeyRange, Revisions};
 use super::view::{Overlay, Reader};
 use super::MvccError;
-use crate::engine::{Engine, Tree};
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
 /// Applies write requests on top of an overlay, tracking the revision as it advances.
-pub struct Writer<'o, 'e, E: Engine + ?Sized> {
-    pub view: &'o mut Overlay<'e, E>,
+pub struct Writer<'o, 'e, R: Reader + ?Sized> {
+    pub view: &'o mut Overlay<'e, R>,
     pub revs: Revisions,
+    /// Every version written, in order, when someone listens for changes (`None`: nobody
+    /// does, and nothing is copied).
+    pub changes: Option<Vec<Change>>,
+}
+
+/// One key's change, as apply made it: the version written (a tombstone for a delete, its
+/// `mod_revision` and `sub` placing it) and the key's previous live version, if it had one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: Vec<u8>,
+    pub version: Record,
+    pub prev: Option<Record>,
+}
+
+impl Change {
+    /// Whether the change deleted the key.
+    pub fn is_delete(&self) -> bool {
+        self.version.is_tombstone()
+    }
 }
 
 /// Context of the request being applied: its revision and the next sub-revision.
@@ -38,11 +57,12 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader { revision, ..Default::default() })
 }
 
-impl<E: Engine + ?Sized> Writer<'_, '_, E> {
+impl<R: Reader + ?Sized> Writer<'_, '_, R> {
     /// Runs `f` as one request: on error its writes are rolled back; when it wrote something
     /// the store moves to the next revision.
     fn request<T>(&mut self, f: impl FnOnce(&mut Self, &mut Ctx) -> Result<T, MvccError>) -> Result<T, MvccError> {
         let sp = self.view.savepoint();
+        let recorded = self.changes.as_ref().map_or(0, Vec::len);
         let mut ctx = Ctx { rev: self.revs.current + 1, sub: 0 };
         match f(self, &mut ctx) {
             Ok(v) => {
@@ -53,6 +73,9 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
             }
             Err(e) => {
                 self.view.rollback(sp);
+                if let Some(changes) = &mut self.changes {
+                    changes.truncate(recorded);
+                }
                 Err(e)
             }
         }
@@ -98,7 +121,7 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
         let from = revs_key(self.revs.compacted.max(1), 0);
         let to = revs_key(target + 1, 0);
         let mut touched = BTreeSet::new();
-        for item in self.view.scan(Tree::KvRevs, Bound::Included(&from), Bound::Excluded(&to), false) {
+        for item in self.view.scan(Space::Revs, Bound::Included(&from), Bound::Excluded(&to), false) {
             let (_, version) = item?;
             touched.insert(Version::decode(&version)?.key);
         }
@@ -106,7 +129,7 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
             let enc = encode_key(&key);
             let upper = history_key(&key, target + 1);
             let mut versions = Vec::new();
-            for item in self.view.scan(Tree::KvHistory, Bound::Included(&enc), Bound::Excluded(&upper), false) {
+            for item in self.view.scan(Space::History, Bound::Included(&enc), Bound::Excluded(&upper), false) {
                 let (hk, sub) = item?;
                 let rk = read::indexed(&hk, &sub)?;
                 versions.push((hk, rk));
@@ -118,21 +141,24 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
             };
             let drop_n = versions.len() - usize::from(keep_last);
             for (hk, rk) in versions.into_iter().take(drop_n) {
-                self.view.delete(Tree::KvHistory, hk);
-                self.view.delete(Tree::KvRevs, rk.to_vec());
+                self.view.delete(Space::History, hk);
+                self.view.delete(Space::Revs, rk.to_vec());
             }
         }
         self.revs.compacted = target;
         Ok(CompactionResponse { header: header(self.revs.current) })
     }
 
-    fn write_version(&mut self, ctx: &mut Ctx, key: &[u8], rec: &Record) {
-        self.view.put(Tree::KvHistory, history_key(key, ctx.rev), index_value(ctx.sub));
-        self.view.put(Tree::KvRevs, revs_key(ctx.rev, ctx.sub).to_vec(), Version::encode(key, rec));
+    fn write_version(&mut self, ctx: &mut Ctx, key: &[u8], rec: &Record, prev: Option<&Record>) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(Change { key: key.to_vec(), version: rec.clone(), prev: prev.cloned() });
+        }
+        self.view.put(Space::History, history_key(key, ctx.rev), index_value(ctx.sub));
+        self.view.put(Space::Revs, revs_key(ctx.rev, ctx.sub).to_vec(), Version::encode(key, rec));
         if rec.is_tombstone() {
-            self.view.delete(Tree::Kv, key.to_vec());
+            self.view.delete(Space::Current, key.to_vec());
         } else {
-            self.view.put(Tree::Kv, key.to_vec(), rec.encode());
+            self.view.put(Space::Current, key.to_vec(), rec.encode());
         }
         ctx.sub += 1;
     }
@@ -159,7 +185,7 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
             lease,
             value,
         };
-        self.write_version(ctx, &req.key, &rec);
+        self.write_version(ctx, &req.key, &rec, prev.as_ref());
         Ok(PutResponse {
             header: None,
             prev_kv: if req.prev_kv { prev.map(|p| p.to_kv(&req.key, false)) } else { None },
@@ -171,7 +197,7 @@ impl<E: Engine + ?Sized> Writer<'_, '_, E> {
         let mut prev_kvs = Vec::new();
         for (key, prev) in &victims {
             let tomb = Record { mod_revision: ctx.rev, sub: ctx.sub, ..Record::default() };
-            self.write_version(ctx, key, &tomb);
+            self.write_version(ctx, key, &tomb, Some(prev));
             if req.prev_kv {
                 prev_kvs.push(prev.to_kv(key, false));
             }

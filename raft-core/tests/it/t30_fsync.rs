@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::storage::RaftLogStorageExt;
-use raft_core::engine::{Batch, Engine, SledEngine, Tree};
+use raft_core::engine::{Batch, Engine, KvEngine, RaftEngine, SledEngine, Tree};
 use raft_core::log_store::LogStore;
 
 use crate::common::{leader, put, put_entry};

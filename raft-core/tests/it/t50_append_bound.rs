@@ -51,7 +51,7 @@ async fn the_budget_is_set_by_the_node() {
 /// A data dir records its on-disk format; a build refuses one it would misread.
 #[tokio::test]
 async fn data_dirs_carry_their_format_and_others_are_refused() {
-    use raft_core::engine::{Batch, Engine, Tree};
+    use raft_core::engine::{Batch, KvEngine, Tree};
     use raft_core::log_store::{FormatError, DATA_FORMAT};
 
     // An empty dir is marked, and the mark is accepted from then on (after entries arrive).

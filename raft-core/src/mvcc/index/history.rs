@@ -1,8 +1,8 @@
-//! [`Tree::KvHistory`](super::Tree::KvHistory) in the sled engine: an in-memory index from each
-//! key to its retained revisions, like etcd's key index.
+//! The history table of the key index: each key's retained revisions, in memory, like etcd's
+//! key index.
 //!
-//! Why: the versions themselves live in `KvRevs`, keyed by revision, where one apply appends
-//! one packed record (see [`super::packed`]). Kept in sled, an index keyed by user key took a
+//! Why: the versions themselves live in `KvRevs`, keyed by revision, where the sled engine
+//! packs the pairs of one apply into one record. Kept in sled, an index keyed by user key took a
 //! sled insert into a random leaf per put on every member, and once the history outgrew sled's
 //! cache each insert read its leaf back from disk: 40% of the members' CPU after 80 s of
 //! 64-client puts, which fell from 19k to 12k ops/s (docs/benchmarks.md). Here an insert is a
@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::memtable::ChunkedScan;
-use super::{EngineError, Op, Pair, Result, Scan};
+use super::chunked::ChunkedScan;
+use crate::engine::{Pair, Scan};
+use crate::mvcc::MvccError;
 
 /// Pairs a scan's first chunk copies (see [`ChunkedScan`]): reads at a revision take only the
 /// first pair of most scans.
@@ -51,13 +52,13 @@ fn join(prefix: &[u8], rev: u64) -> Vec<u8> {
 }
 
 impl HistoryTable {
-    /// Checks that `op` fits the layout, before anything of its batch is applied.
-    pub fn check(op: &Op) -> Result<()> {
-        if split(&op.key).is_none() {
-            return Err(EngineError::Layout("a history key shorter than its revision"));
+    /// Checks that a write fits the layout, before anything of its batch is applied.
+    pub fn check(key: &[u8], value: Option<&[u8]>) -> Result<(), MvccError> {
+        if split(key).is_none() {
+            return Err(MvccError::Corrupt("a history key shorter than its revision"));
         }
-        if op.value.as_ref().is_some_and(|v| v.len() != 8) {
-            return Err(EngineError::Layout("a history value that is not 8 bytes"));
+        if value.is_some_and(|v| v.len() != 8) {
+            return Err(MvccError::Corrupt("a history value that is not 8 bytes"));
         }
         Ok(())
     }
@@ -70,11 +71,16 @@ impl HistoryTable {
         Some(revs[at].1.to_vec())
     }
 
-    /// Applies one op that passed [`HistoryTable::check`].
-    pub fn apply(&self, op: Op) {
-        let Some((prefix, rev)) = split(&op.key) else { return };
+    pub fn clear(&self) {
+        self.map.write().clear();
+    }
+
+    /// Sets or (`None`) removes one entry; a write that fails [`HistoryTable::check`] is
+    /// ignored.
+    pub fn apply(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let Some((prefix, rev)) = split(&key) else { return };
         let mut map = self.map.write();
-        match op.value {
+        match value {
             Some(v) => {
                 let Ok(value) = <[u8; 8]>::try_from(v.as_slice()) else { return };
                 let revs = match map.get_mut(prefix) {
@@ -175,13 +181,12 @@ fn collect(map: &Map, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool, n
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::mem::valid;
-    use crate::engine::Tree;
+    use crate::engine::valid;
     use crate::mvcc::keys::{after_all_versions, encode_key, history_key};
     use proptest::prelude::*;
 
-    fn op(key: Vec<u8>, value: Option<u64>) -> Op {
-        Op { tree: Tree::KvHistory, key, value: value.map(|v| v.to_be_bytes().to_vec()) }
+    fn op(key: Vec<u8>, value: Option<u64>) -> (Vec<u8>, Option<Vec<u8>>) {
+        (key, value.map(|v| v.to_be_bytes().to_vec()))
     }
 
     fn bound(kind: u8, k: Vec<u8>) -> Bound<Vec<u8>> {
@@ -225,13 +230,13 @@ mod tests {
             let table = HistoryTable::default();
             let mut model = BTreeMap::new();
             for (key, rev, value) in writes {
-                let o = op(history_key(&key, rev as i64), value);
-                HistoryTable::check(&o).unwrap();
-                match &o.value {
-                    Some(v) => model.insert(o.key.clone(), v.clone()),
-                    None => model.remove(&o.key),
+                let (k, v) = op(history_key(&key, rev as i64), value);
+                HistoryTable::check(&k, v.as_deref()).unwrap();
+                match &v {
+                    Some(v) => model.insert(k.clone(), v.clone()),
+                    None => model.remove(&k),
                 };
-                table.apply(o);
+                table.apply(k, v);
             }
             for (k, v) in &model {
                 prop_assert_eq!(table.get(k), Some(v.clone()));
@@ -256,24 +261,22 @@ mod tests {
 
     #[test]
     fn refuses_keys_and_values_outside_the_layout() {
-        assert!(HistoryTable::check(&op(vec![1, 2, 3], Some(1))).is_err());
-        let mut bad = op(history_key(b"k", 1), None);
-        bad.value = Some(vec![1, 2, 3]);
-        assert!(HistoryTable::check(&bad).is_err());
-        assert!(HistoryTable::check(&op(history_key(b"k", 1), None)).is_ok());
+        assert!(HistoryTable::check(&[1, 2, 3], Some(&1u64.to_be_bytes())).is_err());
+        assert!(HistoryTable::check(&history_key(b"k", 1), Some(&[1, 2, 3])).is_err());
+        assert!(HistoryTable::check(&history_key(b"k", 1), None).is_ok());
     }
 
     #[test]
     fn deletes_free_a_key_and_its_memory() {
         let t = HistoryTable::default();
         for rev in 1..=100 {
-            t.apply(op(history_key(b"k", rev), Some(0)));
+            t.apply(history_key(b"k", rev), Some(vec![0; 8]));
         }
         for rev in 1..100 {
-            t.apply(op(history_key(b"k", rev), None));
+            t.apply(history_key(b"k", rev), None);
         }
         assert!(t.map.read()[&encode_key(b"k")].capacity() < 10);
-        t.apply(op(history_key(b"k", 100), None));
+        t.apply(history_key(b"k", 100), None);
         assert!(t.map.read().is_empty());
     }
 }
