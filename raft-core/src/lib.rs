@@ -11,8 +11,7 @@
 //! - [`snapshot_data`]: snapshot data as openraft moves it, files read and written in place;
 //! - [`codec`]: the strict bincode decoder for stored and peer-sent values;
 //! - [`request`]: the Raft payload, a batch of write requests with one result each;
-//! - [`node`]: a running member: batcher, writes, forwarding, read barrier, status;
-//! - [`reads`]: the lease and staleness bookkeeping behind the lease and bounded read levels;
+//! - [`node`]: a running member: batcher, writes, forwarding, read barrier, lease and bounded reads;
 //! - [`network`]: the Raft transport between members;
 //! - [`catch_up`]: no election from a member while it receives or installs a snapshot;
 //! - [`ids`]: member and cluster ids derived from the cluster flags;
@@ -28,14 +27,13 @@ pub mod network;
 pub mod node;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
-pub mod reads;
 pub mod request;
 pub mod rt;
 pub mod snapshot_data;
 pub mod state_machine;
 pub mod typ;
 
+pub use node::ReadRequirement;
 pub use node::{BatchConfig, Node, NodeConfig, NodeError};
-pub use reads::ReadRequirement;
 pub use request::{MemberAttrs, WriteRequest, WriteResponse};
 pub use state_machine::KvStore;

@@ -34,7 +34,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::reads::RestartFloor;
+use crate::node::lease::RestartFloor;
 use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, Snapshot, TypeConfig, Vote};
 use tokio::time::Instant;
 

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
 use crate::network::Stamp;
-use crate::reads::IndexKind;
+use crate::node::IndexKind;
 use crate::request::WriteRequest;
 use crate::typ::{NodeId, TypeConfig};
 use crate::Node;

@@ -1,0 +1,294 @@
+//! The node handle: one Raft member with its stores. This file owns starting and stopping it
+//! and what it shares; each path through it has its own file:
+//! - [`config`]: the node's settings;
+//! - [`error`]: how its operations fail;
+//! - [`write`]: the write path, the batcher that gathers requests into one Raft entry, and
+//!   proposals;
+//! - [`forward`]: a follower's writes and read-index requests on their way to the leader;
+//! - [`read`]: the read barrier of each consistency level, leadership confirmation and lease
+//!   reads;
+//! - [`lease`]: the lease and staleness bookkeeping behind the lease and bounded levels.
+//!
+//! Writes go to the leader: a follower forwards them over the peer transport, the leader puts
+//! them through its batcher, which gathers the requests that arrive while the previous proposal
+//! is in flight into one Raft entry (bounded by count and bytes), because openraft 0.9.25
+//! fsyncs each `client_write` on its own. Reads settle their consistency level here (a follower
+//! asks the leader for a read index) and then read the local state machine.
+
+mod config;
+mod error;
+mod forward;
+pub mod lease;
+mod read;
+mod write;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::RaftError;
+use openraft::{ChangeMembers, Config, SnapshotPolicy};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use config::{BatchConfig, NodeConfig, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
+use error::fatal;
+pub use error::{NodeError, Refusal};
+use forward::{forwarder, index_asker, Forward, IndexAsk};
+pub use lease::{IndexKind, ReadRequirement};
+use lease::{Lease, Receipts, RestartFloor};
+use read::{read_index_rounds_task, Confirmer, IndexReply};
+use write::{batcher, Reply};
+
+use crate::catch_up::{CatchUp, Receiving};
+use crate::engine::Engine;
+use crate::log_store::LogStore;
+use crate::network::{PeerNetwork, Peers};
+use crate::request::WriteRequest;
+use crate::state_machine::KvStore;
+use crate::typ::{NodeId, PeerNode, Raft, RaftMetrics};
+
+/// A running member. Cheap to clone: clones share one [`Inner`].
+pub struct Node<E: Engine> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: Engine> Clone for Node<E> {
+    fn clone(&self) -> Self {
+        Node { inner: self.inner.clone() }
+    }
+}
+
+impl<E: Engine> std::ops::Deref for Node<E> {
+    type Target = Inner<E>;
+
+    fn deref(&self) -> &Inner<E> {
+        &self.inner
+    }
+}
+
+/// What a [`Node`] and its clones share. Its fields are the node's own.
+pub struct Inner<E: Engine> {
+    id: NodeId,
+    raft: Raft,
+    store: KvStore<E>,
+    peers: Peers,
+    writes: mpsc::Sender<(WriteRequest, Reply)>,
+    /// Writes on their way to the leader (this member follows), gathered into batches.
+    forwards: mpsc::Sender<Forward>,
+    /// Read-index requests on their way to the leader (this member follows), sharing one RPC
+    /// among the reads queued before it is sent (None: one RPC per read).
+    index_asks: Option<mpsc::Sender<IndexAsk>>,
+    /// Read-index requests waiting for the next shared leadership confirmation (None: each
+    /// read confirms on its own).
+    read_index_queue: Option<mpsc::Sender<IndexReply>>,
+    /// Leadership confirmations (quorum rounds) run for reads so far.
+    read_index_rounds: Arc<AtomicU64>,
+    /// The newest leadership confirmation, which serves lease reads until it expires.
+    lease: Arc<parking_lot::Mutex<Option<Lease>>>,
+    /// AppendEntries receipts from the leader, for bounded reads on a follower.
+    receipts: Arc<parking_lot::Mutex<Receipts>>,
+    /// When this member started: it refuses to vote for twice the election timeout after that.
+    started: Instant,
+    /// Differs on every start (wall-clock nanoseconds at start): tags receipt stamps.
+    epoch: u64,
+    election_timeout: Duration,
+    request_timeout: Duration,
+    /// Holds elections off while this member receives or installs a snapshot.
+    catch_up: Arc<CatchUp>,
+    #[cfg(feature = "planted-bugs")]
+    planted: crate::planted::PlantedBugs,
+}
+
+impl<E: Engine> Node<E> {
+    /// Opens the stores in `engine` and starts the Raft member. It serves once it has a leader
+    /// (see [`Node::bootstrap`] for a new cluster).
+    pub async fn start(config: NodeConfig, engine: Arc<E>) -> Result<Self, NodeError> {
+        let election_ms = config.election_timeout.as_millis() as u64;
+        // Each snapshot chunk must arrive within this; chunks are small enough for a busy disk.
+        let chunk_timeout = (4 * election_ms).max(1000);
+        let raft_config = Config {
+            cluster_name: "raftkv".into(),
+            heartbeat_interval: config.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: 2 * election_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            // Entries a lagging member can still fetch from the log before it needs a snapshot.
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
+            install_snapshot_timeout: chunk_timeout,
+            snapshot_max_chunk_size: config.snapshot_chunk_bytes as u64,
+            max_payload_entries: config.max_payload_entries,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        LogStore::new(engine.clone()).check_format().map_err(fatal)?;
+        let store = KvStore::open(engine.clone()).map_err(fatal)?;
+        let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
+        let mut log = LogStore::new(engine)
+            .with_append_budget(config.max_append_bytes)
+            .with_snapshot_position(store.stored_snapshot());
+        log.check_recoverable(store.last_applied()).await.map_err(fatal)?;
+        let peers = Peers::new(config.id, cluster_id, restart_floor(&mut log, config.id).await?);
+        #[cfg(feature = "planted-bugs")]
+        let log = log.with_planted(config.planted);
+        let network = PeerNetwork { peers: peers.clone() };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
+        let sm = store.clone();
+        peers.watch_metrics(raft.metrics(), Box::new(move || sm.last_applied()));
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(batcher(raft.clone(), rx, config.batch));
+        let (forwards, forwards_rx) = mpsc::channel(4096);
+        tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, raft.metrics()));
+        let read_index_rounds = Arc::new(AtomicU64::new(0));
+        let lease = Arc::new(parking_lot::Mutex::new(None));
+        let confirmer = Confirmer {
+            floor: peers.restart_floor(),
+            raft: raft.clone(),
+            rounds: read_index_rounds.clone(),
+            lease: lease.clone(),
+            timeout: config.request_timeout,
+        };
+        let index_asks = config.share_read_index.then(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(index_asker(peers.clone(), rx, raft.metrics()));
+            tx
+        });
+        let read_index_queue = config.share_read_index.then(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(read_index_rounds_task(confirmer.clone(), rx));
+            tx
+        });
+        // Longer than the leader waits for a snapshot chunk, plus an election timeout.
+        let quiet = Duration::from_millis(chunk_timeout) + 2 * config.election_timeout;
+        let catch_up = CatchUp::start(raft.clone(), quiet, config.election_timeout / 2);
+        #[cfg(feature = "planted-bugs")]
+        catch_up.plant(config.planted);
+        Ok(Node {
+            inner: Arc::new(Inner {
+                id: config.id,
+                raft,
+                store,
+                peers,
+                writes: tx,
+                forwards,
+                index_asks,
+                read_index_queue,
+                read_index_rounds,
+                lease,
+                receipts: Arc::default(),
+                started: Instant::now(),
+                epoch: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                election_timeout: config.election_timeout,
+                request_timeout: config.request_timeout,
+                catch_up,
+                #[cfg(feature = "planted-bugs")]
+                planted: config.planted,
+            }),
+        })
+    }
+
+    /// Initializes a brand-new cluster with `members` (every member does this with the same
+    /// set; openraft makes it safe). A no-op on a member that already has state.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, PeerNode>) -> Result<(), NodeError> {
+        if self.raft.is_initialized().await.map_err(fatal)? {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The cluster this member belongs to (kept in the state machine's meta).
+    pub fn cluster_id(&self) -> u64 {
+        self.peers.cluster_id()
+    }
+
+    /// The local state machine (reads after [`Node::read_barrier`]).
+    pub fn store(&self) -> &KvStore<E> {
+        &self.store
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The committed log index (etcd Status.raftIndex).
+    pub async fn committed_index(&self) -> u64 {
+        self.raft.with_raft_state(|s| s.committed.map_or(0, |c| c.index)).await.unwrap_or(0)
+    }
+
+    /// Marks a snapshot RPC from the leader being served: this member starts no election until
+    /// some time after the last one (see [`crate::catch_up`]).
+    pub fn receiving_snapshot(&self) -> Receiving {
+        self.catch_up.receiving()
+    }
+
+    /// Notes an AppendEntries accepted from an established leader (see [`crate::catch_up`]).
+    pub fn heard_leader(&self) {
+        self.catch_up.heard_leader();
+    }
+
+    /// Whether elections are held off because a snapshot is being received or installed.
+    pub fn catching_up(&self) -> bool {
+        self.catch_up.paused()
+    }
+
+    /// Whether this member still refuses votes: for twice the election timeout after it starts,
+    /// a member that may have followed a leader before a restart must not help elect another
+    /// while that leader's lease may still run (openraft forgets the lease across restarts).
+    pub fn refusing_votes(&self) -> bool {
+        self.started.elapsed() < 2 * self.election_timeout
+    }
+
+    /// Leadership confirmations (quorum rounds) this member ran for reads since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.store.snapshots_installed()
+    }
+
+    pub fn read_index_rounds(&self) -> u64 {
+        self.read_index_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Stops Raft; pending requests fail with "server stopped". Flushes the engine.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.raft.shutdown().await.map_err(fatal)?;
+        self.store.flush_whole().map_err(fatal)
+    }
+
+    /// Adds members as voters (used by multi-member bootstrap paths and tests).
+    pub async fn add_voters(&self, members: BTreeMap<NodeId, PeerNode>) -> Result<(), NodeError> {
+        self.raft.change_membership(ChangeMembers::AddVoters(members), false).await.map(|_| ()).map_err(fatal)
+    }
+}
+
+/// What this member must apply before serving reads if openraft restores it as leader of the
+/// term it led when it stopped (it does so when the stored vote is its own and committed).
+async fn restart_floor<E: Engine>(log: &mut LogStore<E>, me: NodeId) -> Result<RestartFloor, NodeError> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.map_err(fatal)?.unwrap_or_default();
+    if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+        return Ok(RestartFloor::default());
+    }
+    let last = log.get_log_state().await.map_err(fatal)?.last_log_id;
+    Ok(RestartFloor { term: vote.leader_id().get_term(), index: last.map_or(0, |l| l.index) })
+}
+
+/// Runs `f` until `deadline`; `Err(())` when the deadline passed first. (madsim's time module
+/// has no `timeout_at`.)
+pub(crate) async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Result<F::Output, ()> {
+    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), f).await.map_err(|_| ())
+}
