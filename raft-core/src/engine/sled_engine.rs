@@ -11,6 +11,7 @@ use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -308,7 +309,7 @@ impl KvEngine for SledEngine {
         let written = (|| {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, EarlyWriteback::new(File::create(&tmp)?)?);
             fill(&mut out)?;
-            let file = out.into_inner().map_err(|e| e.into_error())?.finish();
+            let file = out.into_inner().map_err(|e| e.into_error())?.finish()?;
             file.sync_all()
         })();
         if let Err(e) = written {
@@ -419,6 +420,13 @@ impl Engine for SledEngine {
     }
 }
 
+/// `fdatasync` of a file being written, with a failpoint (`sled-engine-sync-data`) that tests
+/// use to make it fail as a disk would.
+fn sync_data(file: &File) -> std::io::Result<()> {
+    fail::fail_point!("sled-engine-sync-data", |_| Err(std::io::Error::other("injected sync failure")));
+    file.sync_data()
+}
+
 /// Bytes written to a file between two requests to sync it in the background.
 const WRITEBACK_EVERY: u64 = 4 << 20;
 
@@ -427,10 +435,15 @@ const WRITEBACK_EVERY: u64 = 4 << 20;
 /// the disk at once and the Raft log's fsyncs queued behind them, long enough for AppendEntries
 /// to time out. (`sync_file_range` would start the writeback without a thread, but needs
 /// `unsafe`, which the workspace forbids, or a crate that wraps it.)
+///
+/// Every sync's result counts: the helper syncs through a duplicate of the descriptor, which
+/// shares the kernel's write-back error state with the writer's, so an error the helper saw
+/// may not be reported again by the final `sync_all`. The first one is kept and fails the file.
 struct EarlyWriteback {
     file: File,
     unsynced: u64,
     syncer: Syncer,
+    failed: Arc<Mutex<Option<std::io::Error>>>,
 }
 
 /// The helper thread; dropping this stops it and waits for its last sync.
@@ -452,26 +465,44 @@ impl Drop for Syncer {
 impl EarlyWriteback {
     fn new(file: File) -> std::io::Result<Self> {
         let clone = file.try_clone()?;
+        let failed = Arc::new(Mutex::new(None));
+        let first_error = failed.clone();
         let (wake, wakes) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new().name("raftkv-file-sync".into()).spawn(move || {
             for () in wakes {
-                // Only a head start: the final sync_all reports any error.
-                let _ = clone.sync_data();
+                if let Err(e) = sync_data(&clone) {
+                    first_error.lock().get_or_insert(e);
+                    return;
+                }
             }
         })?;
-        Ok(EarlyWriteback { file, unsynced: 0, syncer: Syncer { wake: Some(wake), thread: Some(thread) } })
+        let syncer = Syncer { wake: Some(wake), thread: Some(thread) };
+        Ok(EarlyWriteback { file, unsynced: 0, syncer, failed })
     }
 
-    /// Stops the helper and returns the file (still to be synced).
-    fn finish(self) -> File {
-        let EarlyWriteback { file, syncer, .. } = self;
+    /// The error of a sync the helper ran, if one failed.
+    fn take_failure(&self) -> Option<std::io::Error> {
+        self.failed.lock().take()
+    }
+
+    /// Stops the helper and returns the file (still to be synced), or the error of a sync the
+    /// helper ran.
+    fn finish(self) -> std::io::Result<File> {
+        let EarlyWriteback { file, syncer, failed, .. } = self;
         drop(syncer);
-        file
+        let failure = failed.lock().take();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(file),
+        }
     }
 }
 
 impl std::io::Write for EarlyWriteback {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(e) = self.take_failure() {
+            return Err(e);
+        }
         let n = self.file.write(buf)?;
         self.unsynced += n as u64;
         if self.unsynced >= WRITEBACK_EVERY {
