@@ -1,7 +1,7 @@
 //! In-memory engine for deterministic simulation and fast tests.
 //!
 //! It keeps two states: `live` (what reads see) and `durable` (what survived the last
-//! [`Engine::flush`], or for the Raft log the last [`Engine::log_sync`]). [`MemEngine::crash`]
+//! [`Engine::flush`], or for the Raft log the last [`RaftEngine::log_sync`]). [`MemEngine::crash`]
 //! throws `live` away and restarts from `durable`, so a code path that acknowledges data before
 //! flushing it loses that data in simulation exactly as it would lose it on power failure with
 //! the real engine; and since a log sync leaves the trees unflushed, a crash can leave the state
@@ -77,7 +77,7 @@ impl MemEngine {
     }
 
     /// Simulates power loss after the first `kept` unflushed writes reached the disk (a batch
-    /// of [`Engine::write`] counts as one, each op of [`Engine::write_relaxed`] as one), as an
+    /// of [`KvEngine::write`] counts as one, each op of [`KvEngine::write_relaxed`] as one), as an
     /// engine that writes in order may leave it. Unsynced log changes are all lost.
     pub fn crash_keeping(&self, kept: usize) {
         let mut st = self.state.lock();

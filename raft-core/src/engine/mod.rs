@@ -95,7 +95,7 @@ pub struct Op {
     pub value: Option<Vec<u8>>,
 }
 
-/// Writes applied all-or-nothing by [`Engine::write`], in order (a later op on the same key wins).
+/// Writes applied all-or-nothing by [`KvEngine::write`], in order (a later op on the same key wins).
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub ops: Vec<Op>,

@@ -44,7 +44,7 @@ pub struct SyncStats {
     pub blob_file_fsyncs: AtomicU64,
     /// fsyncs of the `<dir>/blobs/` directory.
     pub blob_dir_fsyncs: AtomicU64,
-    /// Completed syncs of the Raft log alone ([`Engine::log_sync`]).
+    /// Completed syncs of the Raft log alone ([`RaftEngine::log_sync`]).
     pub log_syncs: AtomicU64,
 }
 
@@ -74,7 +74,7 @@ pub struct SledEngine {
     /// A second handle on sled's data file: fsync acts on the file, whichever descriptor asks.
     data_file: File,
     blobs_dir: PathBuf,
-    /// Files stored beside the trees ([`Engine::put_file`]): `<dir>/files/`.
+    /// Files stored beside the trees ([`KvEngine::put_file`]): `<dir>/files/`.
     files_dir: PathBuf,
     /// Held across a flush so concurrent flushers do not interleave their fsync bookkeeping.
     blobs: Mutex<BlobState>,

@@ -15,7 +15,7 @@
 //! not flush: the log store records the committed index and a restart re-applies what the
 //! engine lost.
 //!
-//! The batch is written op by op ([`Engine::write_relaxed`]): an atomic batch in sled seals and
+//! The batch is written op by op ([`crate::engine::KvEngine::write_relaxed`]): an atomic batch in sled seals and
 //! writes its I/O buffer twice and wakes sled's whole I/O thread pool each time, on every member
 //! for every entry. So a crash can leave part of an apply on disk, which re-applying would
 //! compound (a put reads the version it increments). Instead the stored state is marked *torn*
