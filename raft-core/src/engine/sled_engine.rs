@@ -247,9 +247,8 @@ impl SledEngine {
 
 impl KvEngine for SledEngine {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match tree {
-            Tree::KvRevs => return packed::get(self.tree(tree), key),
-            _ => {}
+        if tree == Tree::KvRevs {
+            return packed::get(self.tree(tree), key);
         }
         Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
     }

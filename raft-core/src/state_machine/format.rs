@@ -223,6 +223,9 @@ fn invalid(what: String) -> std::io::Error {
 /// Most bytes of pairs [`import`] gathers before handing them on.
 pub const IMPORT_PART: usize = 1 << 20;
 
+/// What [`import`] hands each version to: its `KvRevs` key and value.
+pub type VersionSink<'a> = dyn FnMut(&[u8], &[u8]) -> std::io::Result<()> + 'a;
+
 /// Reads snapshot data from `data` as a stream and hands `write` a put for every pair, each
 /// into the tree of `trees` it names, in batches of about [`IMPORT_PART`] bytes (the data is
 /// never held whole), and `version` every `KvRevs` pair, in revision order, as it reads it.
@@ -230,7 +233,7 @@ pub fn import(
     data: &mut dyn std::io::Read,
     trees: &[Tree],
     write: &mut dyn FnMut(Batch) -> std::io::Result<()>,
-    version: &mut dyn FnMut(&[u8], &[u8]) -> std::io::Result<()>,
+    version: &mut VersionSink<'_>,
 ) -> std::io::Result<()> {
     let r = data;
     read_header(r)?;

@@ -46,6 +46,10 @@ impl CurrentTable {
         self.map.read().len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
+    }
+
     pub fn scan(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'static> {
         let map = self.map.clone();
         let fill = move |lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool, n: usize| -> Vec<Pair> {
