@@ -6,11 +6,13 @@
 //! - [`service`]: the KV, Maintenance and Cluster services;
 //! - [`error`]: internal failures to gRPC statuses;
 //! - [`net`]: binding and serving the client port (real or simulated);
+//! - [`authority`]: repairs the URL-shaped HTTP/2 `:authority` etcdctl 3.4 sends;
 //! - [`embedded`]: a member used in process through [`kv_api::KvApi`].
 //!
 //! The `kv-server` binary only parses flags, sets up logging and signals, and calls
 //! [`server::run`].
 
+pub mod authority;
 pub mod config;
 pub mod embedded;
 pub mod error;
