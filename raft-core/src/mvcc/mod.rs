@@ -7,8 +7,10 @@
 //! - [`view`]: the [`view::Reader`] abstraction, the stored state and the apply-time overlay;
 //! - [`read`]: Range (latest, at a revision, sort, limit, filters);
 //! - [`write`]: Put, DeleteRange, Txn, Compact and revision accounting;
-//! - [`validate`]: the request checks etcd makes before proposing (no state needed).
+//! - [`validate`]: the request checks etcd makes before proposing (no state needed);
+//! - [`hash`]: HashKV, a checksum of the history up to a revision.
 
+pub mod hash;
 pub mod index;
 pub mod keys;
 pub mod read;

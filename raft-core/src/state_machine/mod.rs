@@ -204,6 +204,14 @@ impl<E: Engine> KvStore<E> {
         self.read_gate().clone()
     }
 
+    /// Runs `f` on the stored state and its revisions while nothing can remove versions (a
+    /// compaction or an install waits), for readers of the whole history such as HashKV.
+    pub fn with_history<T>(&self, f: impl FnOnce(&Stored<'_, E>, read::Revisions) -> T) -> T {
+        let _history = self.shared.history.read();
+        let revs = self.read_gate().revisions();
+        f(&self.stored(), revs)
+    }
+
     /// Records the cluster id on first start (durably); returns the id the store keeps.
     pub fn init_cluster_id(&self, id: u64) -> Result<u64, StorageError> {
         let mut meta = self.write_gate();
