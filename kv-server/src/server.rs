@@ -178,7 +178,7 @@ pub(crate) async fn start_member<E: Engine>(
         if cfg.advertise_client_urls.is_empty() { bound_urls.clone() } else { cfg.advertise_client_urls() };
 
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
-    let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id });
+    let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id, alarms: Default::default() });
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD;
     let router = crate::net::server()
         .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_msg))

@@ -1,6 +1,7 @@
 //! The client-facing etcd v3 services. Each handler validates, settles consistency or proposes
 //! through the node, and fills the response header; none touches storage directly.
 
+pub mod alarms;
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
@@ -16,6 +17,8 @@ pub struct Ctx<E: Engine> {
     pub node: Node<E>,
     pub limits: Limits,
     pub cluster_id: u64,
+    /// This member's alarms (in memory only; see [`alarms`]).
+    pub alarms: alarms::Alarms,
 }
 
 impl<E: Engine> Ctx<E> {
