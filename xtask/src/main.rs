@@ -1,6 +1,9 @@
 //! `cargo xtask <task>`: the project's entry points, the same for people and CI.
 //!
-//! - `test [cargo test args]`: every test of the workspace;
+//! - `test [cargo test args]`: every test of the workspace, after making sure the stock
+//!   etcdctl 3.4 and 3.5 the compatibility tests drive are present;
+//! - `tools`: only that: installs Debian's etcdctl 3.4 if missing and fetches etcdctl 3.5 into
+//!   `<target>/tools/etcd-3.5/`;
 //! - `lint`: rustfmt check, clippy with warnings denied, and the simulation-mode build check;
 //! - `sim [seeds] [base seed]`: the deterministic simulation, every scenario over that many
 //!   seeds (default 1000 from seed 100), then the planted-bug tests from the base seed, in
@@ -15,6 +18,8 @@
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
+
+mod tools;
 
 fn main() -> ExitCode {
     match task() {
@@ -31,7 +36,16 @@ fn task() -> Result<()> {
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
     match task.as_str() {
-        "test" => cargo(&["test", "--workspace"], &rest, &[]),
+        "test" => {
+            let etcdctl = etcdctl_env()?;
+            let env: Vec<(&str, &str)> = etcdctl.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            cargo(&["test", "--workspace"], &rest, &env)
+        }
+        "tools" => {
+            let t = tools::ensure_etcdctl(&target_dir()?)?;
+            println!("etcdctl 3.4: {}\netcdctl 3.5: {}", t.v34.display(), t.v35.display());
+            Ok(())
+        }
         "lint" => {
             cargo(&["fmt", "--all", "--check"], &[], &[])?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[], &[])?;
@@ -110,9 +124,8 @@ fn task() -> Result<()> {
         }
         "bench" => {
             cargo(&["build", "--release", "--bin", "kv-server", "--bin", "kvbench"], &[], &[])?;
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
-            let kvbench = root.join(target).join("release").join("kvbench");
+            let root = workspace_root()?;
+            let kvbench = target_dir()?.join("release").join("kvbench");
             eprintln!("xtask: {} compare {}", kvbench.display(), rest.join(" "));
             let status = Command::new(&kvbench)
                 .arg("compare")
@@ -127,9 +140,35 @@ fn task() -> Result<()> {
         }
         _ => {
             bail!(
-                "usage: cargo xtask test [cargo test args] | cargo xtask lint | cargo xtask sim [seeds] [base seed] \
+                "usage: cargo xtask test [cargo test args] | cargo xtask tools | cargo xtask lint | cargo xtask sim [seeds] [base seed] \
                  | cargo xtask bench [kvbench compare args]"
             )
+        }
+    }
+}
+
+fn workspace_root() -> Result<&'static std::path::Path> {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace root) or `target`.
+fn target_dir() -> Result<std::path::PathBuf> {
+    let root = workspace_root()?;
+    Ok(std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t)))
+}
+
+/// The environment that tells the etcdctl tests where both versions are. A failed install or
+/// fetch is reported here and not fatal: the tests that need the binaries then fail saying
+/// which one is missing, and every other test still runs.
+fn etcdctl_env() -> Result<Vec<(&'static str, String)>> {
+    match tools::ensure_etcdctl(&target_dir()?) {
+        Ok(t) => Ok(vec![
+            ("RAFTKV_ETCDCTL_34", t.v34.display().to_string()),
+            ("RAFTKV_ETCDCTL_35", t.v35.display().to_string()),
+        ]),
+        Err(e) => {
+            eprintln!("xtask: warning: stock etcdctl not available ({e:#}); the etcdctl tests will fail");
+            Ok(vec![])
         }
     }
 }
