@@ -14,3 +14,4 @@ mod t80_snapshot;
 mod t85_catch_up;
 mod t90_consistency;
 mod t95_client;
+mod t96_etcdctl;
