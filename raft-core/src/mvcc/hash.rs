@@ -106,7 +106,7 @@ mod tests {
 
     impl Reader for State {
         fn get(&self, space: Space, key: &[u8]) -> crate::engine::Result<Option<Vec<u8>>> {
-            Stored { engine: &self.engine, index: &self.index }.get(space, key).map(|v| v)
+            Stored { engine: &self.engine, index: &self.index }.get(space, key)
         }
         fn scan(&self, space: Space, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
             match space.tree() {
