@@ -14,11 +14,11 @@ use std::ops::Bound;
 
 use kv_api::EtcdError;
 
+use super::index::Space;
 use super::keys::{revs_key, split_revs_key, Record, Version};
 use super::read::Revisions;
 use super::view::Reader;
 use super::MvccError;
-use super::index::Space;
 
 /// The answer to HashKV.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
