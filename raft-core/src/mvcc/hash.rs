@@ -92,45 +92,15 @@ fn feed(h: &mut crc32fast::Hasher, rev: i64, sub: i64, key: &[u8], rec: &Record)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{KvEngine, MemEngine, Scan};
-    use crate::mvcc::index::KeyIndex;
-    use crate::mvcc::view::{Overlay, Stored};
-    use crate::mvcc::write::Writer;
+    use crate::mvcc::testing::{put, State};
+    use kv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest};
 
-    /// An engine and its key index, read as the store reads them.
-    #[derive(Default)]
-    struct State {
-        engine: MemEngine,
-        index: KeyIndex,
-    }
-
-    impl Reader for State {
-        fn get(&self, space: Space, key: &[u8]) -> crate::engine::Result<Option<Vec<u8>>> {
-            Stored { engine: &self.engine, index: &self.index }.get(space, key)
-        }
-        fn scan(&self, space: Space, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
-            match space.tree() {
-                Some(tree) => self.engine.scan(tree, lower, upper, reverse),
-                None => self.index.scan(space, lower, upper, reverse),
-            }
-        }
-    }
-    use kv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
-
-    fn put(key: &str, value: &str) -> PutRequest {
-        PutRequest { key: key.into(), value: value.into(), ..Default::default() }
-    }
-
-    /// Applies `f`'s writes as one batch, as apply does; returns the new revisions.
-    fn write(state: &State, revs: Revisions, f: impl FnOnce(&mut Writer<'_, '_, State>)) -> Revisions {
-        let mut view = Overlay::new(state);
-        let mut w = Writer { view: &mut view, revs, changes: None };
-        f(&mut w);
-        let revs = w.revs;
-        let changes = view.into_changes();
-        state.engine.write(changes.stored).unwrap();
-        state.index.apply(changes.index).unwrap();
-        revs
+    fn write(
+        state: &State,
+        revs: Revisions,
+        f: impl FnOnce(&mut crate::mvcc::write::Writer<'_, '_, State>),
+    ) -> Revisions {
+        crate::mvcc::testing::write(state, revs, f).0
     }
 
     /// Puts, overwrites and a delete: revisions 2..=7.

@@ -8,12 +8,16 @@
 //! - [`read`]: Range (latest, at a revision, sort, limit, filters);
 //! - [`write`]: Put, DeleteRange, Txn, Compact and revision accounting;
 //! - [`validate`]: the request checks etcd makes before proposing (no state needed);
-//! - [`hash`]: HashKV, a checksum of the history up to a revision.
+//! - [`hash`]: HashKV, a checksum of the history up to a revision;
+//! - [`changes`]: the changes of a revision range, read back for watches that are behind.
 
+pub mod changes;
 pub mod hash;
 pub mod index;
 pub mod keys;
 pub mod read;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 pub mod view;
 pub mod write;

@@ -92,7 +92,7 @@ pub(super) fn version<R: Reader + ?Sized>(r: &R, revs_key: &[u8]) -> Result<Vers
 }
 
 /// The version of `key` visible at `revision` (latest with mod_revision <= revision), if live.
-fn version_at<R: Reader + ?Sized>(
+pub(super) fn version_at<R: Reader + ?Sized>(
     r: &R,
     encoded: &[u8],
     key: &[u8],

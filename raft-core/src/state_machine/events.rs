@@ -20,9 +20,9 @@ pub const CAPACITY: usize = 1024;
 /// What one apply published.
 #[derive(Debug)]
 pub enum Applied {
-    /// The versions written by revisions after the previous publication up to `revision`, in
-    /// revision order (and in write order within a revision).
-    Changes { revision: i64, changes: Vec<Change> },
+    /// The versions written by revisions `after + 1..=revision`, in revision order (and in
+    /// write order within a revision).
+    Changes { after: i64, revision: i64, changes: Vec<Change> },
     /// An apply that began before anyone subscribed landed after a subscription: its changes,
     /// revisions `after + 1..=upto`, were not recorded and must be read from storage.
     Unrecorded { after: i64, upto: i64 },
@@ -56,7 +56,7 @@ impl Events {
     /// Publishes an apply's changes; `recorded` is `None` when it did not record them.
     pub(super) fn publish(&self, before: i64, revision: i64, recorded: Option<Vec<Change>>) {
         let applied = match recorded {
-            Some(changes) if !changes.is_empty() => Applied::Changes { revision, changes },
+            Some(changes) if !changes.is_empty() => Applied::Changes { after: before, revision, changes },
             Some(_) => return,
             None if revision > before && self.listening() => Applied::Unrecorded { after: before, upto: revision },
             None => return,

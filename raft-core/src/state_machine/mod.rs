@@ -212,6 +212,21 @@ impl<E: Engine> KvStore<E> {
         f(&self.stored(), revs)
     }
 
+    /// The changes of keys in `range` at revisions `from..=upto` (see [`crate::mvcc::changes`]),
+    /// read while nothing can remove versions.
+    pub fn changes(
+        &self,
+        range: &read::KeyRange,
+        from: i64,
+        upto: i64,
+        with_prev: bool,
+        max_events: usize,
+    ) -> Result<crate::mvcc::changes::Changes, MvccError> {
+        self.with_history(|stored, revs| {
+            crate::mvcc::changes::read(stored, range, from, upto, with_prev, max_events, revs)
+        })
+    }
+
     /// Records the cluster id on first start (durably); returns the id the store keeps.
     pub fn init_cluster_id(&self, id: u64) -> Result<u64, StorageError> {
         let mut meta = self.write_gate();

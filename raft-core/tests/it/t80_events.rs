@@ -103,7 +103,7 @@ async fn a_subscriber_sees_every_change_once_in_order_with_its_previous_version(
         }
         let (mut last, mut seen) = ((from, i64::MAX), 0);
         while let Ok(applied) = rx.try_recv() {
-            let Applied::Changes { revision, changes } = &*applied else {
+            let Applied::Changes { revision, changes, .. } = &*applied else {
                 panic!("seed {seed}: an apply that began after the subscription published {applied:?}");
             };
             for change in changes {
