@@ -8,6 +8,7 @@ use std::time::Duration;
 use kv_api::etcdserverpb::cluster_server::ClusterServer;
 use kv_api::etcdserverpb::kv_server::KvServer;
 use kv_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use kv_api::etcdserverpb::watch_server::WatchServer;
 use kv_api::raftkvpb::peer_server::PeerServer;
 use raft_core::engine::Engine;
 use raft_core::mvcc::validate::Limits;
@@ -21,6 +22,7 @@ use crate::net::Listeners;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::maintenance::MaintenanceService;
+use crate::service::watch::{WatchService, DEFAULT_PROGRESS_INTERVAL};
 use crate::service::Ctx;
 
 /// Why the server could not start or stopped abnormally.
@@ -183,7 +185,11 @@ pub(crate) async fn start_member<E: Engine>(
     let router = crate::net::server()
         .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())).max_decoding_message_size(max_msg))
-        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg));
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg))
+        .add_service(
+            WatchServer::new(WatchService::new(ctx.clone(), DEFAULT_PROGRESS_INTERVAL))
+                .max_decoding_message_size(max_msg),
+        );
 
     let attrs = MemberAttrs { id: me.id, name: cfg.name.clone(), client_urls };
     let (stop_publish, publish_stopped) = oneshot::channel::<()>();

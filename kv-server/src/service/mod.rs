@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod cluster;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use kv_api::etcdserverpb::ResponseHeader;
 use kv_api::Consistency;

@@ -15,3 +15,4 @@ mod t85_catch_up;
 mod t90_consistency;
 mod t95_client;
 mod t96_etcdctl;
+mod t97_watch;

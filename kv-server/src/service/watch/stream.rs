@@ -1,0 +1,340 @@
+//! One watch stream: the task that reads the client's requests and serves every watch of the
+//! stream, live from the apply event seam while a watch is caught up, and from the stored
+//! versions while it is behind.
+//!
+//! The stream's position is `seen`: every change up to that revision has either come through
+//! the seam or, when the stream missed some (it lagged, a snapshot replaced the state, a change
+//! was not recorded), is to be read from storage. A watch owed revision `next` is caught up
+//! when `next > seen` and then takes the seam's changes; otherwise it reads its range from the
+//! stored versions, a bounded chunk per step, until it is caught up. Both paths deliver a
+//! revision only once: a watch moves `next` past whatever it was given.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_api::etcdserverpb::watch_request::RequestUnion;
+use kv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use kv_api::EtcdError;
+use raft_core::engine::Engine;
+use raft_core::mvcc::MvccError;
+use raft_core::state_machine::events::Applied;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::watcher::{is_empty_range, responses, Watcher};
+use crate::error;
+use crate::service::Ctx;
+
+/// Events one catch-up step reads at most (a revision's events are never split).
+const CATCH_UP_EVENTS: usize = 1000;
+
+/// How often a stream that requires a leader checks that its member has one.
+const LEADER_CHECK: Duration = Duration::from_millis(500);
+
+/// Bytes over the request limit a response may reach before it is split (etcd's margin).
+const FRAGMENT_MARGIN: usize = 512 * 1024;
+
+/// A subscription to the apply event seam.
+type Seam = tokio::sync::broadcast::Receiver<Arc<Applied>>;
+
+/// The next message of the seam; never resolves without a subscription.
+async fn next_applied(seam: &mut Option<Seam>) -> Result<Arc<Applied>, RecvError> {
+    match seam {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stream ends: the client went away, or the stream failed with a status already sent.
+struct Ended;
+
+type Step = Result<(), Ended>;
+
+pub struct WatchStream<E: Engine> {
+    ctx: Arc<Ctx<E>>,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    require_leader: bool,
+    progress_interval: Duration,
+    watchers: BTreeMap<i64, Watcher>,
+    /// The next id the server hands out.
+    next_id: i64,
+    /// See the module doc.
+    seen: i64,
+    /// A progress request waits for every watch of the stream to catch up.
+    progress_pending: bool,
+}
+
+impl<E: Engine> WatchStream<E> {
+    pub fn new(
+        ctx: Arc<Ctx<E>>,
+        tx: mpsc::Sender<Result<WatchResponse, Status>>,
+        require_leader: bool,
+        progress_interval: Duration,
+    ) -> Self {
+        WatchStream {
+            ctx,
+            tx,
+            require_leader,
+            progress_interval,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            seen: 0,
+            progress_pending: false,
+        }
+    }
+
+    /// Serves the stream until the client ends it or goes away. The stream subscribes to the
+    /// seam only while it has watches: a subscription makes every apply record its changes.
+    pub async fn run(mut self, mut incoming: Streaming<WatchRequest>) {
+        let mut seam: Option<Seam> = None;
+        let start = tokio::time::Instant::now();
+        let mut progress = tokio::time::interval_at(start + self.progress_interval, self.progress_interval);
+        let mut leader = tokio::time::interval_at(start + LEADER_CHECK, LEADER_CHECK);
+        loop {
+            let behind = self.behind();
+            let step = tokio::select! {
+                biased;
+                request = incoming.message() => match request {
+                    Ok(Some(request)) => self.request(request).await,
+                    // The client closed its side, or the connection failed.
+                    Ok(None) | Err(_) => Err(Ended),
+                },
+                () = std::future::ready(()), if behind => self.catch_up().await,
+                applied = next_applied(&mut seam) => self.applied(applied).await,
+                _ = progress.tick() => self.progress_tick().await,
+                _ = leader.tick(), if self.require_leader => self.check_leader().await,
+            };
+            if step.is_err() {
+                return;
+            }
+            match (&seam, self.watchers.is_empty()) {
+                (None, false) => {
+                    // Changes up to the subscription's revision are in storage: a watch owed
+                    // them is behind and reads them there.
+                    let (rx, revision) = self.ctx.node.store().subscribe();
+                    self.seen = self.seen.max(revision);
+                    seam = Some(rx);
+                }
+                (Some(_), true) => seam = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether some watch is behind the seam and reads from storage.
+    fn behind(&self) -> bool {
+        self.watchers.values().any(|w| w.next <= self.seen)
+    }
+
+    fn header(&self, revision: i64) -> kv_api::etcdserverpb::ResponseHeader {
+        self.ctx.header(revision, None)
+    }
+
+    async fn send(&self, response: WatchResponse) -> Step {
+        self.tx.send(Ok(response)).await.map_err(|_| Ended)
+    }
+
+    /// Ends the stream with `status`.
+    async fn fail(&self, status: Status) -> Step {
+        let _ = self.tx.send(Err(status)).await;
+        Err(Ended)
+    }
+
+    async fn request(&mut self, request: WatchRequest) -> Step {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_none() {
+                    return Ok(());
+                }
+                let header = self.header(0);
+                self.send(WatchResponse {
+                    header: Some(header),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_pending = true;
+                self.progress_if_caught_up().await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A refused create: etcd answers created and canceled at once, with watch id -1.
+    async fn refuse(&self, reason: String) -> Step {
+        let header = self.header(0);
+        self.send(WatchResponse {
+            header: Some(header),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn create(&mut self, create: WatchCreateRequest) -> Step {
+        if create.start_revision < 0 {
+            return self.refuse(EtcdError::Compacted.to_string()).await;
+        }
+        if is_empty_range(&create.key, &create.range_end) {
+            return self.refuse("mvcc: watcher range is empty".into()).await;
+        }
+        let id = if create.watch_id != 0 {
+            if self.watchers.contains_key(&create.watch_id) {
+                return self.refuse("mvcc: duplicate watch ID provided on the WatchStream".into()).await;
+            }
+            create.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let meta = self.ctx.node.store().meta();
+        let next = if create.start_revision == 0 { meta.revision + 1 } else { create.start_revision };
+        let header = self.header(meta.revision);
+        self.send(WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() }).await?;
+        if meta.compacted > 0 && next <= meta.compacted {
+            return self.compacted(id, meta.compacted).await;
+        }
+        self.watchers.insert(id, Watcher::new(id, &create, next));
+        Ok(())
+    }
+
+    /// Ends watch `id`, which needs history that compaction removed.
+    async fn compacted(&mut self, id: i64, compacted: i64) -> Step {
+        self.watchers.remove(&id);
+        let header = self.header(0);
+        self.send(WatchResponse {
+            header: Some(header),
+            watch_id: id,
+            canceled: true,
+            compact_revision: compacted,
+            cancel_reason: EtcdError::Compacted.to_string(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends `events` to the watch `id` (a no-op when there are none).
+    async fn deliver(&mut self, id: i64, revision: i64, events: Vec<kv_api::mvccpb::Event>) -> Step {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+        w.sent_since_tick = true;
+        let fragment = w.fragment;
+        let limit = self.ctx.limits.max_request_bytes + FRAGMENT_MARGIN;
+        for response in responses(id, self.header(revision), events, fragment, limit) {
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    /// One message of the seam.
+    async fn applied(&mut self, applied: Result<Arc<Applied>, RecvError>) -> Step {
+        let applied = match applied {
+            Ok(applied) => applied,
+            // Changes were dropped from the ring before this stream took them: everything up
+            // to the current revision is read from storage instead.
+            Err(RecvError::Lagged(_)) => {
+                self.seen = self.seen.max(self.ctx.node.store().meta().revision);
+                return Ok(());
+            }
+            Err(RecvError::Closed) => return self.fail(EtcdError::ServerStopped.to_status()).await,
+        };
+        match &*applied {
+            Applied::Changes { after, revision, changes } => {
+                // Revisions the stream never saw come from storage.
+                self.seen = self.seen.max(*after);
+                let live: Vec<i64> = self
+                    .watchers
+                    .values()
+                    .filter(|w| w.next > self.seen && w.next <= *revision)
+                    .map(|w| w.id)
+                    .collect();
+                for id in live {
+                    let events = self.watchers[&id].events(changes);
+                    self.deliver(id, *revision, events).await?;
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.next = revision + 1;
+                    }
+                }
+                self.seen = self.seen.max(*revision);
+            }
+            Applied::Unrecorded { upto, .. } => self.seen = self.seen.max(*upto),
+            Applied::Replaced { revision } => self.seen = self.seen.max(*revision),
+        }
+        self.progress_if_caught_up().await
+    }
+
+    /// Serves the watch that is furthest behind one chunk of its changes from storage.
+    async fn catch_up(&mut self) -> Step {
+        let Some(w) = self.watchers.values().filter(|w| w.next <= self.seen).min_by_key(|w| w.next) else {
+            return Ok(());
+        };
+        let (id, range, from, prev) = (w.id, w.range.clone(), w.next, w.wants_prev());
+        let read = self.ctx.node.store().changes(&range, from, self.seen, prev, CATCH_UP_EVENTS);
+        let read = match read {
+            Ok(read) => read,
+            Err(MvccError::Etcd(EtcdError::Compacted)) => {
+                let compacted = self.ctx.node.store().meta().compacted;
+                return self.compacted(id, compacted).await;
+            }
+            Err(e) => return self.fail(error::mvcc(e)).await,
+        };
+        let events = self.watchers[&id].events(&read.changes);
+        let revision = read.changes.last().map_or(self.seen, |c| c.version.mod_revision);
+        self.deliver(id, revision, events).await?;
+        if let Some(w) = self.watchers.get_mut(&id) {
+            w.next = read.next;
+        }
+        self.progress_if_caught_up().await
+    }
+
+    /// Answers a pending progress request once every watch is caught up: every event up to
+    /// the revision in its header has been sent.
+    async fn progress_if_caught_up(&mut self) -> Step {
+        if !self.progress_pending || self.behind() {
+            return Ok(());
+        }
+        self.progress_pending = false;
+        let header = self.header(self.seen);
+        self.send(WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }).await
+    }
+
+    /// The periodic progress notification of every caught-up watch that asked for one and was
+    /// sent nothing since the last tick.
+    async fn progress_tick(&mut self) -> Step {
+        let due: Vec<i64> = self
+            .watchers
+            .values()
+            .filter(|w| w.progress_notify && !w.sent_since_tick && w.next > self.seen)
+            .map(|w| w.id)
+            .collect();
+        for w in self.watchers.values_mut() {
+            w.sent_since_tick = false;
+        }
+        for id in due {
+            let header = self.header(self.seen);
+            self.send(WatchResponse { header: Some(header), watch_id: id, ..Default::default() }).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream when the member has no leader and the client asked for one.
+    async fn check_leader(&mut self) -> Step {
+        if self.ctx.node.metrics().current_leader.is_some() {
+            return Ok(());
+        }
+        self.fail(EtcdError::NoLeader.to_status()).await
+    }
+}
