@@ -5,6 +5,8 @@
 //!   per-call timeout, safe retries and automatic session tokens; it implements
 //!   [`kv_api::KvApi`], as an embedded member does (`kv_server::Embedded`);
 //! - [`request`]: builders for each request ([`Get`], [`Put`], [`Delete`], [`Txn`]);
+//! - [`watch`]: a watch ([`Watch`], [`Watcher`]) that resumes on another member when its
+//!   stream breaks, so every event arrives once, in order;
 //! - [`ClientError`]: what can go wrong, with etcd errors recognised by their exact text and
 //!   writes whose outcome cannot be known reported as such.
 //!
@@ -37,6 +39,7 @@ use std::time::Duration;
 use kv_api::etcdserverpb::cluster_client::ClusterClient;
 use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use kv_api::etcdserverpb::watch_client::WatchClient;
 use kv_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
     MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
@@ -47,8 +50,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use kv_api;
 pub use request::{Cmp, Delete, Get, Op, Put, Txn, TxnOp};
+pub use watch::{Watch, Watcher};
 
 pub mod request;
+pub mod watch;
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,10 @@ pub enum ClientError {
     /// lost): it may or may not have been applied. Read before retrying a non-idempotent write.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// A watch needs history that was compacted: read the current state and watch again from
+    /// after it (etcd cancels such a watch with this revision).
+    #[error("etcdserver: mvcc: required revision has been compacted (compacted up to {compact_revision})")]
+    Compacted { compact_revision: i64 },
     /// The call failed with a status that is not an etcd error.
     #[error("{message} (gRPC {code:?})")]
     Rpc { code: tonic::Code, message: String },
@@ -107,6 +116,7 @@ struct Member {
     kv: KvClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
+    watch: WatchClient<Channel>,
 }
 
 /// Whether a call changes state: only a write's retry can do harm.
@@ -179,7 +189,8 @@ impl Client {
                 url: ep.clone(),
                 kv: KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX),
                 maintenance: MaintenanceClient::new(ch.clone()),
-                cluster: ClusterClient::new(ch),
+                cluster: ClusterClient::new(ch.clone()),
+                watch: WatchClient::new(ch).max_decoding_message_size(usize::MAX),
             });
         }
         if members.is_empty() {

@@ -66,6 +66,41 @@ fn one_line_error(o: &Output, needle: &str) {
     assert!(err.contains(needle), "{needle:?} not in {err}");
 }
 
+/// Runs `kvctl watch` (which runs until stopped) and returns its first `n` lines of output,
+/// then stops it; fails the test if they do not come within 20 s.
+async fn watch_lines(endpoints: &str, args: &[&str], n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"));
+    cmd.arg("--endpoints").arg(endpoints).arg("watch").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("run kvctl watch");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut lines = Vec::new();
+        while lines.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(lines.len(), n, "kvctl watch printed only {lines:?}");
+        lines
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_verb_against_three_members() {
     let (members, _dirs) = cluster().await;
@@ -138,6 +173,31 @@ async fn every_verb_against_three_members() {
     let completion = ok(&kvctl_with(&all, &["completion", "bash"], None).await);
     assert!(completion.contains("kvctl") && completion.contains("compaction"));
 
+    // Watch: the history replayed from a revision, with previous values, through one member;
+    // as JSON; and a command run per event with the event in its environment.
+    let first = ok(&kvctl_with(&all, &["put", "w/a", "1"], None).await);
+    assert_eq!(first, "OK\n");
+    let rev = {
+        let out = ok(&kvctl_with(&all, &["get", "w/a", "-w", "json"], None).await);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["kvs"][0]["mod_revision"].as_i64().unwrap()
+    };
+    ok(&kvctl_with(&all, &["put", "w/a", "2"], None).await);
+    ok(&kvctl_with(&all, &["del", "w/a"], None).await);
+    let lines = watch_lines(&one(2), &["w/", "--prefix", "--rev", &rev.to_string(), "--prev-kv"], 11).await;
+    assert_eq!(lines, ["PUT", "w/a", "1", "PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2"]);
+    let json = watch_lines(&all, &["w/a", "--rev", &rev.to_string(), "-w", "json"], 1).await;
+    let v: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert_eq!((v["type"].as_str(), v["kv"]["value"].as_str()), (Some("PUT"), Some("1")));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events");
+    let script =
+        format!("echo \"$ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE\" >> {}; echo ran", log.display());
+    let ran = watch_lines(&all, &["w/a", "--rev", &rev.to_string(), "--", "sh", "-c", &script], 3).await;
+    assert_eq!(ran, ["ran", "ran", "ran"]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged, "PUT w/a 1\nPUT w/a 2\nDELETE w/a \n");
+
     // Errors: one line, non-zero exit, and the cluster keeps serving.
     let dead = "http://127.0.0.1:1";
     one_line_error(&kvctl_with(dead, &["get", "k"], None).await, "cannot connect to http://127.0.0.1:1");
@@ -146,6 +206,10 @@ async fn every_verb_against_three_members() {
     one_line_error(&health, "http://127.0.0.1:1");
     assert_eq!(String::from_utf8_lossy(&health.stdout).lines().filter(|l| l.contains("is healthy")).count(), 3);
     one_line_error(&kvctl_with(&all, &["get", "k", "--consistency", "bounded"], None).await, "needs --max-staleness");
+    one_line_error(
+        &kvctl_with(&all, &["watch", "k", "--rev", "2"], None).await,
+        "required revision has been compacted",
+    );
     one_line_error(&kvctl_with(&all, &["txn"], Some("colour(\"k\") = \"1\"\n\n\n")).await, "bad compare");
     let bad = kvctl_with(&all, &["get", "k", "--no-such-flag"], None).await;
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));

@@ -16,3 +16,4 @@ mod t90_consistency;
 mod t95_client;
 mod t96_etcdctl;
 mod t97_watch;
+mod t98_watch_failover;

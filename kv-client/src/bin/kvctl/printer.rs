@@ -5,7 +5,8 @@ use kv_client::kv_api::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, Member, PutResponse, RangeResponse, ResponseHeader, StatusResponse,
     TxnResponse,
 };
-use kv_client::kv_api::mvccpb::KeyValue;
+use kv_client::kv_api::mvccpb::event::EventType;
+use kv_client::kv_api::mvccpb::{Event, KeyValue};
 use serde_json::{json, Value};
 
 /// `-w simple|json|table`.
@@ -251,4 +252,27 @@ pub fn members(f: Format, members: &[Member]) {
         ),
         Format::Simple => members.iter().for_each(|m| println!("{}", cells(m).join(", "))),
     }
+}
+
+/// Watch events: etcdctl's simple form (the type, then the previous key and value when asked
+/// for, then the key and value), or one JSON object per event.
+pub fn watch_events(f: Format, events: &[Event]) {
+    for e in events {
+        let kind = if e.r#type == EventType::Delete as i32 { "DELETE" } else { "PUT" };
+        let kv = e.kv.clone().unwrap_or_default();
+        match f {
+            Format::Json => print_json(json!({
+                "type": kind, "kv": kv_json(&kv), "prev_kv": e.prev_kv.as_ref().map(kv_json),
+            })),
+            Format::Simple | Format::Table => {
+                println!("{kind}");
+                if let Some(prev) = &e.prev_kv {
+                    kv_simple(prev, false);
+                }
+                kv_simple(&kv, false);
+            }
+        }
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 }

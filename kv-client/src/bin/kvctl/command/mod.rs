@@ -8,6 +8,7 @@ mod get;
 mod member;
 mod put;
 mod txn;
+mod watch;
 
 use clap::Subcommand;
 use kv_client::{Client, Options};
@@ -37,6 +38,9 @@ pub enum Command {
         #[command(subcommand)]
         verb: member::Verb,
     },
+    /// Watch a key or a range of keys: every change, in order, until interrupted (with
+    /// `-- CMD ARGS...`, runs CMD per event instead).
+    Watch(watch::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::Args),
 }
@@ -53,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compaction(a) => compaction::run(&connect().await?, a, out).await,
         Command::Endpoint { verb } => endpoint::run(&cli.endpoints, opts, verb, out).await,
         Command::Member { verb } => member::run(&connect().await?, verb, out).await,
+        Command::Watch(a) => watch::run(&connect().await?, a, out).await,
         Command::Completion(a) => completion::run(a),
     }
 }

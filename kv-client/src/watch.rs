@@ -1,0 +1,186 @@
+//! A watch that survives its member: [`Watch`] says what to watch, [`Client::watch`] opens it,
+//! and [`Watcher::next`] hands out the events in order. When the stream breaks (the member
+//! died, lost its leader, or the connection failed), the watcher opens a new one on another
+//! member from the revision after the last one it delivered, so the caller sees every event of
+//! its keys once, in revision order, across failover. The one thing it cannot survive is
+//! compaction of the history it still needs: then [`ClientError::Compacted`] says from which
+//! revision the caller must read the current state and watch again.
+
+use std::time::Duration;
+
+use kv_api::etcdserverpb::watch_create_request::FilterType;
+use kv_api::etcdserverpb::watch_request::RequestUnion;
+use kv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use kv_api::mvccpb::Event;
+use kv_api::EtcdError;
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+use crate::{prefix_end, Client, ClientError, Result};
+
+/// Pause before opening a watch stream again on the next member.
+const REOPEN_PAUSE: Duration = Duration::from_millis(50);
+
+/// What to watch: keys, where to start, and what each event carries.
+#[derive(Clone, Debug, Default)]
+pub struct Watch(WatchCreateRequest);
+
+impl Watch {
+    /// One key.
+    pub fn key(key: impl Into<Vec<u8>>) -> Watch {
+        Watch(WatchCreateRequest { key: key.into(), ..Default::default() })
+    }
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Watch {
+        let key = prefix.into();
+        Watch(WatchCreateRequest { range_end: prefix_end(&key), key, ..Default::default() })
+    }
+    /// Keys in [`from`, `to`).
+    pub fn range(from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) -> Watch {
+        Watch(WatchCreateRequest { key: from.into(), range_end: to.into(), ..Default::default() })
+    }
+    /// Events from `revision` on (replayed from the history); by default, those after the
+    /// watch is created.
+    pub fn from_revision(mut self, revision: i64) -> Watch {
+        self.0.start_revision = revision;
+        self
+    }
+    /// Each event carries the key's previous version.
+    pub fn prev_kv(mut self) -> Watch {
+        self.0.prev_kv = true;
+        self
+    }
+    /// Leave out puts.
+    pub fn no_put(mut self) -> Watch {
+        self.0.filters.push(FilterType::Noput as i32);
+        self
+    }
+    /// Leave out deletes.
+    pub fn no_delete(mut self) -> Watch {
+        self.0.filters.push(FilterType::Nodelete as i32);
+        self
+    }
+}
+
+/// An open watch stream on one member.
+struct Open {
+    /// Kept open: the server ends a stream whose requests end.
+    _requests: mpsc::Sender<WatchRequest>,
+    responses: Streaming<WatchResponse>,
+}
+
+/// A watch that resumes on another member when its stream breaks (see the module doc).
+pub struct Watcher {
+    client: Client,
+    spec: WatchCreateRequest,
+    /// The first revision not delivered yet (0 until the first stream says where "now" is).
+    next: i64,
+    /// The member the next stream is opened on.
+    member: usize,
+    open: Option<Open>,
+}
+
+impl Client {
+    /// Opens a watch of `watch` that follows the cluster across member failures.
+    pub async fn watch(&self, watch: Watch) -> Result<Watcher> {
+        let member = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let next = watch.0.start_revision;
+        let mut w = Watcher { client: self.clone(), spec: watch.0, next, member, open: None };
+        w.reopen().await?;
+        Ok(w)
+    }
+}
+
+impl Watcher {
+    /// The first revision this watcher has not delivered: where it resumes.
+    pub fn next_revision(&self) -> i64 {
+        self.next
+    }
+
+    /// The next events of the watched keys, in revision order (all of one revision together).
+    /// Waits as long as it takes; a broken stream is reopened on the next member.
+    pub async fn next(&mut self) -> Result<Vec<Event>> {
+        loop {
+            if self.open.is_none() {
+                self.reopen().await?;
+            }
+            let open = self.open.as_mut().expect("opened above");
+            let response = match open.responses.message().await {
+                Ok(Some(response)) => response,
+                // The stream ended or failed: the member is gone or lost its leader.
+                Ok(None) | Err(_) => {
+                    self.broken().await;
+                    continue;
+                }
+            };
+            if response.canceled {
+                if response.compact_revision > 0 {
+                    return Err(ClientError::Compacted { compact_revision: response.compact_revision });
+                }
+                return Err(EtcdError::Other(response.cancel_reason).into());
+            }
+            let revision = response.header.as_ref().map_or(0, |h| h.revision);
+            let progress = response.events.is_empty();
+            if response.created {
+                if self.next == 0 {
+                    self.next = revision + 1;
+                }
+                continue;
+            }
+            let events: Vec<Event> = response
+                .events
+                .into_iter()
+                .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= self.next))
+                .collect();
+            match events.last().and_then(|e| e.kv.as_ref()) {
+                Some(kv) => {
+                    self.next = kv.mod_revision + 1;
+                    return Ok(events);
+                }
+                // A progress report: everything up to its revision was delivered.
+                None if progress => self.next = self.next.max(revision + 1),
+                // Events delivered before the stream was reopened.
+                None => {}
+            }
+        }
+    }
+
+    /// Drops the broken stream; the next one goes to the next member after a pause.
+    async fn broken(&mut self) {
+        self.open = None;
+        self.member += 1;
+        tokio::time::sleep(REOPEN_PAUSE).await;
+    }
+
+    /// Opens a stream on the current member from the next revision owed, trying the members
+    /// in turn until one accepts it.
+    async fn reopen(&mut self) -> Result<()> {
+        let members = self.client.members.clone();
+        let mut last = None;
+        for _ in 0..members.len() * 4 {
+            let member = &members[self.member % members.len()];
+            let (tx, rx) = mpsc::channel(4);
+            let mut create = self.spec.clone();
+            create.start_revision = self.next;
+            let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
+            tx.send(request).await.expect("the receiver is held below");
+            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+            let mut call = tonic::Request::new(stream);
+            // A member that loses its leader ends the stream, so the watcher moves on instead
+            // of waiting on a member cut off from the cluster.
+            call.metadata_mut().insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+            match member.watch.clone().watch(call).await {
+                Ok(responses) => {
+                    self.open = Some(Open { _requests: tx, responses: responses.into_inner() });
+                    return Ok(());
+                }
+                Err(status) => {
+                    last = Some(ClientError::from(status));
+                    self.member += 1;
+                    tokio::time::sleep(REOPEN_PAUSE).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| EtcdError::Timeout.into()))
+    }
+}
