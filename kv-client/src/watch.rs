@@ -78,15 +78,20 @@ pub struct Watcher {
     /// The member the next stream is opened on.
     member: usize,
     open: Option<Open>,
+    /// Events that arrived before the created response was seen (none from raftkv or etcd,
+    /// which send created first; kept rather than lost).
+    early: Vec<Event>,
 }
 
 impl Client {
-    /// Opens a watch of `watch` that follows the cluster across member failures.
+    /// Opens a watch of `watch` that follows the cluster across member failures. It returns
+    /// once a member has created the watch, so a watch "from now" covers every change after
+    /// this call returns ([`Watcher::next_revision`] says from where).
     pub async fn watch(&self, watch: Watch) -> Result<Watcher> {
         let member = self.current.load(std::sync::atomic::Ordering::Relaxed);
         let next = watch.0.start_revision;
-        let mut w = Watcher { client: self.clone(), spec: watch.0, next, member, open: None };
-        w.reopen().await?;
+        let mut w = Watcher { client: self.clone(), spec: watch.0, next, member, open: None, early: Vec::new() };
+        w.created().await?;
         Ok(w)
     }
 }
@@ -97,9 +102,42 @@ impl Watcher {
         self.next
     }
 
+    /// Opens streams until one member answers with the watch created.
+    async fn created(&mut self) -> Result<()> {
+        loop {
+            if self.open.is_none() {
+                self.reopen().await?;
+            }
+            let open = self.open.as_mut().expect("opened above");
+            match open.responses.message().await {
+                Ok(Some(r)) if r.created && !r.canceled => {
+                    if self.next == 0 {
+                        self.next = r.header.as_ref().map_or(0, |h| h.revision) + 1;
+                    }
+                    return Ok(());
+                }
+                Ok(Some(r)) if r.canceled && r.compact_revision > 0 => {
+                    return Err(ClientError::Compacted { compact_revision: r.compact_revision })
+                }
+                Ok(Some(r)) if r.canceled => return Err(EtcdError::Other(r.cancel_reason).into()),
+                Ok(Some(r)) => self.early.extend(r.events),
+                Ok(None) | Err(_) => self.broken().await,
+            }
+        }
+    }
+
     /// The next events of the watched keys, in revision order (all of one revision together).
     /// Waits as long as it takes; a broken stream is reopened on the next member.
     pub async fn next(&mut self) -> Result<Vec<Event>> {
+        if !self.early.is_empty() {
+            let early = std::mem::take(&mut self.early);
+            let events: Vec<Event> =
+                early.into_iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= self.next)).collect();
+            if let Some(kv) = events.last().and_then(|e| e.kv.as_ref()) {
+                self.next = kv.mod_revision + 1;
+                return Ok(events);
+            }
+        }
         loop {
             if self.open.is_none() {
                 self.reopen().await?;

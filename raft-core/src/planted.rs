@@ -7,7 +7,9 @@
 //! - `ack_before_flush` tells openraft a log append is done before it is flushed, so a crash
 //!   can lose an entry a quorum counted as stored;
 //! - `elect_while_catching_up` lets a member that receives a snapshot start elections (the
-//!   timer openraft 0.9 does not reset while a snapshot streams then runs out).
+//!   timer openraft 0.9 does not reset while a snapshot streams then runs out);
+//! - `watch_skip_at_switch` makes a watch that has just caught up from the stored history
+//!   skip the first revision it then takes live (kv-server's Watch service).
 
 /// Which planted bugs a member runs with; all off by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -15,4 +17,5 @@ pub struct PlantedBugs {
     pub local_linearizable_reads: bool,
     pub ack_before_flush: bool,
     pub elect_while_catching_up: bool,
+    pub watch_skip_at_switch: bool,
 }

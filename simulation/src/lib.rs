@@ -9,6 +9,7 @@
 //! - [`workload`]: clients at every read level doing puts, compare-and-set and reads;
 //! - [`checks`]: one check per guarantee over what the clients saw (porcupine-rs for the
 //!   linearizable levels), run outside the simulation;
+//! - [`watch`]: watchers through kv-client's resuming watch, checked against the audit;
 //! - [`audit`]: after healing, do the members agree and is every acknowledged write there;
 //! - [`scenario`]: the named scenarios and the seed runner with its `sim-digest` lines.
 //!
@@ -20,4 +21,5 @@ pub mod checks;
 pub mod cluster;
 pub mod nemesis;
 pub mod scenario;
+pub mod watch;
 pub mod workload;

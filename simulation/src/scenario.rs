@@ -11,6 +11,7 @@ use crate::audit::{audit, Audit};
 use crate::checks::check_all;
 use crate::cluster::{Options, Overrides, SimCluster};
 use crate::nemesis::{self, Fault};
+use crate::watch::{self, Delivered};
 use crate::workload::{self, Record};
 
 /// A named combination of cluster, faults and extra steps.
@@ -69,6 +70,8 @@ pub struct Run {
     pub history: Vec<Record>,
     pub faults: Vec<String>,
     pub audit: Audit,
+    /// What each watcher delivered.
+    pub watched: Vec<Delivered>,
 }
 
 impl Scenario {
@@ -81,6 +84,7 @@ impl Scenario {
         }
         let c = SimCluster::start(&opts);
         sleep(Duration::from_secs(1)).await;
+        let watchers = watch::start(&c);
         let clients = {
             let c = c.clone();
             madsim::task::spawn(async move { workload::run(&c, WORKLOAD).await })
@@ -97,7 +101,10 @@ impl Scenario {
         let history = clients.await.expect("clients");
         let mut audit = audit(&c, &history).await;
         audit.problems.extend(problems);
-        Run { history, faults, audit }
+        let last = audit.revisions.keys().next_back().copied().unwrap_or(1);
+        let watched = watchers.stop(last).await;
+        audit.problems.extend(watch::check(&watched, &audit));
+        Run { history, faults, audit, watched }
     }
 }
 
@@ -179,6 +186,8 @@ pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
     let mut parts: Vec<&str> = history.iter().map(String::as_str).collect();
     parts.extend(run.faults.iter().map(String::as_str));
     parts.push(&run.audit.final_state);
+    let watched: Vec<String> = run.watched.iter().map(|d| format!("{d:?}")).collect();
+    parts.extend(watched.iter().map(String::as_str));
     let digest = hash(&parts);
     let checked = check_all(&run.history, &run.audit.revisions);
     let failure = match (run.audit.problems.first(), checked) {

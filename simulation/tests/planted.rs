@@ -62,3 +62,11 @@ fn ack_before_flush_is_found() {
     let bugs = PlantedBugs { ack_before_flush: true, ..PlantedBugs::default() };
     found_and_replayed("crashes", "ack_before_flush_is_found", bugs);
 }
+
+/// A watch that has caught up from the stored history skips the first revision it then takes
+/// live: the watchers' check finds the revision missing.
+#[test]
+fn watch_skip_at_switch_is_found() {
+    let bugs = PlantedBugs { watch_skip_at_switch: true, ..PlantedBugs::default() };
+    found_and_replayed("crashes", "watch_skip_at_switch_is_found", bugs);
+}

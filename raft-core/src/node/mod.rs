@@ -254,11 +254,18 @@ impl<E: Engine> Node<E> {
         self.started.elapsed() < 2 * self.election_timeout
     }
 
-    /// Leadership confirmations (quorum rounds) this member ran for reads since it started.
+    /// The bugs this member was started with (see [`crate::planted`]).
+    #[cfg(feature = "planted-bugs")]
+    pub fn planted(&self) -> crate::planted::PlantedBugs {
+        self.planted
+    }
+
+    /// Snapshots installed from a leader since this process started.
     pub fn snapshots_installed(&self) -> u64 {
         self.store.snapshots_installed()
     }
 
+    /// Leadership confirmations (quorum rounds) this member ran for reads since it started.
     pub fn read_index_rounds(&self) -> u64 {
         self.read_index_rounds.load(Ordering::Relaxed)
     }

@@ -296,6 +296,11 @@ impl<E: Engine> WatchStream<E> {
         self.deliver(id, revision, events).await?;
         if let Some(w) = self.watchers.get_mut(&id) {
             w.next = read.next;
+            #[cfg(feature = "planted-bugs")]
+            if self.ctx.node.planted().watch_skip_at_switch && w.next > self.seen {
+                // Planted bug: the first revision after the switch to live events is skipped.
+                w.next += 1;
+            }
         }
         self.progress_if_caught_up().await
     }
