@@ -22,9 +22,8 @@ fn main() -> anyhow::Result<()> {
 /// answers the writes of an entry, each request's task sends its response and wakes its
 /// connection's task, which then ran before the next request's task and wrote that one
 /// response alone: about two `writev` calls per put on the members. Without the slot, the
-/// responses of an entry are written together (one call per put), and put@64 went from a
-/// median of 15,050 to 16,450 ops/s, gets at 64 clients from 38,500-38,900 to 45,400-48,700
-/// (docs/benchmarks.md).
+/// responses of an entry are written together (one call per put), which made puts and gets at
+/// 64 clients faster (docs/benchmarks.md has the measurements).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

@@ -67,8 +67,8 @@ impl Listeners {
             let incoming =
                 futures::stream::select_all(self.inner.into_iter().map(tokio_stream::wrappers::TcpListenerStream::new))
                     // Small answers must leave at once: with Nagle's algorithm on, each waits
-                    // for the client's delayed ACK (40 ms on Linux), which capped a member at
-                    // about 1.5k reads/s at 64 clients (measured with kvbench).
+                    // for the client's delayed ACK (40 ms on Linux), which capped a member's
+                    // reads far below what it serves otherwise (docs/benchmarks.md).
                     .map(|conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)))
                     // etcdctl 3.4 sends a URL as :authority, which h2 refuses; this repairs it
                     // and steps aside after the first header block of every other client.

@@ -87,11 +87,10 @@ pub struct SledEngine {
 const DERIVED_TREES: [&str; 2] = ["kv", "kv_history"];
 
 /// sled's page cache bound. Its 1 GiB default let a member keep every page of history and the
-/// stored snapshot it ever touched: after 90 s of 64-client puts a member held 611 MiB with the
-/// default and 161-199 MiB with 32 MiB, and 64-client gets were as fast with 64 MiB (32.0k and
-/// 33.7k ops/s against 31.3k and 32.0k). Reads touch the current keys, a small working set;
-/// history pages are written once and rarely read again. (sled counts its cache in serialized
-/// bytes, so the memory it holds is a multiple of this.)
+/// stored snapshot it ever touched, and gets were no slower with this bound (docs/benchmarks.md
+/// has the measurements): reads touch the current keys, a small working set; history pages are
+/// written once and rarely read again. (sled counts its cache in serialized bytes, so the memory
+/// it holds is a multiple of this.)
 const CACHE_BYTES: u64 = 64 << 20;
 
 /// Opens sled in `dir`, waiting a little for its lock on the data file. sled's I/O threads may

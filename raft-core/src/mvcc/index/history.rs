@@ -4,9 +4,9 @@
 //! Why: the versions themselves live in `KvRevs`, keyed by revision, where the sled engine
 //! packs the pairs of one apply into one record. Kept in sled, an index keyed by user key took a
 //! sled insert into a random leaf per put on every member, and once the history outgrew sled's
-//! cache each insert read its leaf back from disk: 40% of the members' CPU after 80 s of
-//! 64-client puts, which fell from 19k to 12k ops/s (docs/benchmarks.md). Here an insert is a
-//! push onto the key's revision list.
+//! cache each insert read its leaf back from disk, and put throughput fell by a third within a
+//! minute of load (docs/benchmarks.md has the measurements). Here an insert is a push onto the
+//! key's revision list.
 //!
 //! The tree's keys are `prefix ‖ revision` (8 bytes, big-endian) and its values are 8 bytes
 //! (the sub-revision), so a key's entries pack into one list of 16-byte pairs. Prefixes must be
