@@ -57,6 +57,10 @@ pub fn open_engine(_dir: &std::path::Path) -> Result<Arc<raft_core::engine::MemE
     Ok(Arc::new(raft_core::engine::MemEngine::new()))
 }
 
+/// What the drain at shutdown waits beyond the request timeout before it closes the client
+/// connections that are still open.
+const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs a member with the default engine until `shutdown` resolves.
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     cfg.validate()?;
@@ -180,7 +184,8 @@ pub(crate) async fn start_member<E: Engine>(
         if cfg.advertise_client_urls.is_empty() { bound_urls.clone() } else { cfg.advertise_client_urls() };
 
     let limits = Limits { max_request_bytes: cfg.max_request_bytes, max_txn_ops: cfg.max_txn_ops };
-    let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id, alarms: Default::default() });
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Ctx { node: node.clone(), limits, cluster_id, alarms: Default::default(), closing });
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD;
     let router = crate::net::server()
         .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
@@ -203,12 +208,26 @@ pub(crate) async fn start_member<E: Engine>(
         bound_urls.join(",")
     );
     let (stop, stopped) = oneshot::channel::<()>();
+    // In-flight requests end within the request timeout; a client that stops reading (a watch
+    // it no longer drains) must not hold the member up for longer than that.
+    let drain_bound = cfg.request_timeout + DRAIN_MARGIN;
+    let mut draining = ctx.closing.clone();
     let task = tokio::spawn(async move {
-        let served = listeners
-            .serve(router, async {
-                let _ = stopped.await;
-            })
-            .await;
+        let serve = listeners.serve(router, async move {
+            let _ = stopped.await;
+            // Watch streams end now; the drain then waits only for requests in flight.
+            let _ = closing_tx.send(true);
+        });
+        let served = tokio::select! {
+            served = serve => served,
+            () = async {
+                let _ = draining.wait_for(|c| *c).await;
+                tokio::time::sleep(drain_bound).await;
+            } => {
+                tracing::warn!("clients still connected {drain_bound:?} into the drain: closing their connections");
+                Ok(())
+            }
+        };
         tracing::info!("client listener closed, stopping");
         let _ = stop_publish.send(());
         let _ = publisher.await;

@@ -20,6 +20,9 @@ pub struct Ctx<E: Engine> {
     pub cluster_id: u64,
     /// This member's alarms (in memory only; see [`alarms`]).
     pub alarms: alarms::Alarms,
+    /// Turns true when the member starts to shut down: long-lived streams (watches) end then,
+    /// or the drain would wait for them for ever.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<E: Engine> Ctx<E> {

@@ -1,7 +1,8 @@
 //! The Watch service through every member of a 3-member cluster, driven by the `etcd-client`
 //! crate: a key, a prefix, replay from a start revision, prev_kv, filters, a transaction's
 //! events in one response, progress requests, cancel, and a start in compacted history; and
-//! stock etcdctl's `watch` with an `http://` endpoint.
+//! stock etcdctl's `watch` with an `http://` endpoint; and a member with a watch open still shuts
+//! down cleanly.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -56,7 +57,7 @@ async fn created(stream: &mut WatchStream) -> i64 {
 
 #[tokio::test]
 async fn watches_through_every_member() {
-    let cluster = Cluster::start(&CALM).await;
+    let mut cluster = Cluster::start(&CALM).await;
     let mut writer = cluster.members[0].client().await;
     for (i, member) in cluster.members.iter().enumerate() {
         let mut client = member.client().await;
@@ -159,6 +160,14 @@ async fn watches_through_every_member() {
         assert_eq!(r.compact_revision(), now);
     }
     etcdctl_watch(&cluster, &mut writer).await;
+
+    // SIGTERM drains and exits even with a watch open: the stream ends, and the client would
+    // resume elsewhere.
+    let mut open = cluster.members[2].client().await.watch("k", None).await.unwrap();
+    created(&mut open).await;
+    assert!(cluster.members[2].terminate().success(), "the member exits cleanly");
+    let ended = tokio::time::timeout(WAIT, open.message()).await.expect("the stream ends");
+    assert!(!matches!(ended, Ok(Some(_))), "no more responses after shutdown: {ended:?}");
 }
 
 /// etcdctl 3.4's `watch` with an `http://` endpoint prints a put made elsewhere.

@@ -47,6 +47,11 @@ async fn next_applied(seam: &mut Option<Seam>) -> Result<Arc<Applied>, RecvError
     }
 }
 
+/// Resolves once the member starts to shut down (or its context is gone).
+async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
 /// The stream ends: the client went away, or the stream failed with a status already sent.
 struct Ended;
 
@@ -92,10 +97,13 @@ impl<E: Engine> WatchStream<E> {
         let start = tokio::time::Instant::now();
         let mut progress = tokio::time::interval_at(start + self.progress_interval, self.progress_interval);
         let mut leader = tokio::time::interval_at(start + LEADER_CHECK, LEADER_CHECK);
+        let mut closing = self.ctx.closing.clone();
         loop {
             let behind = self.behind();
             let step = tokio::select! {
                 biased;
+                // The member is shutting down: the client resumes elsewhere.
+                () = closed(&mut closing) => self.fail(EtcdError::ServerStopped.to_status()).await,
                 request = incoming.message() => match request {
                     Ok(Some(request)) => self.request(request).await,
                     // The client closed its side, or the connection failed.
