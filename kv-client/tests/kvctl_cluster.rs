@@ -35,6 +35,24 @@ async fn cluster() -> (Vec<Running>, Vec<tempfile::TempDir>) {
     for s in starts {
         members.push(s.await.unwrap().expect("member starts"));
     }
+    // Started members may still be electing (split votes can take several election timeouts,
+    // longer than kvctl's 5 s): the verbs are tested once every member knows a leader.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for m in &members {
+        loop {
+            let client = kv_client::Client::connect(&m.client_urls, kv_client::Options::default()).await;
+            if let Ok(status) = match client {
+                Ok(c) => c.status().await,
+                Err(e) => Err(e),
+            } {
+                if status.leader != 0 {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the cluster elected no leader within 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     (members, dirs)
 }
 
