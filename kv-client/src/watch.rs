@@ -102,79 +102,71 @@ impl Watcher {
         self.next
     }
 
-    /// Opens streams until one member answers with the watch created.
-    async fn created(&mut self) -> Result<()> {
+    /// The next response of the watch's stream, reopening the stream on the next member when
+    /// it breaks (the member is gone or lost its leader). A canceled watch is an error.
+    async fn message(&mut self) -> Result<WatchResponse> {
         loop {
             if self.open.is_none() {
                 self.reopen().await?;
             }
             let open = self.open.as_mut().expect("opened above");
             match open.responses.message().await {
-                Ok(Some(r)) if r.created && !r.canceled => {
-                    if self.next == 0 {
-                        self.next = r.header.as_ref().map_or(0, |h| h.revision) + 1;
-                    }
-                    return Ok(());
-                }
                 Ok(Some(r)) if r.canceled && r.compact_revision > 0 => {
                     return Err(ClientError::Compacted { compact_revision: r.compact_revision })
                 }
                 Ok(Some(r)) if r.canceled => return Err(EtcdError::Other(r.cancel_reason).into()),
-                Ok(Some(r)) => self.early.extend(r.events),
+                Ok(Some(r)) => return Ok(r),
                 Ok(None) | Err(_) => self.broken().await,
             }
+        }
+    }
+
+    /// Notes a created response: a watch "from now" starts after its revision.
+    fn note_created(&mut self, r: &WatchResponse) {
+        if self.next == 0 {
+            self.next = r.header.as_ref().map_or(0, |h| h.revision) + 1;
+        }
+    }
+
+    /// The events at or after the next revision owed (earlier ones were delivered before the
+    /// stream was reopened), moving the next revision past them; `None` if there are none.
+    fn owed(&mut self, events: Vec<Event>) -> Option<Vec<Event>> {
+        let next = self.next;
+        let events: Vec<Event> =
+            events.into_iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= next)).collect();
+        self.next = events.last().and_then(|e| e.kv.as_ref())?.mod_revision + 1;
+        Some(events)
+    }
+
+    /// Opens streams until one member answers with the watch created.
+    async fn created(&mut self) -> Result<()> {
+        loop {
+            let r = self.message().await?;
+            if r.created {
+                self.note_created(&r);
+                return Ok(());
+            }
+            self.early.extend(r.events);
         }
     }
 
     /// The next events of the watched keys, in revision order (all of one revision together).
     /// Waits as long as it takes; a broken stream is reopened on the next member.
     pub async fn next(&mut self) -> Result<Vec<Event>> {
-        if !self.early.is_empty() {
-            let early = std::mem::take(&mut self.early);
-            let events: Vec<Event> =
-                early.into_iter().filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= self.next)).collect();
-            if let Some(kv) = events.last().and_then(|e| e.kv.as_ref()) {
-                self.next = kv.mod_revision + 1;
-                return Ok(events);
-            }
+        let early = std::mem::take(&mut self.early);
+        if let Some(events) = self.owed(early) {
+            return Ok(events);
         }
         loop {
-            if self.open.is_none() {
-                self.reopen().await?;
-            }
-            let open = self.open.as_mut().expect("opened above");
-            let response = match open.responses.message().await {
-                Ok(Some(response)) => response,
-                // The stream ended or failed: the member is gone or lost its leader.
-                Ok(None) | Err(_) => {
-                    self.broken().await;
-                    continue;
-                }
-            };
-            if response.canceled {
-                if response.compact_revision > 0 {
-                    return Err(ClientError::Compacted { compact_revision: response.compact_revision });
-                }
-                return Err(EtcdError::Other(response.cancel_reason).into());
-            }
-            let revision = response.header.as_ref().map_or(0, |h| h.revision);
-            let progress = response.events.is_empty();
-            if response.created {
-                if self.next == 0 {
-                    self.next = revision + 1;
-                }
+            let r = self.message().await?;
+            if r.created {
+                self.note_created(&r);
                 continue;
             }
-            let events: Vec<Event> = response
-                .events
-                .into_iter()
-                .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= self.next))
-                .collect();
-            match events.last().and_then(|e| e.kv.as_ref()) {
-                Some(kv) => {
-                    self.next = kv.mod_revision + 1;
-                    return Ok(events);
-                }
+            let revision = r.header.as_ref().map_or(0, |h| h.revision);
+            let progress = r.events.is_empty();
+            match self.owed(r.events) {
+                Some(events) => return Ok(events),
                 // A progress report: everything up to its revision was delivered.
                 None if progress => self.next = self.next.max(revision + 1),
                 // Events delivered before the stream was reopened.
