@@ -17,7 +17,7 @@ pub mod index;
 pub mod keys;
 pub mod read;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod validate;
 pub mod view;
 pub mod write;

@@ -275,45 +275,24 @@ mod tests {
     use crate::engine::{KvEngine, MemEngine, Pair, Tree};
     use crate::mvcc::index::{KeyIndex, Space};
     use crate::mvcc::read::Revisions;
-    use crate::mvcc::view::{Overlay, Reader, Stored};
+    use crate::mvcc::testing::{put, State};
+    use crate::mvcc::view::Reader;
     use crate::mvcc::write::Writer;
-    use kv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, PutRequest};
+    use kv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest};
     use std::ops::Bound;
 
     fn dump(engine: &MemEngine, tree: Tree) -> Vec<Pair> {
         engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false).collect::<Result<_, _>>().unwrap()
     }
 
-    fn put(key: &str, value: &str) -> PutRequest {
-        PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+    /// Every pair of `space` in `state`.
+    fn dumped(state: &State, space: Space) -> Vec<Pair> {
+        state.scan(space, Bound::Unbounded, Bound::Unbounded, false).collect::<Result<_, _>>().unwrap()
     }
 
-    /// A store's engine and key index, as the state machine holds them.
-    #[derive(Default)]
-    struct State {
-        engine: MemEngine,
-        index: KeyIndex,
-    }
-
-    impl State {
-        fn dump(&self, space: Space) -> Vec<Pair> {
-            let stored = Stored { engine: &self.engine, index: &self.index };
-            stored.scan(space, Bound::Unbounded, Bound::Unbounded, false).collect::<Result<_, _>>().unwrap()
-        }
-    }
-
-    /// Applies `f`'s writes to `state` as one set of changes, as apply does; returns the new
-    /// revisions.
-    fn write(state: &State, revs: Revisions, f: impl FnOnce(&mut Writer<'_, '_, Stored<'_, MemEngine>>)) -> Revisions {
-        let stored = Stored { engine: &state.engine, index: &state.index };
-        let mut view = Overlay::new(&stored);
-        let mut w = Writer { view: &mut view, revs, changes: None };
-        f(&mut w);
-        let revs = w.revs;
-        let changes = view.into_changes();
-        state.engine.write(changes.stored).unwrap();
-        state.index.apply(changes.index).unwrap();
-        revs
+    /// Applies `f`'s writes to `state` as apply does; returns the new revisions.
+    fn write(state: &State, revs: Revisions, f: impl FnOnce(&mut Writer<'_, '_, State>)) -> Revisions {
+        crate::mvcc::testing::write(state, revs, f).0
     }
 
     /// Puts, an overwrite, a delete and a compaction: history with tombstones and gaps.
@@ -435,13 +414,13 @@ mod tests {
             w.delete_range(&DeleteRangeRequest { key: b"key01".to_vec(), ..Default::default() }).unwrap();
             w.put(&put("key05", "recreated later")).unwrap();
         });
-        assert_ne!(live.dump(Space::Current), then.dump(Space::Current));
+        assert_ne!(dumped(&live, Space::Current), dumped(&then, Space::Current));
 
         let restored = import(&export_at(&live, revs.current, &[]));
         for space in [Space::Current, Space::History, Space::Revs] {
-            assert_eq!(restored.dump(space), then.dump(space), "{space:?}");
+            assert_eq!(dumped(&restored, space), dumped(&then, space), "{space:?}");
         }
-        assert!(restored.dump(Space::Current).iter().any(|(k, _)| k == b"key\0nul"));
+        assert!(dumped(&restored, Space::Current).iter().any(|(k, _)| k == b"key\0nul"));
     }
 
     #[test]
