@@ -17,3 +17,4 @@ mod t95_client;
 mod t96_etcdctl;
 mod t97_watch;
 mod t98_watch_failover;
+mod t99_slow_watcher;

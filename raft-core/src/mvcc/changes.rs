@@ -20,6 +20,15 @@ use super::MvccError;
 /// a rare key must not hold the history lock for the whole history at once.
 const MAX_SCANNED: usize = 16 * 1024;
 
+/// How much one read may return: it stops at the first revision boundary after either bound
+/// (so one revision larger than the bounds is still returned whole).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimit {
+    pub events: usize,
+    /// Bytes of keys and values, previous values included.
+    pub bytes: usize,
+}
+
 /// What one read returned.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -30,7 +39,7 @@ pub struct Changes {
 }
 
 /// The changes of keys in `range` at revisions `from..=upto`, with each key's previous version
-/// when `with_prev`, stopping at the first revision boundary after `max_events` events (or
+/// when `with_prev`, stopping at the first revision boundary after `limit` is reached (or
 /// after [`MAX_SCANNED`] versions). A `from` at or below the compacted revision is refused as
 /// compacted: its deletes may be gone.
 pub fn read<R: Reader + ?Sized>(
@@ -39,7 +48,7 @@ pub fn read<R: Reader + ?Sized>(
     from: i64,
     upto: i64,
     with_prev: bool,
-    max_events: usize,
+    limit: ChunkLimit,
     revs: Revisions,
 ) -> Result<Changes, MvccError> {
     if revs.compacted > 0 && from <= revs.compacted {
@@ -51,11 +60,12 @@ pub fn read<R: Reader + ?Sized>(
         return Ok(out);
     }
     let (lower, upper) = (revs_key(from, 0), revs_key(upto + 1, 0));
-    let (mut scanned, mut current) = (0, from);
+    let (mut scanned, mut current, mut bytes) = (0, from, 0);
     for item in r.scan(Space::Revs, Bound::Included(&lower), Bound::Excluded(&upper), false) {
         let (k, v) = item?;
         let (rev, _) = split_revs_key(&k).ok_or(MvccError::Corrupt("a malformed version key"))?;
-        if rev > current && (out.changes.len() >= max_events || scanned >= MAX_SCANNED) {
+        let full = out.changes.len() >= limit.events || bytes >= limit.bytes || scanned >= MAX_SCANNED;
+        if rev > current && full {
             // Everything below `rev` is read; `rev` is the next read's first revision.
             out.next = rev;
             return Ok(out);
@@ -67,6 +77,7 @@ pub fn read<R: Reader + ?Sized>(
             continue;
         }
         let prev = if with_prev { version_at(r, &encode_key(&key), &key, rev - 1)? } else { None };
+        bytes += 2 * key.len() + record.value.len() + prev.as_ref().map_or(0, |p| p.value.len());
         out.changes.push(Change { key, version: record, prev });
     }
     out.next = upto + 1;
@@ -78,6 +89,10 @@ mod tests {
     use super::*;
     use crate::mvcc::testing::{put, write, State};
     use kv_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, RequestOp, TxnRequest};
+
+    fn events(events: usize) -> ChunkLimit {
+        ChunkLimit { events, bytes: usize::MAX }
+    }
 
     /// What apply records and what is read back from storage are the same changes, whatever
     /// the chunk size; chunks end on revision boundaries; compacted history is refused.
@@ -99,7 +114,9 @@ mod tests {
             }
         });
         let all = KeyRange::new(b"\0", b"\0");
-        for chunk in [1, 2, 5, 1000] {
+        let limits = [(1, usize::MAX), (2, usize::MAX), (5, usize::MAX), (1000, usize::MAX), (1000, 1), (1000, 20)];
+        for (events, bytes) in limits {
+            let chunk = ChunkLimit { events, bytes };
             let (mut from, mut got) = (2, Vec::new());
             while from <= revs.current {
                 let read = read(&state, &all, from, revs.current, true, chunk, revs).unwrap();
@@ -107,20 +124,24 @@ mod tests {
                 assert!(first.is_none_or(|r| r >= from));
                 assert!(read.changes.iter().all(|c| c.version.mod_revision < read.next));
                 assert!(read.next > from, "a read always moves on");
+                if bytes == 1 {
+                    let revisions = read.changes.iter().map(|c| c.version.mod_revision);
+                    assert!(revisions.clone().min() == revisions.max(), "one revision per read over the bytes");
+                }
                 got.extend(read.changes);
                 from = read.next;
             }
-            assert_eq!(got, recorded, "chunks of {chunk}");
+            assert_eq!(got, recorded, "chunks of {chunk:?}");
         }
-        let only_k2 = read(&state, &KeyRange::new(b"k2", b""), 2, revs.current, false, 1000, revs).unwrap();
+        let only_k2 = read(&state, &KeyRange::new(b"k2", b""), 2, revs.current, false, events(1000), revs).unwrap();
         assert!(only_k2.changes.iter().all(|c| c.key == b"k2" && c.prev.is_none()));
         let (revs, _) = write(&state, revs, |w| {
             w.compact(&CompactionRequest { revision: 10, ..Default::default() }).unwrap();
         });
         assert!(matches!(
-            read(&state, &all, 10, revs.current, false, 10, revs),
+            read(&state, &all, 10, revs.current, false, events(10), revs),
             Err(MvccError::Etcd(EtcdError::Compacted))
         ));
-        assert!(read(&state, &all, 11, revs.current, false, 10, revs).is_ok());
+        assert!(read(&state, &all, 11, revs.current, false, events(10), revs).is_ok());
     }
 }

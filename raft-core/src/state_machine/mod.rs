@@ -220,11 +220,9 @@ impl<E: Engine> KvStore<E> {
         from: i64,
         upto: i64,
         with_prev: bool,
-        max_events: usize,
+        limit: crate::mvcc::changes::ChunkLimit,
     ) -> Result<crate::mvcc::changes::Changes, MvccError> {
-        self.with_history(|stored, revs| {
-            crate::mvcc::changes::read(stored, range, from, upto, with_prev, max_events, revs)
-        })
+        self.with_history(|stored, revs| crate::mvcc::changes::read(stored, range, from, upto, with_prev, limit, revs))
     }
 
     /// Records the cluster id on first start (durably); returns the id the store keeps.

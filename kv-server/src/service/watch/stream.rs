@@ -17,18 +17,19 @@ use kv_api::etcdserverpb::watch_request::RequestUnion;
 use kv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use kv_api::EtcdError;
 use raft_core::engine::Engine;
+use raft_core::mvcc::changes::ChunkLimit;
 use raft_core::mvcc::MvccError;
 use raft_core::state_machine::events::Applied;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::outbox::Outbox;
 use super::watcher::{is_empty_range, responses, Watcher};
 use crate::error;
 use crate::service::Ctx;
 
-/// Events one catch-up step reads at most (a revision's events are never split).
-const CATCH_UP_EVENTS: usize = 1000;
+/// What one catch-up step reads at most (a revision's events are never split).
+const CATCH_UP: ChunkLimit = ChunkLimit { events: 1000, bytes: 1 << 20 };
 
 /// How often a stream that requires a leader checks that its member has one.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
@@ -59,7 +60,7 @@ type Step = Result<(), Ended>;
 
 pub struct WatchStream<E: Engine> {
     ctx: Arc<Ctx<E>>,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    outbox: Outbox,
     require_leader: bool,
     progress_interval: Duration,
     watchers: BTreeMap<i64, Watcher>,
@@ -72,15 +73,10 @@ pub struct WatchStream<E: Engine> {
 }
 
 impl<E: Engine> WatchStream<E> {
-    pub fn new(
-        ctx: Arc<Ctx<E>>,
-        tx: mpsc::Sender<Result<WatchResponse, Status>>,
-        require_leader: bool,
-        progress_interval: Duration,
-    ) -> Self {
+    pub fn new(ctx: Arc<Ctx<E>>, outbox: Outbox, require_leader: bool, progress_interval: Duration) -> Self {
         WatchStream {
             ctx,
-            tx,
+            outbox,
             require_leader,
             progress_interval,
             watchers: BTreeMap::new(),
@@ -141,12 +137,12 @@ impl<E: Engine> WatchStream<E> {
     }
 
     async fn send(&self, response: WatchResponse) -> Step {
-        self.tx.send(Ok(response)).await.map_err(|_| Ended)
+        self.outbox.send(response).await.map_err(|_| Ended)
     }
 
     /// Ends the stream with `status`.
     async fn fail(&self, status: Status) -> Step {
-        let _ = self.tx.send(Err(status)).await;
+        self.outbox.fail(status).await;
         Err(Ended)
     }
 
@@ -290,7 +286,7 @@ impl<E: Engine> WatchStream<E> {
             return Ok(());
         };
         let (id, range, from, prev) = (w.id, w.range.clone(), w.next, w.wants_prev());
-        let read = self.ctx.node.store().changes(&range, from, self.seen, prev, CATCH_UP_EVENTS);
+        let read = self.ctx.node.store().changes(&range, from, self.seen, prev, CATCH_UP);
         let read = match read {
             Ok(read) => read,
             Err(MvccError::Etcd(EtcdError::Compacted)) => {

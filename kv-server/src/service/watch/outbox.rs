@@ -1,0 +1,111 @@
+//! The responses a watch stream has made that its client has not taken yet, bounded in count
+//! and in bytes: a client that stops reading holds at most [`QUEUED_BYTES`] (plus one response)
+//! of its member's memory. A full outbox stops the stream's task, which then falls behind the
+//! apply event seam and later serves the missed changes from the stored versions.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use kv_api::etcdserverpb::WatchResponse;
+use prost::Message;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+
+/// Responses queued per stream.
+const QUEUED_RESPONSES: usize = 64;
+
+/// Bytes of responses queued per stream (a larger response waits for an empty outbox).
+pub const QUEUED_BYTES: usize = 4 << 20;
+
+/// The stream handed to tonic.
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// The client is gone: nothing sent will be read.
+pub struct Closed;
+
+/// A queued response holds its share of the byte budget until tonic takes it.
+struct Queued {
+    item: Result<WatchResponse, Status>,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// The sending side, owned by the stream's task.
+pub struct Outbox {
+    tx: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+}
+
+/// An empty outbox and the stream that drains it.
+pub fn outbox() -> (Outbox, ResponseStream) {
+    let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
+    let drain = futures::stream::unfold(rx, |mut rx| async move {
+        // The permit is released as the response leaves the queue.
+        rx.recv().await.map(|queued: Queued| (queued.item, rx))
+    });
+    (Outbox { tx, bytes: Arc::new(Semaphore::new(QUEUED_BYTES)) }, Box::pin(drain))
+}
+
+impl Outbox {
+    /// Queues `response`, waiting while the outbox is full.
+    pub async fn send(&self, response: WatchResponse) -> Result<(), Closed> {
+        let len = response.encoded_len().clamp(1, QUEUED_BYTES) as u32;
+        let permit = self.bytes.clone().acquire_many_owned(len).await.map_err(|_| Closed)?;
+        self.tx.send(Queued { item: Ok(response), _bytes: Some(permit) }).await.map_err(|_| Closed)
+    }
+
+    /// Ends the stream with `status`.
+    pub async fn fail(&self, status: Status) {
+        let _ = self.tx.send(Queued { item: Err(status), _bytes: None }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use kv_api::mvccpb::{Event, KeyValue};
+    use std::time::Duration;
+
+    fn response(value_bytes: usize) -> WatchResponse {
+        let kv = KeyValue { key: b"k".to_vec(), value: vec![0; value_bytes], ..Default::default() };
+        WatchResponse { events: vec![Event { kv: Some(kv), ..Default::default() }], ..Default::default() }
+    }
+
+    /// Whether `send` completes without the client reading.
+    async fn fits(outbox: &Outbox, value_bytes: usize) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), outbox.send(response(value_bytes))).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn an_unread_outbox_is_bounded_in_bytes_and_in_count() {
+        let (outbox, mut drain) = outbox();
+        let mb = 1 << 20;
+        assert!(fits(&outbox, mb).await && fits(&outbox, mb).await && fits(&outbox, mb).await);
+        assert!(!fits(&outbox, mb).await, "a fourth MiB waits: 4 MiB are queued at most");
+        drain.next().await.unwrap().unwrap();
+        assert!(fits(&outbox, mb).await, "taking a response frees its bytes");
+
+        let (outbox, _drain) = super::outbox();
+        for _ in 0..QUEUED_RESPONSES {
+            assert!(fits(&outbox, 1).await);
+        }
+        assert!(!fits(&outbox, 1).await, "small responses are bounded by count");
+    }
+
+    #[tokio::test]
+    async fn a_response_over_the_budget_waits_for_an_empty_outbox() {
+        let (outbox, mut drain) = outbox();
+        assert!(fits(&outbox, 10).await);
+        assert!(!fits(&outbox, 2 * QUEUED_BYTES).await);
+        drain.next().await.unwrap().unwrap();
+        assert!(fits(&outbox, 2 * QUEUED_BYTES).await);
+    }
+
+    #[tokio::test]
+    async fn a_closed_client_ends_sending() {
+        let (outbox, drain) = outbox();
+        drop(drain);
+        assert!(outbox.send(response(1)).await.is_err());
+    }
+}
