@@ -9,8 +9,9 @@
 //! 3. for each round, workload and client count, run raftkv and etcd back to back (the first
 //!    system alternates), sampling every member's RSS during the 64-client runs; raftkv's own
 //!    read levels (lease, session, bounded) run on raftkv only, as etcd has no equivalent;
-//! 4. kill -9 the leader of each system under write load, once per round (`failover`);
-//! 5. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
+//! 4. for each round and watcher count, the watch workload on both systems (`watch`);
+//! 5. kill -9 the leader of each system under write load, once per round (`failover`);
+//! 6. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use crate::cluster::{LocalCluster, System};
 use crate::failover::{leader_kill, Gap};
 use crate::report::Report;
 use crate::run::{run, Spec};
+use crate::watch::{compare_spec, run_watch, WatchReport, WatchRow};
 use crate::workload::{key, Workload};
 use crate::BenchError;
 
@@ -52,6 +54,12 @@ pub struct CompareSpec {
     pub value_size: usize,
     /// Writers during the leader kill.
     pub failover_clients: usize,
+    /// Watcher counts of the watch runs (none: no watch runs).
+    pub watchers: Vec<usize>,
+    /// Puts per second during the watch runs.
+    pub watch_rate: f64,
+    /// Length of the writes of each watch run.
+    pub watch_duration: Duration,
 }
 
 /// The medians over the rounds of one workload at one client count on one system.
@@ -107,6 +115,9 @@ pub struct Comparison {
     pub footprint: BTreeMap<System, Footprint>,
     /// One leader kill per round.
     pub failover: BTreeMap<System, Vec<Gap>>,
+    /// Every watch run, and their medians per watcher count.
+    pub watch_runs: Vec<(System, WatchReport)>,
+    pub watch: Vec<WatchRow>,
 }
 
 /// Where the figures come from.
@@ -199,7 +210,8 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
     }
 
     let plan = plan(&spec);
-    let bar = ProgressBar::new(plan.len() as u64 + spec.rounds as u64 * 2);
+    let watch_steps = spec.rounds * spec.watchers.len() * 2;
+    let bar = ProgressBar::new((plan.len() + watch_steps) as u64 + spec.rounds as u64 * 2);
     bar.set_style(
         ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}").expect("valid template"),
     );
@@ -245,6 +257,37 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
         bar.inc(1);
     }
 
+    let mut watch_runs = Vec::new();
+    for round in 0..spec.rounds {
+        for (k, &watchers) in spec.watchers.iter().enumerate() {
+            for s in order(round + k) {
+                bar.set_message(format!("round {} {watchers} watchers on {s}", round + 1));
+                let c = &clusters[&s];
+                let w = compare_spec(c, watchers, spec.watch_rate, spec.watch_duration, spec.value_size).await?;
+                let r = run_watch(&w).await?;
+                say(
+                    &bar,
+                    format!(
+                        "round {} watch × {:>5} {:>6}: {:>9.0} events/s  delay p50 {:>8.2} ms  p99 {:>8.2} ms  \
+                         delivered {}/{}  member CPU {:.2}  RSS {} MiB",
+                        round + 1,
+                        watchers,
+                        s.to_string(),
+                        r.events_per_sec,
+                        r.delay_p50_ms,
+                        r.delay_p99_ms,
+                        r.events_delivered,
+                        r.events_expected,
+                        r.member_cpu_cores.unwrap_or(0.0),
+                        r.member_rss_peak_bytes.unwrap_or(0) >> 20
+                    ),
+                );
+                watch_runs.push((s, r));
+                bar.inc(1);
+            }
+        }
+    }
+
     let mut failover: BTreeMap<System, Vec<Gap>> = BTreeMap::new();
     for round in 0..spec.rounds {
         for s in order(round) {
@@ -277,7 +320,8 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
             c.members.iter().map(|m| m.disk_bytes()).collect();
     }
     let rows = summarise(&spec, &runs);
-    Ok(Comparison { spec, machine, runs, rows, footprint, failover })
+    let watch = crate::watch::summarise(&spec.watchers, &watch_runs);
+    Ok(Comparison { spec, machine, runs, rows, footprint, failover, watch_runs, watch })
 }
 
 /// One progress line: above the bar on a terminal, plainly on stderr otherwise (indicatif drops
@@ -442,6 +486,9 @@ mod tests {
             key_space: 10,
             value_size: 4,
             failover_clients: 16,
+            watchers: vec![],
+            watch_rate: 1000.0,
+            watch_duration: Duration::from_secs(1),
         }
     }
 

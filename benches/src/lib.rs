@@ -9,7 +9,9 @@
 //! - [`report`]: HDR histograms summarised as ops/s and percentiles, in JSON and Markdown;
 //! - [`compare`]: the side-by-side comparison of a local 3-member raftkv and etcd
 //!   ([`cluster`] starts them, [`failover`] kills their leaders, [`summary`] and [`plot`] write
-//!   the report).
+//!   the report);
+//! - [`watch`]: many watchers of one prefix under a fixed write rate: event delay, events/s and
+//!   the watched member's CPU and RSS.
 
 pub mod cluster;
 pub mod compare;
@@ -18,6 +20,7 @@ pub mod plot;
 pub mod report;
 pub mod run;
 pub mod summary;
+pub mod watch;
 pub mod workload;
 
 pub use report::Report;

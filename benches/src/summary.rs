@@ -154,11 +154,60 @@ pub fn markdown(c: &Comparison) -> String {
             }
         }
     }
+    watch_section(&mut out, c);
     let _ = writeln!(
         out,
         "\n![throughput per client count](throughput.svg)\n\n![p99 latency per client count](latency.svg)"
     );
     out
+}
+
+/// The watch runs' table, if there were any.
+fn watch_section(out: &mut String, c: &Comparison) {
+    if c.watch.is_empty() {
+        return;
+    }
+    let s = &c.spec;
+    let _ = writeln!(out, "\n### Many watchers of one prefix\n");
+    let _ = writeln!(
+        out,
+        "W watchers of one prefix on a follower ({} per stream, up to 10 connections); a writer \
+         puts {:.0} values of {} bytes a second to the leader for {} s. *Delay*: from a put's \
+         acknowledgement to its event at each watcher (an event that arrives before the \
+         acknowledgement counts as 0). *Events/s*: delivered events from the first put to the last \
+         event. CPU (cores) and peak RSS are the watched member's. Medians of {} rounds.\n",
+        crate::watch::WATCHERS_PER_STREAM,
+        s.watch_rate,
+        s.value_size,
+        s.watch_duration.as_secs_f64(),
+        s.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| watchers | events/s raftkv / etcd | delay p50 ms raftkv / etcd | delay p99 ms raftkv / etcd | \
+         member CPU raftkv / etcd | member peak RSS MiB raftkv / etcd | delivered raftkv / etcd |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &c.watch {
+        let (a, b) = (&r.raftkv, &r.etcd);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} / {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} / {} | {:.1}% / {:.1}% |",
+            r.watchers,
+            a.events_per_sec,
+            b.events_per_sec,
+            a.delay_p50_ms,
+            b.delay_p50_ms,
+            a.delay_p99_ms,
+            b.delay_p99_ms,
+            a.member_cpu_cores,
+            b.member_cpu_cores,
+            mib(a.member_rss_peak_bytes as u64),
+            mib(b.member_rss_peak_bytes as u64),
+            a.delivered * 100.0,
+            b.delivered * 100.0
+        );
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +238,9 @@ mod tests {
             key_space: 1000,
             value_size: 256,
             failover_clients: 16,
+            watchers: vec![100],
+            watch_rate: 1000.0,
+            watch_duration: Duration::from_secs(5),
         };
         let machine = Machine {
             date: "today".into(),
@@ -227,7 +279,20 @@ mod tests {
         failover.insert(System::Raftkv, vec![gap(Some(300.0)), gap(Some(500.0)), gap(Some(400.0))]);
         let failed = Gap { failed: Some("etcd did not elect a leader within 30s".into()), ..Gap::default() };
         failover.insert(System::Etcd, vec![gap(Some(2000.0)), gap(None), failed]);
-        Comparison { spec, machine, runs: vec![], rows, footprint, failover }
+        let watched = |events_per_sec: f64, rss: f64| crate::watch::WatchMedian {
+            events_per_sec,
+            delay_p50_ms: 0.5,
+            delay_p99_ms: 3.0,
+            member_cpu_cores: 0.8,
+            member_rss_peak_bytes: rss,
+            delivered: 1.0,
+        };
+        let watch = vec![crate::watch::WatchRow {
+            watchers: 100,
+            raftkv: watched(99000.0, (80 << 20) as f64),
+            etcd: watched(98000.0, (60 << 20) as f64),
+        }];
+        Comparison { spec, machine, runs: vec![], rows, footprint, failover, watch_runs: vec![], watch }
     }
 
     #[test]
@@ -244,6 +309,8 @@ mod tests {
         assert!(md.contains("| raftkv | 1000 | 400; 300, 500, 400 | 400; 300, 500, 400 |"), "{md}");
         assert!(md.contains("| etcd | 1000 | —; 2000, none in 8 s, failed |"), "{md}");
         assert!(md.contains("etcd, round 3: the measurement failed: etcd did not elect a leader within 30s."), "{md}");
+        let watch_row = "| 100 | 99000 / 98000 | 0.50 / 0.50 | 3.00 / 3.00 | 0.80 / 0.80 | 80 / 60 | 100.0% / 100.0% |";
+        assert!(md.contains(watch_row), "{md}");
     }
 
     #[test]

@@ -56,6 +56,39 @@ async fn every_workload_runs_and_reports() {
     println!("{}", rows.join("\n"));
 }
 
+/// The watch workload against a one-member raftkv: every put reaches every watcher, and the
+/// member's CPU and RSS are read from its process (this one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_workload_delivers_every_event_to_every_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kv_server::ServerConfig {
+        data_dir: dir.path().join("data"),
+        listen_client_urls: vec!["http://127.0.0.1:0".into()],
+        listen_peer_urls: vec!["http://127.0.0.1:0".into()],
+        ..kv_server::ServerConfig::default()
+    };
+    let member = kv_server::start(cfg).await.unwrap();
+    let endpoint = member.client_urls[0].clone();
+    let spec = raftkv_bench::watch::WatchSpec {
+        watch_endpoint: endpoint.clone(),
+        write_endpoint: endpoint,
+        watchers: 30,
+        streams: 4,
+        connections: 2,
+        rate: 200.0,
+        duration: Duration::from_millis(500),
+        value_size: 64,
+        member_pid: Some(std::process::id()),
+        drain: Duration::from_secs(20),
+    };
+    let r = raftkv_bench::watch::run_watch(&spec).await.unwrap();
+    assert_eq!(r.puts, 100, "the open loop sends what the rate calls for");
+    assert_eq!((r.events_expected, r.events_delivered), (3000, 3000), "{r:?}");
+    assert!(r.delay_p50_ms <= r.delay_p99_ms && r.delay_p99_ms <= r.delay_max_ms, "{r:?}");
+    assert!(r.member_cpu_cores.is_some() && r.member_rss_peak_bytes >= r.member_rss_start_bytes, "{r:?}");
+    println!("{}\n{}", raftkv_bench::watch::WatchReport::markdown_header(), r.markdown_row());
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_clearly() {
     let err = "scan".parse::<Workload>().unwrap_err().to_string();

@@ -1,6 +1,7 @@
 //! kvbench: load for any etcd v3 endpoints (raftkv or etcd).
 //!
 //! - `kvbench run`: one measurement, printed as a Markdown table row and optionally as JSON;
+//! - `kvbench watch`: many watchers of one prefix on one member under a fixed write rate;
 //! - `kvbench compare`: the side-by-side comparison of a local 3-member raftkv and etcd,
 //!   written as report.md, report.json and SVG plots (docs/benchmarks.md).
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use raftkv_bench::compare::{compare, CompareSpec};
+use raftkv_bench::watch::{run_watch, WatchReport, WatchSpec};
 use raftkv_bench::{cluster, run, summary, Report, Spec, Workload};
 
 #[derive(Parser, Debug)]
@@ -24,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// One measurement against running endpoints.
     Run(RunArgs),
+    /// Many watchers of one prefix on one member while a writer puts at a fixed rate.
+    Watch(WatchArgs),
     /// Start a 3-member raftkv and a 3-member etcd here and compare them side by side.
     Compare(CompareArgs),
 }
@@ -61,6 +65,41 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct WatchArgs {
+    /// The member the watchers watch through.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    watch_endpoint: String,
+    /// Where the writer puts (default: the watched member).
+    #[arg(long)]
+    write_endpoint: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Watch streams the watchers are spread over.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// gRPC connections the streams are spread over.
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Puts per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// How long the writer runs, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Longest wait after the last put for every event to arrive.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// The watched member's process id, to report its CPU and RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,12 +143,23 @@ struct CompareArgs {
     /// Writers during the leader kill.
     #[arg(long, default_value_t = 16)]
     failover_clients: usize,
+    /// Watcher counts of the watch runs (100 watchers per stream), e.g. 1,100,1000,10000;
+    /// empty: none.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000,10000")]
+    watchers: Vec<usize>,
+    /// Puts per second during the watch runs.
+    #[arg(long, default_value_t = 1000.0)]
+    watch_rate: f64,
+    /// Length of the writes of each watch run.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    watch_duration: Duration,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Run(a) => measure(a).await,
+        Cmd::Watch(a) => watch(a).await,
         Cmd::Compare(a) => side_by_side(a).await,
     };
     match result {
@@ -143,6 +193,28 @@ async fn measure(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
+async fn watch(a: WatchArgs) -> Result<()> {
+    let spec = WatchSpec {
+        write_endpoint: a.write_endpoint.unwrap_or_else(|| a.watch_endpoint.clone()),
+        watch_endpoint: a.watch_endpoint,
+        watchers: a.watchers,
+        streams: a.streams,
+        connections: a.connections,
+        rate: a.rate,
+        duration: a.duration,
+        value_size: a.value_size,
+        member_pid: a.pid,
+        drain: a.drain,
+    };
+    let report = run_watch(&spec).await?;
+    println!("{}\n{}", WatchReport::markdown_header(), report.markdown_row());
+    if let Some(path) = a.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 async fn side_by_side(a: CompareArgs) -> Result<()> {
     let kv_server = match a.kv_server {
         Some(p) => p,
@@ -168,6 +240,9 @@ async fn side_by_side(a: CompareArgs) -> Result<()> {
         key_space: a.key_space,
         value_size: a.value_size,
         failover_clients: a.failover_clients,
+        watchers: a.watchers,
+        watch_rate: a.watch_rate,
+        watch_duration: a.watch_duration,
     };
     // Ctrl-C or SIGTERM drops the comparison, and with it the clusters: no member outlives it.
     let comparison = tokio::select! {

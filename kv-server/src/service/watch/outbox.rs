@@ -15,8 +15,10 @@ use tonic::Status;
 /// Responses queued per stream.
 const QUEUED_RESPONSES: usize = 64;
 
-/// Bytes of responses queued per stream (a larger response waits for an empty outbox).
-pub const QUEUED_BYTES: usize = 4 << 20;
+/// Bytes of responses queued per stream (a larger response waits for an empty outbox). Small,
+/// because a member may serve thousands of streams: the queue only has to cover the moment
+/// between tonic taking one response and the next.
+pub const QUEUED_BYTES: usize = 256 << 10;
 
 /// The stream handed to tonic.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -54,6 +56,13 @@ impl Outbox {
         self.tx.send(Queued { item: Ok(response), _bytes: Some(permit) }).await.map_err(|_| Closed)
     }
 
+    /// Resolves once everything queued was taken by the client's connection: a stream that is
+    /// behind reads its next chunk from storage only then, so chunks are read as fast as the
+    /// client takes them and never pile up in memory.
+    pub async fn drained(&self) {
+        let _ = self.bytes.acquire_many(QUEUED_BYTES as u32).await;
+    }
+
     /// Ends the stream with `status`.
     pub async fn fail(&self, status: Status) {
         let _ = self.tx.send(Queued { item: Err(status), _bytes: None }).await;
@@ -80,11 +89,11 @@ mod tests {
     #[tokio::test]
     async fn an_unread_outbox_is_bounded_in_bytes_and_in_count() {
         let (outbox, mut drain) = outbox();
-        let mb = 1 << 20;
-        assert!(fits(&outbox, mb).await && fits(&outbox, mb).await && fits(&outbox, mb).await);
-        assert!(!fits(&outbox, mb).await, "a fourth MiB waits: 4 MiB are queued at most");
+        let quarter = QUEUED_BYTES / 4;
+        assert!(fits(&outbox, quarter).await && fits(&outbox, quarter).await && fits(&outbox, quarter).await);
+        assert!(!fits(&outbox, quarter).await, "a fourth quarter and its framing do not fit");
         drain.next().await.unwrap().unwrap();
-        assert!(fits(&outbox, mb).await, "taking a response frees its bytes");
+        assert!(fits(&outbox, quarter).await, "taking a response frees its bytes");
 
         let (outbox, _drain) = super::outbox();
         for _ in 0..QUEUED_RESPONSES {
@@ -100,6 +109,19 @@ mod tests {
         assert!(!fits(&outbox, 2 * QUEUED_BYTES).await);
         drain.next().await.unwrap().unwrap();
         assert!(fits(&outbox, 2 * QUEUED_BYTES).await);
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_the_client_to_take_everything() {
+        let (outbox, mut drain) = outbox();
+        let drained = || tokio::time::timeout(Duration::from_millis(50), outbox.drained());
+        assert!(drained().await.is_ok(), "an empty outbox is drained");
+        assert!(fits(&outbox, 10).await && fits(&outbox, 10).await);
+        assert!(drained().await.is_err());
+        drain.next().await.unwrap().unwrap();
+        assert!(drained().await.is_err(), "one response is still queued");
+        drain.next().await.unwrap().unwrap();
+        assert!(drained().await.is_ok());
     }
 
     #[tokio::test]

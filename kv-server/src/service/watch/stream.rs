@@ -28,8 +28,9 @@ use super::watcher::{is_empty_range, responses, Watcher};
 use crate::error;
 use crate::service::Ctx;
 
-/// What one catch-up step reads at most (a revision's events are never split).
-const CATCH_UP: ChunkLimit = ChunkLimit { events: 1000, bytes: 1 << 20 };
+/// What one catch-up step reads at most (a revision's events are never split): about what the
+/// outbox holds, so a step fills it once.
+const CATCH_UP: ChunkLimit = ChunkLimit { events: 1000, bytes: 256 << 10 };
 
 /// How often a stream that requires a leader checks that its member has one.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
@@ -105,7 +106,8 @@ impl<E: Engine> WatchStream<E> {
                     // The client closed its side, or the connection failed.
                     Ok(None) | Err(_) => Err(Ended),
                 },
-                () = std::future::ready(()), if behind => self.catch_up().await,
+                // Storage is read only as fast as the client takes what was read.
+                () = self.outbox.drained(), if behind => self.catch_up().await,
                 applied = next_applied(&mut seam) => self.applied(applied).await,
                 _ = progress.tick() => self.progress_tick().await,
                 _ = leader.tick(), if self.require_leader => self.check_leader().await,
