@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY-free: build scripts run single-threaded; tonic-build reads PROTOC from the environment.
     std::env::set_var("PROTOC", protoc);
     let protos = ["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto", "proto/raftkvpb/peer.proto"];
-    tonic_build::configure().compile_protos(&protos, &["proto"])?;
+    // Event is written by hand (src/watch_event.rs): a server encodes it once for many watchers.
+    tonic_build::configure()
+        .extern_path(".mvccpb.Event", "crate::mvccpb::Event")
+        .compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -478,7 +478,7 @@ mod tests {
         let full = WatchResponse {
             watch_id: 3,
             created: true,
-            events: vec![Event { kv: Some(kv), ..Default::default() }],
+            events: vec![Event::new(kv_api::mvccpb::event::EventType::Put, Some(kv), None)],
             ..Default::default()
         };
         let lean = LeanResponse::decode(full.encode_to_vec().as_slice()).unwrap();

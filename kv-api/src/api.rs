@@ -1,20 +1,24 @@
 //! [`KvApi`]: the operations every way of using raftkv offers, so application code can be
-//! written once and run against a remote cluster (kv-client) or an embedded member (kv-server).
+//! written once and run against a remote cluster (kv-client) or an embedded member (kv-server);
+//! [`WatchEvents`]: the watch that [`KvApi::watch`] opens.
 
 use std::future::Future;
 
 use crate::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusResponse, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
 };
+use crate::mvccpb::Event;
 use crate::Consistency;
 
-/// etcd's KV operations plus Status, with etcd's request and response messages. A Range picks
-/// its read consistency with the raftkv extension fields (see [`RangeRequest::consistency`]);
-/// [`KvApi::get`] is the short form.
+/// etcd's KV operations plus Status and Watch, with etcd's request and response messages. A
+/// Range picks its read consistency with the raftkv extension fields (see
+/// [`RangeRequest::consistency`]); [`KvApi::get`] is the short form.
 pub trait KvApi: Send + Sync {
     /// What a call can fail with.
     type Error: std::error::Error + Send + Sync + 'static;
+    /// The watch [`KvApi::watch`] opens.
+    type Watcher: WatchEvents<Error = Self::Error>;
 
     fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, Self::Error>> + Send;
     fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Self::Error>> + Send;
@@ -26,6 +30,10 @@ pub trait KvApi: Send + Sync {
     fn compact(&self, req: CompactionRequest) -> impl Future<Output = Result<CompactionResponse, Self::Error>> + Send;
     /// This member's status (the one the call reached).
     fn status(&self) -> impl Future<Output = Result<StatusResponse, Self::Error>> + Send;
+    /// Opens a watch of the keys of `req` (etcd's create request: key and range end, start
+    /// revision, prev_kv, filters; the stream options do not apply). It returns once the watch
+    /// is created: a watch without a start revision covers every change after the call returns.
+    fn watch(&self, req: WatchCreateRequest) -> impl Future<Output = Result<Self::Watcher, Self::Error>> + Send;
 
     /// The value of `key` read at `consistency`, if the key exists.
     fn get(
@@ -36,4 +44,17 @@ pub trait KvApi: Send + Sync {
         let req = RangeRequest { key: key.into(), consistency: consistency as i32, ..Default::default() };
         async move { Ok(self.range(req).await?.kvs.into_iter().next().map(|kv| kv.value)) }
     }
+}
+
+/// An open watch: the events of its keys, each once, in revision order.
+pub trait WatchEvents: Send {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The next events (at least one; every event of a revision together). Waits as long as it
+    /// takes. A watch whose history was compacted before it was delivered ends with an error
+    /// that says so; the caller reads the current state and watches again from there.
+    fn next(&mut self) -> impl Future<Output = Result<Vec<Event>, Self::Error>> + Send;
+
+    /// The first revision not delivered yet: where a new watch would resume.
+    fn next_revision(&self) -> i64;
 }

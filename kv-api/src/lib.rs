@@ -6,6 +6,8 @@
 //!   fields numbered from 1000 (stock clients skip them).
 //! - [`raftkvpb`]: the internal peer protocol between members (Raft RPCs, forwarded writes, read
 //!   index), separate from the client API.
+//!   `mvccpb::Event` alone is written by hand, so a server can encode an event once for many
+//!   watchers.
 //! - [`error`]: every etcd error raftkv can return, with etcd's exact text and gRPC code — the one
 //!   table that maps errors to the wire.
 //! - [`Consistency`]: the read consistency levels (the generated wire enum).
@@ -15,10 +17,13 @@
 
 pub mod api;
 pub mod error;
+mod watch_event;
 
-/// etcd's `mvccpb` package: keys, values and their revisions.
+/// etcd's `mvccpb` package: keys, values and their revisions. `Event` is written by hand
+/// (see `watch_event.rs`), the rest is generated.
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    pub use crate::watch_event::{event, Event};
 }
 
 /// etcd's `etcdserverpb` package: the KV, Cluster and Maintenance services.
@@ -32,6 +37,6 @@ pub mod raftkvpb {
     tonic::include_proto!("raftkvpb");
 }
 
-pub use api::KvApi;
+pub use api::{KvApi, WatchEvents};
 pub use error::EtcdError;
 pub use etcdserverpb::Consistency;

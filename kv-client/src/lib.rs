@@ -43,7 +43,7 @@ use kv_api::etcdserverpb::watch_client::WatchClient;
 use kv_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, MemberListRequest,
     MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse,
+    StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
 };
 use kv_api::{Consistency, EtcdError, KvApi};
 use tonic::transport::{Channel, Endpoint};
@@ -382,6 +382,7 @@ fn txn_writes(t: &TxnRequest) -> bool {
 
 impl KvApi for Client {
     type Error = ClientError;
+    type Watcher = Watcher;
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         Client::range(self, req).await
@@ -405,6 +406,11 @@ impl KvApi for Client {
 
     async fn status(&self) -> Result<StatusResponse> {
         Client::status(self).await
+    }
+
+    /// [`Client::watch`]: the watch resumes on another member when its member fails.
+    async fn watch(&self, req: WatchCreateRequest) -> Result<Watcher> {
+        Client::watch(self, Watch::from(req)).await
     }
 }
 

@@ -62,6 +62,14 @@ impl Watch {
     }
 }
 
+/// etcd's create request as it is (its watch id, progress and fragment options are the
+/// watcher's own business and ignored).
+impl From<WatchCreateRequest> for Watch {
+    fn from(req: WatchCreateRequest) -> Watch {
+        Watch(WatchCreateRequest { watch_id: 0, progress_notify: false, fragment: false, ..req })
+    }
+}
+
 /// An open watch stream on one member.
 struct Open {
     /// Kept open: the server ends a stream whose requests end.
@@ -212,5 +220,17 @@ impl Watcher {
             }
         }
         Err(last.unwrap_or_else(|| EtcdError::Timeout.into()))
+    }
+}
+
+impl kv_api::WatchEvents for Watcher {
+    type Error = ClientError;
+
+    async fn next(&mut self) -> Result<Vec<Event>> {
+        Watcher::next(self).await
+    }
+
+    fn next_revision(&self) -> i64 {
+        Watcher::next_revision(self)
     }
 }

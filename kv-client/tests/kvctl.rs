@@ -47,7 +47,7 @@ async fn put_get_del_and_endpoint_status() {
     let status = stdout(&kvctl(&ep, &["endpoint", "status"]).await);
     let fields: Vec<&str> = status.trim().split(", ").collect();
     assert_eq!(fields[0], ep);
-    assert_eq!(fields[2], "3.5.0");
+    assert_eq!(fields[2], "3.5.16");
     assert_eq!(fields[4], "true", "the only member is the leader: {status}");
     srv.stop().await.unwrap();
 }

@@ -6,19 +6,25 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use kv_api::etcdserverpb::kv_server::Kv;
 use kv_api::etcdserverpb::maintenance_server::Maintenance;
+use kv_api::etcdserverpb::watch_request::RequestUnion;
 use kv_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
+    WatchRequest, WatchResponse,
 };
-use kv_api::{EtcdError, KvApi};
+use kv_api::mvccpb::Event;
+use kv_api::{EtcdError, KvApi, WatchEvents};
 use raft_core::engine::Engine;
+use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
 use crate::server::{open_engine, start_member, Running, ServerError};
 use crate::service::kv::KvService;
 use crate::service::maintenance::MaintenanceService;
+use crate::service::watch::{ResponseStream, WatchService, DEFAULT_PROGRESS_INTERVAL};
 
 /// A running member used in process. Dropping it does not stop the member; call
 /// [`Embedded::stop`].
@@ -26,6 +32,7 @@ pub struct Embedded<E: Engine> {
     running: Running,
     kv: KvService<E>,
     maintenance: MaintenanceService<E>,
+    watch: WatchService<E>,
 }
 
 /// Starts a member from `cfg` with the default engine and returns it for in-process use.
@@ -38,7 +45,12 @@ pub async fn embed(cfg: ServerConfig) -> Result<Embedded<impl Engine>, ServerErr
 /// [`embed`] on `engine`.
 pub async fn embed_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> Result<Embedded<E>, ServerError> {
     let (running, ctx) = start_member(cfg, engine).await?;
-    Ok(Embedded { running, kv: KvService::new(ctx.clone()), maintenance: MaintenanceService::new(ctx) })
+    Ok(Embedded {
+        running,
+        kv: KvService::new(ctx.clone()),
+        maintenance: MaintenanceService::new(ctx.clone()),
+        watch: WatchService::new(ctx, DEFAULT_PROGRESS_INTERVAL),
+    })
 }
 
 impl<E: Engine> Embedded<E> {
@@ -68,6 +80,7 @@ impl<E: Engine> KvApi for Embedded<E> {
     /// etcd's errors, exactly as a remote client would see them; a timeout
     /// ([`EtcdError::Timeout`]) leaves a write's outcome unknown.
     type Error = EtcdError;
+    type Watcher = EmbeddedWatcher;
 
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse, EtcdError> {
         self.kv.range(tonic::Request::new(req)).await.map(tonic::Response::into_inner).map_err(etcd)
@@ -95,5 +108,66 @@ impl<E: Engine> KvApi for Embedded<E> {
             .await
             .map(tonic::Response::into_inner)
             .map_err(etcd)
+    }
+
+    /// A watch of what this member applies. The caller is the member itself, so the watch
+    /// does not end when the member loses its leader (a remote client's does, to move on).
+    async fn watch(&self, req: WatchCreateRequest) -> Result<EmbeddedWatcher, EtcdError> {
+        let start = req.start_revision;
+        // Only the keys, the start and what events carry: ids and stream options are ours.
+        let create = WatchCreateRequest { watch_id: 0, progress_notify: false, fragment: false, ..req };
+        let (tx, rx) = mpsc::channel(1);
+        let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
+        tx.send(request).await.map_err(|_| EtcdError::ServerStopped)?;
+        let requests = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        let mut w = EmbeddedWatcher { _requests: tx, responses: self.watch.open(requests, false), next: start };
+        let created = w.response().await?;
+        if start == 0 {
+            w.next = created.header.map_or(0, |h| h.revision) + 1;
+        }
+        Ok(w)
+    }
+}
+
+/// A watch on the embedded member: the same stream task as a gRPC client's, fed by a channel.
+pub struct EmbeddedWatcher {
+    /// Kept open: the stream ends when its requests end.
+    _requests: mpsc::Sender<WatchRequest>,
+    responses: ResponseStream,
+    /// The first revision not delivered yet.
+    next: i64,
+}
+
+impl EmbeddedWatcher {
+    /// The next response; a canceled watch or an ended stream is an error.
+    async fn response(&mut self) -> Result<WatchResponse, EtcdError> {
+        match self.responses.next().await {
+            Some(Ok(r)) if r.canceled && r.compact_revision > 0 => Err(EtcdError::Compacted),
+            Some(Ok(r)) if r.canceled => Err(EtcdError::Other(r.cancel_reason)),
+            Some(Ok(r)) => Ok(r),
+            Some(Err(status)) => Err(etcd(status)),
+            None => Err(EtcdError::ServerStopped),
+        }
+    }
+}
+
+impl WatchEvents for EmbeddedWatcher {
+    type Error = EtcdError;
+
+    async fn next(&mut self) -> Result<Vec<Event>, EtcdError> {
+        loop {
+            let r = self.response().await?;
+            // Progress responses carry no events. The service encodes events once for all
+            // watchers; here nothing decodes them on the way, so their fields are restored.
+            let events: Vec<Event> = r.events.into_iter().map(Event::unshared).collect();
+            if let Some(last) = events.last().and_then(|e| e.kv.as_ref()) {
+                self.next = last.mod_revision + 1;
+                return Ok(events);
+            }
+        }
+    }
+
+    fn next_revision(&self) -> i64 {
+        self.next
     }
 }

@@ -12,7 +12,7 @@ async fn status_and_member_list_describe_the_member() {
     assert_eq!(st.leader(), me, "a one-member store leads itself");
     assert!(st.raft_index() >= 2 && st.raft_term() >= 1);
     assert!(st.db_size() > 0);
-    assert_eq!(st.version(), "3.5.0");
+    assert_eq!(st.version(), "3.5.16");
     // The member publishes its attributes through Raft shortly after it starts.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {

@@ -138,7 +138,7 @@ async fn exercise(tool: &Etcdctl, global: &[&str], cluster: &Cluster) {
         assert!(lines.iter().any(|l| l.starts_with(&format!("{ep}, "))), "{who}: no status line for {ep}:\n{status}");
     }
     assert_eq!(lines.iter().filter(|l| l.contains(", true, false, ")).count(), 1, "{who}: one leader:\n{status}");
-    assert!(lines.iter().all(|l| l.contains(", 3.5.0, ")), "{who}: API version:\n{status}");
+    assert!(lines.iter().all(|l| l.contains(", 3.5.16, ")), "{who}: API version:\n{status}");
 
     // endpoint health: healthy everywhere (3.5 also reads the alarm list).
     // etcdctl prints the health report on stderr.

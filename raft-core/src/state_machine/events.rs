@@ -7,7 +7,8 @@
 //! those revisions from storage, as a watcher catching up does. When nobody subscribes, apply
 //! records nothing and copies nothing.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::broadcast;
 
@@ -17,12 +18,17 @@ use crate::mvcc::write::Change;
 /// storage): a bound on the memory slow subscribers hold, whatever they do.
 pub const CAPACITY: usize = 1024;
 
+/// What subscribers make of one apply's changes, made by the first that needs it and shared
+/// by all: the Watch service keeps each change's encoded events here, so that thousands of
+/// watchers of the same keys cost one encoding per event.
+pub type Derived = OnceLock<Box<dyn Any + Send + Sync>>;
+
 /// What one apply published.
 #[derive(Debug)]
 pub enum Applied {
     /// The versions written by revisions `after + 1..=revision`, in revision order (and in
     /// write order within a revision).
-    Changes { after: i64, revision: i64, changes: Vec<Change> },
+    Changes { after: i64, revision: i64, changes: Vec<Change>, derived: Derived },
     /// An apply that began before anyone subscribed landed after a subscription: its changes,
     /// revisions `after + 1..=upto`, were not recorded and must be read from storage.
     Unrecorded { after: i64, upto: i64 },
@@ -56,7 +62,9 @@ impl Events {
     /// Publishes an apply's changes; `recorded` is `None` when it did not record them.
     pub(super) fn publish(&self, before: i64, revision: i64, recorded: Option<Vec<Change>>) {
         let applied = match recorded {
-            Some(changes) if !changes.is_empty() => Applied::Changes { after: before, revision, changes },
+            Some(changes) if !changes.is_empty() => {
+                Applied::Changes { after: before, revision, changes, derived: Derived::new() }
+            }
             Some(_) => return,
             None if revision > before && self.listening() => Applied::Unrecorded { after: before, upto: revision },
             None => return,

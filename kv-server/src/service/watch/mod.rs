@@ -16,12 +16,13 @@ mod watcher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use kv_api::etcdserverpb::watch_server::Watch;
 use kv_api::etcdserverpb::WatchRequest;
 use raft_core::engine::Engine;
 use tonic::{Request, Response, Status, Streaming};
 
-use outbox::ResponseStream;
+pub use outbox::ResponseStream;
 
 use super::Ctx;
 
@@ -38,6 +39,18 @@ impl<E: Engine> WatchService<E> {
     pub fn new(ctx: Arc<Ctx<E>>, progress_interval: Duration) -> Self {
         WatchService { ctx, progress_interval }
     }
+
+    /// Starts the task that serves one stream of `requests`; returns its responses.
+    pub(crate) fn open(
+        &self,
+        requests: impl Stream<Item = Result<WatchRequest, Status>> + Unpin + Send + 'static,
+        require_leader: bool,
+    ) -> ResponseStream {
+        let (outbox, responses) = outbox::outbox();
+        let task = stream::WatchStream::new(self.ctx.clone(), outbox, require_leader, self.progress_interval);
+        tokio::spawn(task.run(requests));
+        responses
+    }
 }
 
 #[tonic::async_trait]
@@ -48,9 +61,6 @@ impl<E: Engine> Watch for WatchService<E> {
         // etcd's clients send this with `WithRequireLeader`: the stream ends when the member
         // loses its leader, so the client moves to a member that has one.
         let require_leader = request.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
-        let (outbox, responses) = outbox::outbox();
-        let task = stream::WatchStream::new(self.ctx.clone(), outbox, require_leader, self.progress_interval);
-        tokio::spawn(task.run(request.into_inner()));
-        Ok(Response::new(responses))
+        Ok(Response::new(self.open(request.into_inner(), require_leader)))
     }
 }

@@ -78,7 +78,10 @@ mod tests {
 
     fn response(value_bytes: usize) -> WatchResponse {
         let kv = KeyValue { key: b"k".to_vec(), value: vec![0; value_bytes], ..Default::default() };
-        WatchResponse { events: vec![Event { kv: Some(kv), ..Default::default() }], ..Default::default() }
+        WatchResponse {
+            events: vec![Event::new(kv_api::mvccpb::event::EventType::Put, Some(kv), None)],
+            ..Default::default()
+        }
     }
 
     /// Whether `send` completes without the client reading.

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use kv_api::etcdserverpb::watch_request::RequestUnion;
 use kv_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use kv_api::EtcdError;
@@ -21,10 +22,10 @@ use raft_core::mvcc::changes::ChunkLimit;
 use raft_core::mvcc::MvccError;
 use raft_core::state_machine::events::Applied;
 use tokio::sync::broadcast::error::RecvError;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::outbox::Outbox;
-use super::watcher::{is_empty_range, responses, Watcher};
+use super::watcher::{is_empty_range, responses, SharedEvents, Watcher};
 use crate::error;
 use crate::service::Ctx;
 
@@ -89,7 +90,7 @@ impl<E: Engine> WatchStream<E> {
 
     /// Serves the stream until the client ends it or goes away. The stream subscribes to the
     /// seam only while it has watches: a subscription makes every apply record its changes.
-    pub async fn run(mut self, mut incoming: Streaming<WatchRequest>) {
+    pub async fn run(mut self, mut incoming: impl Stream<Item = Result<WatchRequest, Status>> + Unpin) {
         let mut seam: Option<Seam> = None;
         let start = tokio::time::Instant::now();
         let mut progress = tokio::time::interval_at(start + self.progress_interval, self.progress_interval);
@@ -101,10 +102,10 @@ impl<E: Engine> WatchStream<E> {
                 biased;
                 // The member is shutting down: the client resumes elsewhere.
                 () = closed(&mut closing) => self.fail(EtcdError::ServerStopped.to_status()).await,
-                request = incoming.message() => match request {
-                    Ok(Some(request)) => self.request(request).await,
+                request = incoming.next() => match request {
+                    Some(Ok(request)) => self.request(request).await,
                     // The client closed its side, or the connection failed.
-                    Ok(None) | Err(_) => Err(Ended),
+                    None | Some(Err(_)) => Err(Ended),
                 },
                 // Storage is read only as fast as the client takes what was read.
                 () = self.outbox.drained(), if behind => self.catch_up().await,
@@ -258,7 +259,7 @@ impl<E: Engine> WatchStream<E> {
             Err(RecvError::Closed) => return self.fail(EtcdError::ServerStopped.to_status()).await,
         };
         match &*applied {
-            Applied::Changes { after, revision, changes } => {
+            Applied::Changes { after, revision, changes, derived } => {
                 // Revisions the stream never saw come from storage.
                 self.seen = self.seen.max(*after);
                 let live: Vec<i64> = self
@@ -267,8 +268,9 @@ impl<E: Engine> WatchStream<E> {
                     .filter(|w| w.next > self.seen && w.next <= *revision)
                     .map(|w| w.id)
                     .collect();
+                let shared = SharedEvents::of(changes, derived);
                 for id in live {
-                    let events = self.watchers[&id].events(changes);
+                    let events = self.watchers[&id].shared_events(changes, shared);
                     self.deliver(id, *revision, events).await?;
                     if let Some(w) = self.watchers.get_mut(&id) {
                         w.next = revision + 1;

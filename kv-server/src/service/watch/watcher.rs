@@ -1,6 +1,8 @@
 //! One watch: the keys it covers, its filters, and the next revision it is owed; how its events
 //! are made from applied changes, and how a response over the message limit is split.
 
+use std::sync::OnceLock;
+
 use kv_api::etcdserverpb::watch_create_request::FilterType;
 use kv_api::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchResponse};
 use kv_api::mvccpb::event::EventType;
@@ -8,6 +10,7 @@ use kv_api::mvccpb::{Event, KeyValue};
 use prost::Message;
 use raft_core::mvcc::read::KeyRange;
 use raft_core::mvcc::write::Change;
+use raft_core::state_machine::events::Derived;
 
 /// A watch of a stream.
 pub struct Watcher {
@@ -46,15 +49,56 @@ impl Watcher {
         self.prev_kv
     }
 
-    /// The events of `changes` this watch is owed: its keys, at or after `next`, not filtered
-    /// out. `changes` are in revision order.
+    /// Whether the watch is owed `change`: its keys, at or after `next`, not filtered out.
+    fn owed(&self, c: &Change) -> bool {
+        c.version.mod_revision >= self.next
+            && self.range.contains(&c.key)
+            && if c.is_delete() { !self.no_delete } else { !self.no_put }
+    }
+
+    /// The events of `changes` this watch is owed. `changes` are in revision order.
     pub fn events<'c>(&self, changes: impl IntoIterator<Item = &'c Change>) -> Vec<Event> {
-        changes
-            .into_iter()
-            .filter(|c| c.version.mod_revision >= self.next && self.range.contains(&c.key))
-            .filter(|c| if c.is_delete() { !self.no_delete } else { !self.no_put })
-            .map(|c| event(c, self.prev_kv))
-            .collect()
+        changes.into_iter().filter(|c| self.owed(c)).map(|c| event(c, self.prev_kv)).collect()
+    }
+
+    /// [`Watcher::events`] of one apply's changes, as events encoded once for every watcher.
+    pub fn shared_events(&self, changes: &[Change], shared: &SharedEvents) -> Vec<Event> {
+        let owed = changes.iter().enumerate().filter(|(_, c)| self.owed(c));
+        owed.map(|(i, c)| shared.event(i, c, self.prev_kv)).collect()
+    }
+}
+
+/// One apply's changes as events, each encoded at most once with and once without its
+/// previous version, whichever watchers ask for (kept in the apply's [`Derived`] slot).
+///
+/// In simulation, messages pass between nodes without being encoded, so there the events are
+/// sent whole; this sharing is exercised by the tests of real processes.
+pub struct SharedEvents {
+    /// Per change: [without previous version, with].
+    events: Vec<[OnceLock<Event>; 2]>,
+}
+
+impl SharedEvents {
+    /// The shared events of an apply's `changes`, made by the first watcher that needs them.
+    pub fn of<'d>(changes: &[Change], derived: &'d Derived) -> &'d SharedEvents {
+        let made = derived.get_or_init(|| {
+            let events = changes.iter().map(|_| [OnceLock::new(), OnceLock::new()]).collect();
+            Box::new(SharedEvents { events })
+        });
+        made.downcast_ref().expect("only the Watch service derives from applies")
+    }
+
+    fn event(&self, i: usize, change: &Change, prev_kv: bool) -> Event {
+        let slot = &self.events[i][usize::from(prev_kv)];
+        slot.get_or_init(|| {
+            let whole = event(change, prev_kv);
+            if cfg!(madsim) {
+                whole
+            } else {
+                whole.shared()
+            }
+        })
+        .clone()
     }
 }
 
@@ -80,7 +124,7 @@ fn event(change: &Change, prev_kv: bool) -> Event {
         (EventType::Put, change.version.to_kv(&change.key, false))
     };
     let prev_kv = if prev_kv { change.prev.as_ref().map(|p| p.to_kv(&change.key, false)) } else { None };
-    Event { r#type: kind as i32, kv: Some(kv), prev_kv }
+    Event::new(kind, Some(kv), prev_kv)
 }
 
 /// The responses that carry `events` for watch `id`: one, or, when the watch allows it and one
@@ -162,6 +206,31 @@ mod tests {
         assert_eq!(w.events(&changes)[1].prev_kv.as_ref().unwrap().mod_revision, 6);
         assert_eq!(Watcher::new(1, &req(vec![0]), 0).events(&changes).len(), 1, "no puts");
         assert_eq!(Watcher::new(1, &req(vec![1]), 0).events(&changes).len(), 2, "no deletes");
+    }
+
+    /// Live events are encoded once per change and variant, whoever watches: every watcher's
+    /// events are the shared encodings, identical on the wire to its own events.
+    #[test]
+    fn watchers_of_one_apply_share_its_encoded_events() {
+        let changes = [put("a", 5, 1), put("ab", 6, 1), delete("a", 7), put("b", 8, 1)];
+        let derived = Derived::new();
+        let req = |prev_kv: bool, filters: Vec<i32>| WatchCreateRequest {
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+            prev_kv,
+            filters,
+            ..Default::default()
+        };
+        for (prev_kv, filters) in [(false, vec![]), (true, vec![]), (true, vec![0]), (false, vec![1])] {
+            let w = Watcher::new(1, &req(prev_kv, filters), 6);
+            let shared = w.shared_events(&changes, SharedEvents::of(&changes, &derived));
+            assert!(shared.iter().all(Event::is_shared));
+            assert_eq!(shared, w.events(&changes));
+            let whole = |e: &[Event]| WatchResponse { events: e.to_vec(), ..Default::default() }.encode_to_vec();
+            assert_eq!(whole(&shared), whole(&w.events(&changes)));
+        }
+        let first = SharedEvents::of(&changes, &derived) as *const SharedEvents;
+        assert_eq!(first, SharedEvents::of(&changes, &derived) as *const _, "made once per apply");
     }
 
     #[test]
