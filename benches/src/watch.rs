@@ -325,12 +325,18 @@ async fn read_events(
             continue;
         }
         let now = Instant::now();
+        let mut measured = 0;
         for e in &r.events {
             let revision = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-            let _ = got.delays.record(acks.delay_us(revision, now).max(1));
+            // A watch on a member that had not yet applied the first put (it only gives the
+            // base revision) also gets that put: not one of the measured puts.
+            if revision >= acks.base {
+                let _ = got.delays.record(acks.delay_us(revision, now).max(1));
+                measured += 1;
+            }
         }
-        got.events += r.events.len() as u64;
-        progress.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+        got.events += measured;
+        progress.fetch_add(measured, Ordering::Relaxed);
         got.last_event = Some(now);
     }
     got

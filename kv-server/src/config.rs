@@ -71,6 +71,11 @@ pub struct ServerConfig {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
+    /// How often an idle watch created with `progress_notify` gets a progress response, e.g.
+    /// `10m` (etcd's default and its `--experimental-watch-progress-notify-interval`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub watch_progress_notify_interval: Duration,
     /// Most write requests batched into one Raft entry; 1 disables batching.
     #[arg(long, default_value_t = 512)]
     pub max_batch_requests: usize,
@@ -231,6 +236,9 @@ impl ServerConfig {
         }
         if self.request_timeout.is_zero() {
             return Err(ConfigError("--request-timeout must be positive".into()));
+        }
+        if self.watch_progress_notify_interval.is_zero() {
+            return Err(ConfigError("--watch-progress-notify-interval must be positive".into()));
         }
         if self.listen_peer_urls.is_empty() {
             return Err(ConfigError("--listen-peer-urls is empty".into()));

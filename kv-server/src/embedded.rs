@@ -24,7 +24,7 @@ use crate::config::ServerConfig;
 use crate::server::{open_engine, start_member, Running, ServerError};
 use crate::service::kv::KvService;
 use crate::service::maintenance::MaintenanceService;
-use crate::service::watch::{ResponseStream, WatchService, DEFAULT_PROGRESS_INTERVAL};
+use crate::service::watch::{ResponseStream, WatchService};
 
 /// A running member used in process. Dropping it does not stop the member; call
 /// [`Embedded::stop`].
@@ -44,12 +44,13 @@ pub async fn embed(cfg: ServerConfig) -> Result<Embedded<impl Engine>, ServerErr
 
 /// [`embed`] on `engine`.
 pub async fn embed_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> Result<Embedded<E>, ServerError> {
+    let progress_interval = cfg.watch_progress_notify_interval;
     let (running, ctx) = start_member(cfg, engine).await?;
     Ok(Embedded {
         running,
         kv: KvService::new(ctx.clone()),
         maintenance: MaintenanceService::new(ctx.clone()),
-        watch: WatchService::new(ctx, DEFAULT_PROGRESS_INTERVAL),
+        watch: WatchService::new(ctx, progress_interval),
     })
 }
 

@@ -22,7 +22,7 @@ use crate::net::Listeners;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::maintenance::MaintenanceService;
-use crate::service::watch::{WatchService, DEFAULT_PROGRESS_INTERVAL};
+use crate::service::watch::WatchService;
 use crate::service::Ctx;
 
 /// Why the server could not start or stopped abnormally.
@@ -192,7 +192,7 @@ pub(crate) async fn start_member<E: Engine>(
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(
-            WatchServer::new(WatchService::new(ctx.clone(), DEFAULT_PROGRESS_INTERVAL))
+            WatchServer::new(WatchService::new(ctx.clone(), cfg.watch_progress_notify_interval))
                 .max_decoding_message_size(max_msg),
         );
 

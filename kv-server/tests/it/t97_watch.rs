@@ -1,8 +1,8 @@
 //! The Watch service through every member of a 3-member cluster, driven by the `etcd-client`
 //! crate: a key, a prefix, replay from a start revision, prev_kv, filters, a transaction's
-//! events in one response, progress requests, cancel, and a start in compacted history; and
-//! stock etcdctl's `watch` with an `http://` endpoint; and a member with a watch open still shuts
-//! down cleanly.
+//! events in one response, progress requests and notifications, cancel, and a start in
+//! compacted history; stock etcdctl's `watch` with an `http://` endpoint; and a member with a
+//! watch open still shuts down cleanly.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -57,7 +57,9 @@ async fn created(stream: &mut WatchStream) -> i64 {
 
 #[tokio::test]
 async fn watches_through_every_member() {
-    let mut cluster = Cluster::start(&CALM).await;
+    let mut flags = CALM.to_vec();
+    flags.extend(["--watch-progress-notify-interval", "300ms"]);
+    let mut cluster = Cluster::start(&flags).await;
     let mut writer = cluster.members[0].client().await;
     for (i, member) in cluster.members.iter().enumerate() {
         let mut client = member.client().await;
@@ -138,6 +140,17 @@ async fn watches_through_every_member() {
         };
         assert_eq!(progress.watch_id(), -1);
         assert!(progress.header().unwrap().revision() >= last);
+
+        // An idle watch that asked for progress notifications gets one per interval, for
+        // itself, at the member's revision.
+        let notify = WatchOptions::new().with_progress_notify();
+        let mut idle = client.watch(format!("{p}idle"), Some(notify)).await.unwrap();
+        let idle_id = created(&mut idle).await;
+        let r = next(&mut idle).await;
+        assert!(r.events().is_empty() && !r.created() && !r.canceled(), "{r:?}");
+        assert_eq!(r.watch_id(), idle_id);
+        assert!(r.header().unwrap().revision() >= last);
+        drop(idle);
 
         // Cancel: answered, and nothing more for that watch.
         let id = key_id;

@@ -26,9 +26,6 @@ pub use outbox::ResponseStream;
 
 use super::Ctx;
 
-/// How often an idle watch that asked for progress notifications gets one (etcd's default).
-pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
-
 /// The Watch service over a node.
 pub struct WatchService<E: Engine> {
     ctx: Arc<Ctx<E>>,
