@@ -60,7 +60,8 @@ pub struct WatchReport {
     pub delay_p50_ms: f64,
     pub delay_p99_ms: f64,
     pub delay_max_ms: f64,
-    /// The watched member's CPU use from the first put to the last event, in cores.
+    /// The watched member's CPU use from the first put until every event arrived (or the
+    /// drain ran out), in cores.
     pub member_cpu_cores: Option<f64>,
     /// The watched member's RSS when the watchers were created and at its peak.
     pub member_rss_start_bytes: Option<u64>,
@@ -238,6 +239,7 @@ pub async fn run_watch(spec: &WatchSpec) -> Result<WatchReport, BenchError> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cpu_end = spec.member_pid.and_then(cpu_seconds);
+    let cpu_window = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     drop(senders);
     let mut delays = histogram();
@@ -264,7 +266,7 @@ pub async fn run_watch(spec: &WatchSpec) -> Result<WatchReport, BenchError> {
         delay_p50_ms: ms(0.5),
         delay_p99_ms: ms(0.99),
         delay_max_ms: delays.max() as f64 / 1000.0,
-        member_cpu_cores: cpu_start.zip(cpu_end).map(|(a, b)| (b - a) / started.elapsed().as_secs_f64()),
+        member_cpu_cores: cpu_start.zip(cpu_end).map(|(a, b)| (b - a) / cpu_window),
         member_rss_start_bytes: rss_start,
         member_rss_peak_bytes: spec.member_pid.map(|_| rss_peak.load(Ordering::Relaxed)),
         put_errors,

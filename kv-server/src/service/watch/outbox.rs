@@ -56,11 +56,11 @@ impl Outbox {
         self.tx.send(Queued { item: Ok(response), _bytes: Some(permit) }).await.map_err(|_| Closed)
     }
 
-    /// Resolves once everything queued was taken by the client's connection: a stream that is
-    /// behind reads its next chunk from storage only then, so chunks are read as fast as the
-    /// client takes them and never pile up in memory.
-    pub async fn drained(&self) {
-        let _ = self.bytes.acquire_many(QUEUED_BYTES as u32).await;
+    /// Resolves once at least half of the byte budget is free: a stream that is behind reads
+    /// its next chunk from storage only then, so chunks are read as fast as the client takes
+    /// them and never pile up in memory, while the half still queued keeps the connection busy.
+    pub async fn has_room(&self) {
+        let _ = self.bytes.acquire_many((QUEUED_BYTES / 2) as u32).await;
     }
 
     /// Ends the stream with `status`.
@@ -115,16 +115,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn drained_waits_for_the_client_to_take_everything() {
+    async fn room_waits_for_half_the_budget() {
         let (outbox, mut drain) = outbox();
-        let drained = || tokio::time::timeout(Duration::from_millis(50), outbox.drained());
-        assert!(drained().await.is_ok(), "an empty outbox is drained");
-        assert!(fits(&outbox, 10).await && fits(&outbox, 10).await);
-        assert!(drained().await.is_err());
+        let room = || tokio::time::timeout(Duration::from_millis(50), outbox.has_room());
+        assert!(room().await.is_ok(), "an empty outbox has room");
+        let third = QUEUED_BYTES / 3;
+        assert!(fits(&outbox, third).await && fits(&outbox, third).await);
+        assert!(room().await.is_err(), "two thirds are queued");
         drain.next().await.unwrap().unwrap();
-        assert!(drained().await.is_err(), "one response is still queued");
-        drain.next().await.unwrap().unwrap();
-        assert!(drained().await.is_ok());
+        assert!(room().await.is_ok(), "one third is queued");
     }
 
     #[tokio::test]

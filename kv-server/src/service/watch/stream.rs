@@ -108,7 +108,7 @@ impl<E: Engine> WatchStream<E> {
                     None | Some(Err(_)) => Err(Ended),
                 },
                 // Storage is read only as fast as the client takes what was read.
-                () = self.outbox.drained(), if behind => self.catch_up().await,
+                () = self.outbox.has_room(), if behind => self.catch_up().await,
                 applied = next_applied(&mut seam) => self.applied(applied).await,
                 _ = progress.tick() => self.progress_tick().await,
                 _ = leader.tick(), if self.require_leader => self.check_leader().await,
@@ -268,12 +268,14 @@ impl<E: Engine> WatchStream<E> {
                     .filter(|w| w.next > self.seen && w.next <= *revision)
                     .map(|w| w.id)
                     .collect();
-                let shared = SharedEvents::of(changes, derived);
-                for id in live {
-                    let events = self.watchers[&id].shared_events(changes, shared);
-                    self.deliver(id, *revision, events).await?;
-                    if let Some(w) = self.watchers.get_mut(&id) {
-                        w.next = revision + 1;
+                if !live.is_empty() {
+                    let shared = SharedEvents::of(changes, derived);
+                    for id in live {
+                        let events = self.watchers[&id].shared_events(changes, shared);
+                        self.deliver(id, *revision, events).await?;
+                        if let Some(w) = self.watchers.get_mut(&id) {
+                            w.next = revision + 1;
+                        }
                     }
                 }
                 self.seen = self.seen.max(*revision);
