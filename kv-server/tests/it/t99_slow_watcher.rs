@@ -22,9 +22,10 @@ const KEYS: u64 = 1000;
 const WARM_UP_PUTS: u64 = 60_000;
 const RSS_BUDGET: u64 = 64 << 20;
 /// What the watcher itself may cost beyond a member that has none: its bounded queue of
-/// responses (4 MiB), a catch-up chunk in hand and the connection's buffers, where an unbounded
-/// queue holds every event of the stall.
-const WATCHER_BUDGET: u64 = 24 << 20;
+/// responses and the connection's buffers, under 1 MiB, plus the noise of two processes'
+/// allocators. An unbounded queue holds every event of the stall; a stream task that waits for
+/// its client pins the apply event ring (1,024 applies of changes).
+const WATCHER_BUDGET: u64 = 16 << 20;
 /// Longest wait for one response once the watcher reads again.
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,7 +1,7 @@
 //! The responses a watch stream has made that its client has not taken yet, bounded in count
 //! and in bytes: a client that stops reading holds at most [`QUEUED_BYTES`] (plus one response)
-//! of its member's memory. A full outbox stops the stream's task, which then falls behind the
-//! apply event seam and later serves the missed changes from the stored versions.
+//! of its member's memory. A full outbox holds up the stream's task; the task gives up waiting
+//! on a client that takes nothing for a while and serves it later from the stored versions.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -29,9 +29,15 @@ use super::watcher::{is_empty_range, responses, SharedEvents, Watcher};
 use crate::error;
 use crate::service::Ctx;
 
-/// What one catch-up step reads at most (a revision's events are never split): about what the
-/// outbox holds, so a step fills it once.
-const CATCH_UP: ChunkLimit = ChunkLimit { events: 1000, bytes: 256 << 10 };
+/// What one catch-up step reads at most (a revision's events are never split): well under the
+/// room a step waits for (half the outbox), so its responses are queued without waiting.
+const CATCH_UP: ChunkLimit = ChunkLimit { events: 1000, bytes: 64 << 10 };
+
+/// Longest a live event waits for its client to make room in the outbox. A client that takes
+/// nothing for this long has stalled: its stream stops taking from the apply event seam (a
+/// subscriber that stops reading would hold the seam's whole ring of applies in memory) and
+/// serves what it missed from storage once the client reads again.
+const LIVE_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a stream that requires a leader checks that its member has one.
 const LEADER_CHECK: Duration = Duration::from_millis(500);
@@ -72,6 +78,9 @@ pub struct WatchStream<E: Engine> {
     seen: i64,
     /// A progress request waits for every watch of the stream to catch up.
     progress_pending: bool,
+    /// The client took nothing for [`LIVE_WAIT`]: the stream leaves the seam until it has
+    /// caught up from storage.
+    stalled: bool,
 }
 
 impl<E: Engine> WatchStream<E> {
@@ -85,6 +94,7 @@ impl<E: Engine> WatchStream<E> {
             next_id: 0,
             seen: 0,
             progress_pending: false,
+            stalled: false,
         }
     }
 
@@ -116,16 +126,15 @@ impl<E: Engine> WatchStream<E> {
             if step.is_err() {
                 return;
             }
-            match (&seam, self.watchers.is_empty()) {
-                (None, false) => {
-                    // Changes up to the subscription's revision are in storage: a watch owed
-                    // them is behind and reads them there.
-                    let (rx, revision) = self.ctx.node.store().subscribe();
-                    self.seen = self.seen.max(revision);
-                    seam = Some(rx);
-                }
-                (Some(_), true) => seam = None,
-                _ => {}
+            if seam.is_some() && (self.watchers.is_empty() || self.stalled) {
+                seam = None;
+            } else if seam.is_none() && !self.watchers.is_empty() && !self.behind() {
+                // Changes up to the subscription's revision are in storage: a watch owed them
+                // is behind and reads them there.
+                let (rx, revision) = self.ctx.node.store().subscribe();
+                self.seen = self.seen.max(revision);
+                self.stalled = false;
+                seam = Some(rx);
             }
         }
     }
@@ -231,19 +240,51 @@ impl<E: Engine> WatchStream<E> {
         .await
     }
 
-    /// Sends `events` to the watch `id` (a no-op when there are none).
+    /// Sends `events` to the watch `id` (a no-op when there are none), waiting for room.
     async fn deliver(&mut self, id: i64, revision: i64, events: Vec<kv_api::mvccpb::Event>) -> Step {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
-        w.sent_since_tick = true;
-        let fragment = w.fragment;
-        let limit = self.ctx.limits.max_request_bytes + FRAGMENT_MARGIN;
-        for response in responses(id, self.header(revision), events, fragment, limit) {
+        for response in self.responses(id, revision, events) {
             self.send(response).await?;
         }
         Ok(())
+    }
+
+    /// Sends live `events` to the watch `id`, waiting at most [`LIVE_WAIT`] for the client to
+    /// make room (not at all once the stream is stalled); returns whether they went (nothing
+    /// to send counts as sent). A watch whose events did not go stays owed them and reads them
+    /// from storage later. The parts of a fragmented response after the first always wait:
+    /// a response must not be sent in part.
+    async fn deliver_live(
+        &mut self,
+        id: i64,
+        revision: i64,
+        events: Vec<kv_api::mvccpb::Event>,
+    ) -> Result<bool, Ended> {
+        let mut parts = self.responses(id, revision, events).into_iter();
+        let Some(first) = parts.next() else { return Ok(true) };
+        let wait = if self.stalled { Duration::ZERO } else { LIVE_WAIT };
+        match tokio::time::timeout(wait, self.send(first)).await {
+            Ok(sent) => sent?,
+            Err(_) => {
+                self.stalled = true;
+                return Ok(false);
+            }
+        }
+        for part in parts {
+            self.send(part).await?;
+        }
+        Ok(true)
+    }
+
+    /// The responses that carry `events` to the watch `id` (none if there are no events).
+    fn responses(&mut self, id: i64, revision: i64, events: Vec<kv_api::mvccpb::Event>) -> Vec<WatchResponse> {
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let header = self.header(revision);
+        let Some(w) = self.watchers.get_mut(&id) else { return Vec::new() };
+        w.sent_since_tick = true;
+        let limit = self.ctx.limits.max_request_bytes + FRAGMENT_MARGIN;
+        responses(id, header, events, w.fragment, limit)
     }
 
     /// One message of the seam.
@@ -272,9 +313,11 @@ impl<E: Engine> WatchStream<E> {
                     let shared = SharedEvents::of(changes, derived);
                     for id in live {
                         let events = self.watchers[&id].shared_events(changes, shared);
-                        self.deliver(id, *revision, events).await?;
-                        if let Some(w) = self.watchers.get_mut(&id) {
-                            w.next = revision + 1;
+                        // Not sent: the watch stays owed this revision and catches up later.
+                        if self.deliver_live(id, *revision, events).await? {
+                            if let Some(w) = self.watchers.get_mut(&id) {
+                                w.next = revision + 1;
+                            }
                         }
                     }
                 }
