@@ -33,6 +33,10 @@ pub enum EtcdError {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -56,7 +60,7 @@ pub enum EtcdError {
 }
 
 /// Every fixed-text variant, for the reverse mapping.
-const FIXED: [EtcdError; 16] = [
+const FIXED: [EtcdError; 18] = [
     EtcdError::KeyNotProvided,
     EtcdError::KeyNotFound,
     EtcdError::ValueProvided,
@@ -68,6 +72,8 @@ const FIXED: [EtcdError; 16] = [
     EtcdError::Compacted,
     EtcdError::FutureRevision,
     EtcdError::LeaseNotFound,
+    EtcdError::LeaseExists,
+    EtcdError::LeaseTtlTooLarge,
     EtcdError::NoLeader,
     EtcdError::LeaderChanged,
     EtcdError::ServerStopped,
@@ -82,8 +88,9 @@ impl EtcdError {
         match self {
             KeyNotProvided | KeyNotFound | ValueProvided | LeaseProvided | TooManyTxnOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge | InvalidArgument(_) => Code::InvalidArgument,
-            Compacted | FutureRevision => Code::OutOfRange,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            LeaseExists => Code::FailedPrecondition,
             NoLeader | LeaderChanged | ServerStopped | Timeout | Unavailable(_) => Code::Unavailable,
             TooManyRequests => Code::ResourceExhausted,
             Other(_) => Code::Unknown,

@@ -10,8 +10,8 @@
 
 use kv_api::etcdserverpb::request_op::Request;
 use kv_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RequestOp,
-    TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use kv_api::EtcdError;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,20 @@ pub enum WriteRequest {
     Compact(#[serde(with = "pb")] CompactionRequest),
     /// A member publishes its name and client URLs after it starts (as etcd does).
     PublishMember(MemberAttrs),
+    /// Grants lease `id` (chosen before proposing) with `ttl` seconds.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes lease `id` (asked for, or expired as the leader judged): its keys are deleted.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// The remaining TTL (ms) of leases, as the leader counts them: a new leader starts each
+    /// lease from here.
+    LeaseCheckpoint {
+        remaining: Vec<(i64, i64)>,
+    },
 }
 
 impl WriteRequest {
@@ -37,6 +51,8 @@ impl WriteRequest {
             WriteRequest::Txn(r) => r.encoded_len(),
             WriteRequest::Compact(r) => r.encoded_len(),
             WriteRequest::PublishMember(m) => m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>() + 16,
+            WriteRequest::LeaseGrant { .. } | WriteRequest::LeaseRevoke { .. } => 16,
+            WriteRequest::LeaseCheckpoint { remaining } => 16 * remaining.len() + 8,
         }
     }
 
@@ -49,7 +65,11 @@ impl WriteRequest {
             WriteRequest::Put(r) => !r.prev_kv,
             WriteRequest::DeleteRange(r) => !r.prev_kv,
             WriteRequest::Txn(t) => t.success.iter().chain(&t.failure).all(op_answer_is_small),
-            WriteRequest::Compact(_) | WriteRequest::PublishMember(_) => true,
+            WriteRequest::Compact(_)
+            | WriteRequest::PublishMember(_)
+            | WriteRequest::LeaseGrant { .. }
+            | WriteRequest::LeaseRevoke { .. }
+            | WriteRequest::LeaseCheckpoint { .. } => true,
         }
     }
 }
@@ -72,6 +92,9 @@ pub enum WriteResponse {
     Txn(#[serde(with = "pb")] TxnResponse),
     Compact(#[serde(with = "pb")] CompactionResponse),
     PublishMember,
+    LeaseGrant(#[serde(with = "pb")] LeaseGrantResponse),
+    LeaseRevoke(#[serde(with = "pb")] LeaseRevokeResponse),
+    LeaseCheckpoint,
 }
 
 /// Outcome of one request: a response, or the etcd error it failed with.

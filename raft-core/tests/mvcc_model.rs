@@ -279,7 +279,11 @@ impl Model {
             }
             WriteRequest::Txn(t) => self.txn(t).map(WriteResponse::Txn),
             WriteRequest::Compact(c) => self.compact(c).map(WriteResponse::Compact),
-            WriteRequest::PublishMember(_) => panic!("not generated"),
+            // Not generated yet: leases have unit tests of their own (mvcc/lease.rs).
+            WriteRequest::PublishMember(_)
+            | WriteRequest::LeaseGrant { .. }
+            | WriteRequest::LeaseRevoke { .. }
+            | WriteRequest::LeaseCheckpoint { .. } => panic!("not generated"),
         }
     }
 

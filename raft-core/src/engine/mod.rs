@@ -37,13 +37,16 @@ pub enum Tree {
     SmMeta,
     /// Published member attributes (name, client URLs) keyed by member id.
     Members,
+    /// Leases: id (8 bytes, big-endian) -> granted TTL and last checkpointed remaining TTL.
+    Leases,
     /// The current snapshot (meta and data) so a restart can serve it again.
     Snapshot,
 }
 
 impl Tree {
     /// All trees, in a fixed order (used to open them and to span batches).
-    pub const ALL: [Tree; 5] = [Tree::RaftMeta, Tree::KvRevs, Tree::SmMeta, Tree::Members, Tree::Snapshot];
+    pub const ALL: [Tree; 6] =
+        [Tree::RaftMeta, Tree::KvRevs, Tree::SmMeta, Tree::Members, Tree::Leases, Tree::Snapshot];
 
     /// The on-disk name of the tree.
     pub fn name(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Tree {
             Tree::KvRevs => "kv_revs",
             Tree::SmMeta => "sm_meta",
             Tree::Members => "members",
+            Tree::Leases => "leases",
             Tree::Snapshot => "snapshot",
         }
     }

@@ -9,12 +9,14 @@
 //! - [`write`]: Put, DeleteRange, Txn, Compact and revision accounting;
 //! - [`validate`]: the request checks etcd makes before proposing (no state needed);
 //! - [`hash`]: HashKV, a checksum of the history up to a revision;
-//! - [`changes`]: the changes of a revision range, read back for watches that are behind.
+//! - [`changes`]: the changes of a revision range, read back for watches that are behind;
+//! - [`lease`]: the lease table and the lease family of writes (grant, revoke, checkpoint).
 
 pub mod changes;
 pub mod hash;
 pub mod index;
 pub mod keys;
+pub mod lease;
 pub mod read;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -14,7 +14,7 @@ use kv_api::etcdserverpb::{
 };
 use kv_api::EtcdError;
 
-use super::index::Space;
+use super::index::{lease_key, Space};
 use super::keys::{encode_key, history_key, index_value, revs_key, Record, Version};
 use super::read::{self, KeyRange, Revisions};
 use super::view::{Overlay, Reader};
@@ -48,19 +48,22 @@ impl Change {
 }
 
 /// Context of the request being applied: its revision and the next sub-revision.
-struct Ctx {
+pub(super) struct Ctx {
     rev: i64,
     sub: i64,
 }
 
-fn header(revision: i64) -> Option<ResponseHeader> {
+pub(super) fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader { revision, ..Default::default() })
 }
 
 impl<R: Reader + ?Sized> Writer<'_, '_, R> {
     /// Runs `f` as one request: on error its writes are rolled back; when it wrote something
     /// the store moves to the next revision.
-    fn request<T>(&mut self, f: impl FnOnce(&mut Self, &mut Ctx) -> Result<T, MvccError>) -> Result<T, MvccError> {
+    pub(super) fn request<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self, &mut Ctx) -> Result<T, MvccError>,
+    ) -> Result<T, MvccError> {
         let sp = self.view.savepoint();
         let recorded = self.changes.as_ref().map_or(0, Vec::len);
         let mut ctx = Ctx { rev: self.revs.current + 1, sub: 0 };
@@ -153,6 +156,13 @@ impl<R: Reader + ?Sized> Writer<'_, '_, R> {
         if let Some(changes) = &mut self.changes {
             changes.push(Change { key: key.to_vec(), version: rec.clone(), prev: prev.cloned() });
         }
+        // The key leaves its previous version's lease and joins this version's.
+        if let Some(p) = prev.filter(|p| p.lease != 0) {
+            self.view.delete(Space::LeaseKeys, lease_key(p.lease, key));
+        }
+        if rec.lease != 0 && !rec.is_tombstone() {
+            self.view.put(Space::LeaseKeys, lease_key(rec.lease, key), Vec::new());
+        }
         self.view.put(Space::History, history_key(key, ctx.rev), index_value(ctx.sub));
         self.view.put(Space::Revs, revs_key(ctx.rev, ctx.sub).to_vec(), Version::encode(key, rec));
         if rec.is_tombstone() {
@@ -168,9 +178,8 @@ impl<R: Reader + ?Sized> Writer<'_, '_, R> {
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(EtcdError::KeyNotFound.into());
         }
-        // No lease can exist yet (the Lease service is not served), so any lease id is unknown.
         let lease = if req.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { req.lease };
-        if lease != 0 {
+        if lease != 0 && self.view.get(Space::Leases, &lease.to_be_bytes())?.is_none() {
             return Err(EtcdError::LeaseNotFound.into());
         }
         let value = match (&prev, req.ignore_value) {
@@ -192,7 +201,11 @@ impl<R: Reader + ?Sized> Writer<'_, '_, R> {
         })
     }
 
-    fn delete_in(&mut self, ctx: &mut Ctx, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+    pub(super) fn delete_in(
+        &mut self,
+        ctx: &mut Ctx,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
         let victims = read::latest(&*self.view, &KeyRange::new(&req.key, &req.range_end))?;
         let mut prev_kvs = Vec::new();
         for (key, prev) in &victims {

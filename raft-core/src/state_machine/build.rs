@@ -53,7 +53,7 @@ impl<E: Engine> KvStore<E> {
                     let stored = self.stored_snapshot_meta().map_err(std::io::Error::other)?;
                     let base = if with_base { stored_base(engine, &meta) } else { None };
                     let mut small = Vec::new();
-                    for tree in [Tree::SmMeta, Tree::Members] {
+                    for tree in [Tree::SmMeta, Tree::Members, Tree::Leases] {
                         let pairs = engine.scan(tree, Bound::Unbounded, Bound::Unbounded, false);
                         small.push((tree, pairs.collect::<Result<Vec<_>, _>>().map_err(std::io::Error::other)?));
                     }

@@ -35,7 +35,7 @@ pub(super) fn snapshot_meta_of(meta: &SmMeta) -> SnapshotMeta {
 
 /// Trees that make up the state machine, all of which a snapshot carries (the key index is
 /// derived from `KvRevs` when it is imported).
-pub(super) const SM_TREES: [Tree; 3] = [Tree::KvRevs, Tree::SmMeta, Tree::Members];
+pub(super) const SM_TREES: [Tree; 4] = [Tree::KvRevs, Tree::SmMeta, Tree::Members, Tree::Leases];
 
 /// The state-machine meta, cached in memory and written with every apply.
 #[derive(Clone, Debug, Default)]

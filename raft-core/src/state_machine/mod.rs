@@ -245,6 +245,22 @@ impl<E: Engine> KvStore<E> {
         read::range(&self.stored(), req, meta.revisions())
     }
 
+    /// Lease `id` and the keys attached to it, as this member has applied them.
+    pub fn lease(&self, id: i64) -> Result<Option<crate::mvcc::lease::WithKeys>, MvccError> {
+        let _meta = self.read_gate();
+        let stored = self.stored();
+        match crate::mvcc::lease::get(&stored, id)? {
+            Some(lease) => Ok(Some((lease, crate::mvcc::lease::attached(&stored, id)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every lease this member has applied, by id.
+    pub fn leases(&self) -> Result<Vec<(i64, crate::mvcc::lease::LeaseRecord)>, MvccError> {
+        let _meta = self.read_gate();
+        crate::mvcc::lease::all(&self.stored())
+    }
+
     /// A read-only txn (only Range ops) against the local state, without going through Raft.
     pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         let meta = self.read_gate();

@@ -20,6 +20,11 @@ pub fn put_entry(index: u64, key: &str, value: Vec<u8>) -> Entry {
     Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(RequestBatch::new(&[req])) }
 }
 
+/// An entry of `requests`, at `index` of term 1.
+pub fn entry_of(index: u64, requests: &[WriteRequest]) -> Entry {
+    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(RequestBatch::new(requests)) }
+}
+
 pub fn membership_entry(index: u64) -> Entry {
     let m = Membership::new(vec![[1u64].into_iter().collect()], None);
     Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m) }

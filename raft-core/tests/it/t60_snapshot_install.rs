@@ -10,7 +10,7 @@ use raft_core::engine::{MemEngine, SledEngine};
 use raft_core::snapshot_data::SnapshotData;
 use raft_core::KvStore;
 
-use crate::common::{membership_entry, put_entry};
+use crate::common::{entry_of, membership_entry, put_entry};
 
 /// Whatever id the leader gives its snapshot, the member stores the data under its own file
 /// name inside its files directory, installs it, and serves it again as its current snapshot.
@@ -104,4 +104,52 @@ async fn snapshots_are_received_into_files_and_a_failed_install_keeps_the_previo
     assert_eq!(value_of(&member, "previous"), None);
     let mut current = member.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.snapshot.read_all().unwrap(), data);
+}
+
+/// Leases travel in snapshots, and the index of keys by lease is rebuilt from the versions on
+/// install and on reopening: a revoke on the member deletes what it deleted on the leader.
+#[tokio::test]
+async fn leases_and_their_keys_travel_in_snapshots() {
+    use kv_api::etcdserverpb::PutRequest;
+    use raft_core::WriteRequest;
+    let put = |key: &str, lease: i64| {
+        WriteRequest::Put(PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() })
+    };
+    let mut leader = KvStore::open(Arc::new(MemEngine::new())).unwrap();
+    let grants = [WriteRequest::LeaseGrant { id: 10, ttl: 30 }, WriteRequest::LeaseGrant { id: 11, ttl: 5 }];
+    let checkpoint = WriteRequest::LeaseCheckpoint { remaining: vec![(10, 12_000)] };
+    leader
+        .apply(vec![
+            membership_entry(1),
+            entry_of(2, &grants),
+            entry_of(3, &[put("a", 10), put("b", 10), put("c", 11)]),
+            entry_of(4, &[checkpoint, put("b", 11)]),
+        ])
+        .await
+        .unwrap();
+    let built = leader.build_snapshot().await.unwrap();
+    let data = leader.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let open = || KvStore::open(Arc::new(SledEngine::open(dir.path().join("data")).unwrap())).unwrap();
+    let mut member = open();
+    member.install_snapshot(&built.meta, Box::new(SnapshotData::from_bytes(data))).await.unwrap();
+    let leases = |sm: &KvStore<SledEngine>| {
+        let mut all = Vec::new();
+        for (id, record) in sm.leases().unwrap() {
+            all.push((id, record.ttl, record.remaining_ms, sm.lease(id).unwrap().unwrap().1));
+        }
+        all
+    };
+    let expected = vec![(10, 30, Some(12_000), vec![b"a".to_vec()]), (11, 5, None, vec![b"b".to_vec(), b"c".to_vec()])];
+    assert_eq!(leases(&member), expected, "installed");
+    drop(member);
+    let mut member = open();
+    assert_eq!(leases(&member), expected, "reopened");
+    member.apply(vec![entry_of(5, &[WriteRequest::LeaseRevoke { id: 11 }])]).await.unwrap();
+    assert_eq!(
+        (value_of(&member, "a"), value_of(&member, "b"), value_of(&member, "c")),
+        (Some(b"v".to_vec()), None, None)
+    );
+    assert!(member.lease(11).unwrap().is_none());
 }

@@ -18,7 +18,7 @@ use std::ops::Bound;
 pub use current::CurrentTable;
 pub use history::HistoryTable;
 
-use super::keys::{history_key, index_value, split_revs_key, Version};
+use super::keys::{history_key, index_value, split_revs_key, Record, Version};
 use super::MvccError;
 use crate::engine::{Batch, Result, Scan, Tree};
 
@@ -36,19 +36,26 @@ pub enum Space {
     Meta,
     /// The engine's `Members`.
     Members,
+    /// The engine's `Leases`.
+    Leases,
+    /// The keys attached to each lease: lease id (8 bytes, big-endian) ‖ user key -> empty
+    /// ([`CurrentTable`]'s map, derived from the current table's records).
+    LeaseKeys,
 }
 
 impl Space {
     /// Every space, in the order [`Space::slot`] numbers them.
-    pub const ALL: [Space; 5] = [Space::Current, Space::History, Space::Revs, Space::Meta, Space::Members];
+    pub const ALL: [Space; 7] =
+        [Space::Current, Space::History, Space::Revs, Space::Meta, Space::Members, Space::Leases, Space::LeaseKeys];
 
     /// The engine tree behind a stored space; `None` for the index's tables.
     pub fn tree(self) -> Option<Tree> {
         match self {
-            Space::Current | Space::History => None,
+            Space::Current | Space::History | Space::LeaseKeys => None,
             Space::Revs => Some(Tree::KvRevs),
             Space::Meta => Some(Tree::SmMeta),
             Space::Members => Some(Tree::Members),
+            Space::Leases => Some(Tree::Leases),
         }
     }
 
@@ -61,11 +68,18 @@ impl Space {
 /// One write to the index: `None` removes the key.
 pub type IndexOp = (Space, Vec<u8>, Option<Vec<u8>>);
 
-/// The two derived tables. Cheap to clone: clones share them.
+/// The derived tables. Cheap to clone: clones share them.
 #[derive(Clone, Default)]
 pub struct KeyIndex {
     current: CurrentTable,
     history: HistoryTable,
+    /// [`Space::LeaseKeys`]: an ordered map like the current table's.
+    lease_keys: CurrentTable,
+}
+
+/// The [`Space::LeaseKeys`] key of `key` attached to `lease`.
+pub fn lease_key(lease: i64, key: &[u8]) -> Vec<u8> {
+    [&lease.to_be_bytes()[..], key].concat()
 }
 
 impl KeyIndex {
@@ -73,6 +87,7 @@ impl KeyIndex {
     pub fn get(&self, space: Space, key: &[u8]) -> Option<Vec<u8>> {
         match space {
             Space::Current => self.current.get(key),
+            Space::LeaseKeys => self.lease_keys.get(key),
             _ => self.history.get(key),
         }
     }
@@ -81,6 +96,7 @@ impl KeyIndex {
     pub fn scan(&self, space: Space, lower: Bound<&[u8]>, upper: Bound<&[u8]>, reverse: bool) -> Scan<'static> {
         match space {
             Space::Current => self.current.scan(lower, upper, reverse),
+            Space::LeaseKeys => self.lease_keys.scan(lower, upper, reverse),
             _ => self.history.scan(lower, upper, reverse),
         }
     }
@@ -96,6 +112,7 @@ impl KeyIndex {
         for (space, key, value) in ops {
             match space {
                 Space::Current => self.current.apply(key, value),
+                Space::LeaseKeys => self.lease_keys.apply(key, value),
                 _ => self.history.apply(key, value),
             }
         }
@@ -106,6 +123,7 @@ impl KeyIndex {
     pub fn clear(&self) {
         self.current.clear();
         self.history.clear();
+        self.lease_keys.clear();
     }
 
     /// Adds one stored version, given as its `KvRevs` pair: its entry in the history, and the
@@ -115,6 +133,16 @@ impl KeyIndex {
         let (rev, sub) = split_revs_key(revs_key).ok_or(MvccError::Corrupt("malformed version key"))?;
         let Version { key, record } = Version::decode(version)?;
         self.history.apply(history_key(&key, rev), Some(index_value(sub)));
+        // The key leaves the lease of its previous version and joins this version's.
+        if let Some(prev) = self.current.get(&key) {
+            let prev = Record::decode(&prev)?;
+            if prev.lease != 0 {
+                self.lease_keys.apply(lease_key(prev.lease, &key), None);
+            }
+        }
+        if record.lease != 0 && !record.is_tombstone() {
+            self.lease_keys.apply(lease_key(record.lease, &key), Some(Vec::new()));
+        }
         if record.is_tombstone() {
             self.current.apply(key, None);
         } else {

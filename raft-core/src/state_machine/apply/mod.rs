@@ -1,11 +1,13 @@
 //! Applying committed entries: each entry's requests in order, each dispatched from
-//! [`apply_request`] to the function of its family (one file each: [`kv`], [`members`]), all
+//! [`apply_request`] to the function of its family (one file each: [`kv`], [`lease`],
+//! [`members`]), all
 //! of an `apply` call landing as one set of changes with the meta they produced.
 //!
 //! A new family of requests (leases, auth) is a new file here and its arms in
 //! [`apply_request`].
 
 mod kv;
+mod lease;
 mod members;
 
 use openraft::{EntryPayload, StorageIOError};
@@ -32,6 +34,9 @@ fn apply_request<R: Reader + ?Sized>(
         WriteRequest::Txn(r) => kv::txn(w, r),
         WriteRequest::Compact(r) => kv::compact(w, r),
         WriteRequest::PublishMember(m) => members::publish(w, m),
+        WriteRequest::LeaseGrant { id, ttl } => lease::grant(w, *id, *ttl),
+        WriteRequest::LeaseRevoke { id } => lease::revoke(w, *id),
+        WriteRequest::LeaseCheckpoint { remaining } => lease::checkpoint(w, remaining),
     };
     match result {
         Ok(r) => Ok(Ok(r)),
