@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod forward;
 pub mod lease;
+pub mod lessor;
 mod read;
 mod write;
 
