@@ -20,7 +20,11 @@
 //! restart), every key is read at every revision, from the current-key table and, inside a
 //! read-only txn, from the index.
 //!
-//! Not generated: nested txns (raft-core evaluates a nested txn's compares after the enclosing
+//! Leases are generated too: grants and revokes of three lease ids, and puts (alone and in
+//! txns) attached to them, granted or not; after restarts and at the end the lease table and
+//! the index of keys by lease must equal the model's.
+//!
+//! Not generated: lease checkpoints (they change no key; `mvcc/lease.rs` tests them), nested txns (raft-core evaluates a nested txn's compares after the enclosing
 //! branch's earlier writes, etcd evaluates every compare before any write) and sorts on
 //! targets other than the key (etcd leaves the order of ties open). A nested response's
 //! header inside a writing txn is not compared.
@@ -41,8 +45,9 @@ use kv_api::etcdserverpb::range_request::SortOrder;
 use kv_api::etcdserverpb::request_op::Request;
 use kv_api::etcdserverpb::response_op::Response;
 use kv_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use kv_api::mvccpb::KeyValue;
 use kv_api::EtcdError;
@@ -76,6 +81,8 @@ struct Model {
     /// Every key ever written: (revision, the key's version then, `None` after a delete).
     /// Compaction removes nothing here; it only makes reads below it fail.
     hist: BTreeMap<Vec<u8>, Vec<(i64, Option<KeyValue>)>>,
+    /// Leases granted and not revoked: id -> TTL.
+    leases: BTreeMap<i64, i64>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -93,7 +100,7 @@ fn in_range(k: &[u8], key: &[u8], end: &[u8]) -> bool {
 
 impl Model {
     fn new() -> Model {
-        Model { rev: 1, compacted: 0, hist: BTreeMap::new() }
+        Model { rev: 1, compacted: 0, hist: BTreeMap::new(), leases: BTreeMap::new() }
     }
 
     /// `key`'s live version at `rev`, if any.
@@ -150,7 +157,7 @@ impl Model {
         if p.ignore_value && prev.is_none() {
             return Err(EtcdError::KeyNotFound);
         }
-        if p.lease != 0 {
+        if p.lease != 0 && !self.leases.contains_key(&p.lease) {
             return Err(EtcdError::LeaseNotFound);
         }
         let kv = KeyValue {
@@ -162,7 +169,7 @@ impl Model {
                 Some(prev) if p.ignore_value => prev.value.clone(),
                 _ => p.value.clone(),
             },
-            lease: 0,
+            lease: p.lease,
         };
         self.hist.entry(p.key.clone()).or_default().push((next, Some(kv)));
         Ok(PutResponse { header: None, prev_kv: if p.prev_kv { prev } else { None } })
@@ -180,6 +187,37 @@ impl Model {
             deleted: victims.len() as i64,
             prev_kvs: if d.prev_kv { victims } else { vec![] },
         }
+    }
+
+    /// Grants a lease; takes no revision.
+    fn grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, EtcdError> {
+        if self.leases.contains_key(&id) {
+            return Err(EtcdError::LeaseExists);
+        }
+        self.leases.insert(id, ttl);
+        Ok(LeaseGrantResponse { header: header(self.rev), id, ttl, error: String::new() })
+    }
+
+    /// Revokes a lease: its live keys are deleted in one revision (none: no revision).
+    fn revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, EtcdError> {
+        if self.leases.remove(&id).is_none() {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        let next = self.next();
+        let victims: Vec<Vec<u8>> =
+            self.live(&[0], &[0], self.rev).into_iter().filter(|kv| kv.lease == id).map(|kv| kv.key).collect();
+        for key in &victims {
+            self.hist.get_mut(key).expect("a live key has a history").push((next, None));
+        }
+        if !victims.is_empty() {
+            self.rev += 1;
+        }
+        Ok(LeaseRevokeResponse { header: header(self.rev) })
+    }
+
+    /// The live keys attached to lease `id`, in key order.
+    fn attached(&self, id: i64) -> Vec<Vec<u8>> {
+        self.live(&[0], &[0], self.rev).into_iter().filter(|kv| kv.lease == id).map(|kv| kv.key).collect()
     }
 
     /// etcd's compare: every live key in the range must pass; with none, a VALUE compare fails
@@ -279,11 +317,10 @@ impl Model {
             }
             WriteRequest::Txn(t) => self.txn(t).map(WriteResponse::Txn),
             WriteRequest::Compact(c) => self.compact(c).map(WriteResponse::Compact),
-            // Not generated yet: leases have unit tests of their own (mvcc/lease.rs).
-            WriteRequest::PublishMember(_)
-            | WriteRequest::LeaseGrant { .. }
-            | WriteRequest::LeaseRevoke { .. }
-            | WriteRequest::LeaseCheckpoint { .. } => panic!("not generated"),
+            WriteRequest::LeaseGrant { id, ttl } => self.grant(*id, *ttl).map(WriteResponse::LeaseGrant),
+            WriteRequest::LeaseRevoke { id } => self.revoke(*id).map(WriteResponse::LeaseRevoke),
+            // Checkpoints change no key and no revision (mvcc/lease.rs tests them).
+            WriteRequest::PublishMember(_) | WriteRequest::LeaseCheckpoint { .. } => panic!("not generated"),
         }
     }
 
@@ -455,8 +492,8 @@ enum PutKind {
     Plain,
     /// Keeps the old value (fails on a missing key).
     IgnoreValue,
-    /// An unknown lease (always fails).
-    Lease,
+    /// Lease 1, 2 or 3, granted or not (a put with an unknown lease fails).
+    Lease(i64),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -481,7 +518,7 @@ impl Put {
                 p.ignore_value = true;
                 p.value.clear();
             }
-            PutKind::Lease => p.lease = 7,
+            PutKind::Lease(id) => p.lease = id,
         }
         p
     }
@@ -501,6 +538,10 @@ enum Write {
     Delete(Sel, bool),
     Txn(Vec<Cmp>, Vec<TxnOp>, Vec<TxnOp>),
     Compact(At),
+    /// Grant lease 1, 2 or 3 (TTL 10).
+    Grant(i64),
+    /// Revoke lease 1, 2 or 3.
+    Revoke(i64),
 }
 
 /// One branch of a txn as etcd accepts it: no key put twice, no put inside a deleted range
@@ -552,6 +593,8 @@ impl Write {
             Write::Compact(at) => {
                 WriteRequest::Compact(CompactionRequest { revision: at.resolve(m, m.rev), physical: false })
             }
+            Write::Grant(id) => WriteRequest::LeaseGrant { id: *id, ttl: 10 },
+            Write::Revoke(id) => WriteRequest::LeaseRevoke { id: *id },
         }
     }
 }
@@ -704,6 +747,12 @@ fn check_everything(s: &Store, m: &Model, when: &str) -> Result<(), TestCaseErro
     success.extend(KEYS.iter().map(|k| at_current(k, &[])));
     let t = TxnRequest { compare: vec![], success, failure: vec![] };
     prop_assert_eq!(s.sm.read_txn(&t).map_err(etcd), m.read_txn(&t), "the index at the current revision {}", when);
+    // The lease table, and the index of keys by lease.
+    for id in 1..4 {
+        let got = s.sm.lease(id).map_err(etcd)?.map(|(record, keys)| (record.ttl, keys));
+        let want = m.leases.get(&id).map(|ttl| (*ttl, m.attached(id)));
+        prop_assert_eq!(got, want, "lease {} {}", id, when);
+    }
     Ok(())
 }
 
@@ -820,7 +869,11 @@ fn read() -> impl Strategy<Value = Read> {
 }
 
 fn put() -> impl Strategy<Value = Put> {
-    let kind = prop_oneof![12 => Just(PutKind::Plain), 2 => Just(PutKind::IgnoreValue), 1 => Just(PutKind::Lease)];
+    let kind = prop_oneof![
+        12 => Just(PutKind::Plain),
+        2 => Just(PutKind::IgnoreValue),
+        3 => (1i64..4).prop_map(PutKind::Lease)
+    ];
     (key(), 0u8..4, prop::bool::weighted(0.3), kind).prop_map(|(key, value, prev_kv, kind)| Put {
         key,
         value,
@@ -855,6 +908,8 @@ fn write() -> impl Strategy<Value = Write> {
         2 => (sel(), prop::bool::weighted(0.3)).prop_map(|(s, p)| Write::Delete(s, p)),
         3 => (prop::collection::vec(cmp(), 0..3), ops(), ops()).prop_map(|(c, s, f)| Write::Txn(c, s, f)),
         1 => at().prop_map(Write::Compact),
+        1 => (1i64..4).prop_map(Write::Grant),
+        1 => (1i64..4).prop_map(Write::Revoke),
     ]
 }
 
