@@ -226,6 +226,7 @@ mod tests {
             let (k, v) = item.unwrap();
             rebuilt.derive(&k, &v).unwrap();
         }
+        rebuilt.derive_lease_keys().unwrap();
         let keys = |i: &crate::mvcc::index::KeyIndex| -> Vec<Vec<u8>> {
             i.scan(Space::LeaseKeys, Bound::Unbounded, Bound::Unbounded, false).map(|p| p.unwrap().0).collect()
         };

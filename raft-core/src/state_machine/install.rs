@@ -6,7 +6,7 @@ use std::io::Seek;
 use openraft::StorageIOError;
 
 use super::format;
-use super::meta::{load_meta, sm_write_err, SM_TREES};
+use super::meta::{load_meta, sm_read_err, sm_write_err, SM_TREES};
 use super::recovery::{clear_trees, imported_base, mark_torn};
 use super::KvStore;
 use crate::engine::{Batch, Engine};
@@ -70,7 +70,8 @@ pub(super) fn load_snapshot<E: Engine>(
     if let Some(e) = failed_write {
         return Err(sm_write_err(e));
     }
-    imported.map_err(read_err)
+    imported.map_err(read_err)?;
+    index.derive_lease_keys().map_err(sm_read_err)
 }
 
 impl<E: Engine> KvStore<E> {

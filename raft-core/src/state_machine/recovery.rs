@@ -104,7 +104,7 @@ fn derive_from<E: Engine>(
         let (key, version) = item.map_err(sm_read_err)?;
         index.derive(&key, &version).map_err(sm_read_err)?;
     }
-    Ok(())
+    index.derive_lease_keys().map_err(sm_read_err)
 }
 
 /// The stored snapshot's data as the base for reading the versions of the state in `meta`,

@@ -128,25 +128,31 @@ impl KeyIndex {
 
     /// Adds one stored version, given as its `KvRevs` pair: its entry in the history, and the
     /// key's current entry as of this version (set, or removed by a tombstone). Fed every
-    /// version in revision order, the current table ends with each live key's last version.
+    /// version in revision order, the current table ends with each live key's last version;
+    /// then [`KeyIndex::derive_lease_keys`] completes the index.
     pub fn derive(&self, revs_key: &[u8], version: &[u8]) -> Result<(), MvccError> {
         let (rev, sub) = split_revs_key(revs_key).ok_or(MvccError::Corrupt("malformed version key"))?;
         let Version { key, record } = Version::decode(version)?;
         self.history.apply(history_key(&key, rev), Some(index_value(sub)));
-        // The key leaves the lease of its previous version and joins this version's.
-        if let Some(prev) = self.current.get(&key) {
-            let prev = Record::decode(&prev)?;
-            if prev.lease != 0 {
-                self.lease_keys.apply(lease_key(prev.lease, &key), None);
-            }
-        }
-        if record.lease != 0 && !record.is_tombstone() {
-            self.lease_keys.apply(lease_key(record.lease, &key), Some(Vec::new()));
-        }
         if record.is_tombstone() {
             self.current.apply(key, None);
         } else {
             self.current.apply(key, Some(record.encode()));
+        }
+        Ok(())
+    }
+
+    /// Derives the keys of each lease from the current table, once every version was given
+    /// to [`KeyIndex::derive`]: only a key's live version says which lease holds it, so this
+    /// decodes each live key once rather than every version's predecessor.
+    pub fn derive_lease_keys(&self) -> Result<(), MvccError> {
+        self.lease_keys.clear();
+        for item in self.current.scan(Bound::Unbounded, Bound::Unbounded, false) {
+            let (key, record) = item?;
+            let lease = Record::decode(&record)?.lease;
+            if lease != 0 {
+                self.lease_keys.apply(lease_key(lease, &key), Some(Vec::new()));
+            }
         }
         Ok(())
     }
