@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use raftkv_bench::{run, Report, Spec, Workload};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_workload_runs_and_reports() {
+/// A one-member raftkv in this process on free ports, with its data dir (kept while held).
+async fn one_member() -> (tempfile::TempDir, kv_server::Running) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = kv_server::ServerConfig {
         data_dir: dir.path().join("data"),
@@ -16,6 +16,12 @@ async fn every_workload_runs_and_reports() {
         ..kv_server::ServerConfig::default()
     };
     let member = kv_server::start(cfg).await.unwrap();
+    (dir, member)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_runs_and_reports() {
+    let (_dir, member) = one_member().await;
     let endpoint = member.client_urls[0].clone();
     let mut rows = vec![Report::markdown_header()];
     for (workload, rate) in [
@@ -60,14 +66,7 @@ async fn every_workload_runs_and_reports() {
 /// member's CPU and RSS are read from its process (this one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_workload_delivers_every_event_to_every_watcher() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = kv_server::ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen_client_urls: vec!["http://127.0.0.1:0".into()],
-        listen_peer_urls: vec!["http://127.0.0.1:0".into()],
-        ..kv_server::ServerConfig::default()
-    };
-    let member = kv_server::start(cfg).await.unwrap();
+    let (_dir, member) = one_member().await;
     let endpoint = member.client_urls[0].clone();
     let spec = raftkv_bench::watch::WatchSpec {
         watch_endpoint: endpoint.clone(),

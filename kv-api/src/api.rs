@@ -46,6 +46,12 @@ pub trait KvApi: Send + Sync {
     }
 }
 
+/// What of `req` a [`KvApi::watch`] honours: the keys, the start and what events carry. The
+/// watch id and the stream options (progress notifications, fragments) are the watcher's own.
+pub fn watch_request(req: WatchCreateRequest) -> WatchCreateRequest {
+    WatchCreateRequest { watch_id: 0, progress_notify: false, fragment: false, ..req }
+}
+
 /// An open watch: the events of its keys, each once, in revision order.
 pub trait WatchEvents: Send {
     type Error: std::error::Error + Send + Sync + 'static;

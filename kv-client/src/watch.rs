@@ -62,11 +62,10 @@ impl Watch {
     }
 }
 
-/// etcd's create request as it is (its watch id, progress and fragment options are the
-/// watcher's own business and ignored).
+/// etcd's create request, as [`kv_api::api::watch_request`] says.
 impl From<WatchCreateRequest> for Watch {
     fn from(req: WatchCreateRequest) -> Watch {
-        Watch(WatchCreateRequest { watch_id: 0, progress_notify: false, fragment: false, ..req })
+        Watch(kv_api::api::watch_request(req))
     }
 }
 

@@ -115,8 +115,7 @@ impl<E: Engine> KvApi for Embedded<E> {
     /// does not end when the member loses its leader (a remote client's does, to move on).
     async fn watch(&self, req: WatchCreateRequest) -> Result<EmbeddedWatcher, EtcdError> {
         let start = req.start_revision;
-        // Only the keys, the start and what events carry: ids and stream options are ours.
-        let create = WatchCreateRequest { watch_id: 0, progress_notify: false, fragment: false, ..req };
+        let create = kv_api::api::watch_request(req);
         let (tx, rx) = mpsc::channel(1);
         let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
         tx.send(request).await.map_err(|_| EtcdError::ServerStopped)?;

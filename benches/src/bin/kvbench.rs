@@ -185,9 +185,14 @@ async fn measure(a: RunArgs) -> Result<()> {
         progress: !a.quiet,
     };
     let report = run(&spec).await?;
-    println!("{}\n{}", Report::markdown_header(), report.markdown_row());
-    if let Some(path) = a.json {
-        let text = serde_json::to_string_pretty(&report)?;
+    show(&Report::markdown_header(), &report.markdown_row(), &report, a.json)
+}
+
+/// Prints a report as a Markdown table and, when asked, writes it as JSON.
+fn show(header: &str, row: &str, report: &impl serde::Serialize, json: Option<PathBuf>) -> Result<()> {
+    println!("{header}\n{row}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -207,12 +212,7 @@ async fn watch(a: WatchArgs) -> Result<()> {
         drain: a.drain,
     };
     let report = run_watch(&spec).await?;
-    println!("{}\n{}", WatchReport::markdown_header(), report.markdown_row());
-    if let Some(path) = a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    show(&WatchReport::markdown_header(), &report.markdown_row(), &report, a.json)
 }
 
 async fn side_by_side(a: CompareArgs) -> Result<()> {
