@@ -76,6 +76,12 @@ pub struct ServerConfig {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     #[serde(deserialize_with = "de_duration")]
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader writes its lease clock to the log, e.g. `500ms`: an abandoned lease
+    /// may outlive its TTL by this much (plus an election) when the leader changes
+    /// (docs/coordination.md).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_checkpoint_interval: Duration,
     /// Most write requests batched into one Raft entry; 1 disables batching.
     #[arg(long, default_value_t = 512)]
     pub max_batch_requests: usize,
@@ -239,6 +245,9 @@ impl ServerConfig {
         }
         if self.watch_progress_notify_interval.is_zero() {
             return Err(ConfigError("--watch-progress-notify-interval must be positive".into()));
+        }
+        if self.lease_checkpoint_interval.is_zero() {
+            return Err(ConfigError("--lease-checkpoint-interval must be positive".into()));
         }
         if self.listen_peer_urls.is_empty() {
             return Err(ConfigError("--listen-peer-urls is empty".into()));

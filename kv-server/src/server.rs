@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kv_api::etcdserverpb::cluster_server::ClusterServer;
 use kv_api::etcdserverpb::kv_server::KvServer;
+use kv_api::etcdserverpb::lease_server::LeaseServer;
 use kv_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use kv_api::etcdserverpb::watch_server::WatchServer;
 use kv_api::raftkvpb::peer_server::PeerServer;
@@ -21,6 +22,7 @@ use crate::config::{parse_http_url, ClusterState, ConfigError, ServerConfig};
 use crate::net::Listeners;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
+use crate::service::lease::LeaseService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
 use crate::service::Ctx;
@@ -146,6 +148,7 @@ pub(crate) async fn start_member<E: Engine>(
         max_append_bytes: cfg.max_append_bytes,
         max_payload_entries: cfg.max_payload_entries,
         snapshot_chunk_bytes: cfg.snapshot_chunk_bytes,
+        lease_checkpoint_interval: cfg.lease_checkpoint_interval,
         #[cfg(feature = "planted-bugs")]
         planted: cfg.planted,
     };
@@ -191,6 +194,7 @@ pub(crate) async fn start_member<E: Engine>(
         .add_service(KvServer::new(KvService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(MaintenanceServer::new(MaintenanceService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg))
+        .add_service(LeaseServer::new(LeaseService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(
             WatchServer::new(WatchService::new(ctx.clone(), cfg.watch_progress_notify_interval))
                 .max_decoding_message_size(max_msg),

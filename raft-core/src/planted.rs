@@ -9,7 +9,9 @@
 //! - `elect_while_catching_up` lets a member that receives a snapshot start elections (the
 //!   timer openraft 0.9 does not reset while a snapshot streams then runs out);
 //! - `watch_skip_at_switch` makes a watch that has just caught up from the stored history
-//!   skip the first revision it then takes live (kv-server's Watch service).
+//!   skip the first revision it then takes live (kv-server's Watch service);
+//! - `lease_forget_renewals` leaves renewals out of the leader's lease checkpoints, so a new
+//!   leader starts each lease from what it had left when granted, not when last renewed.
 
 /// Which planted bugs a member runs with; all off by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,4 +20,5 @@ pub struct PlantedBugs {
     pub ack_before_flush: bool,
     pub elect_while_catching_up: bool,
     pub watch_skip_at_switch: bool,
+    pub lease_forget_renewals: bool,
 }

@@ -34,9 +34,11 @@ pub enum WriteRequest {
     LeaseRevoke {
         id: i64,
     },
-    /// The remaining TTL (ms) of leases, as the leader counts them: a new leader starts each
-    /// lease from here.
+    /// The leader's lease clock: `elapsed_ms` since its previous checkpoint, and the remaining
+    /// TTL (ms) of the leases renewed or granted since then (see [`crate::mvcc::lease`]). A new
+    /// leader starts each lease from what these say it has left.
     LeaseCheckpoint {
+        elapsed_ms: i64,
         remaining: Vec<(i64, i64)>,
     },
 }
@@ -52,7 +54,7 @@ impl WriteRequest {
             WriteRequest::Compact(r) => r.encoded_len(),
             WriteRequest::PublishMember(m) => m.name.len() + m.client_urls.iter().map(String::len).sum::<usize>() + 16,
             WriteRequest::LeaseGrant { .. } | WriteRequest::LeaseRevoke { .. } => 16,
-            WriteRequest::LeaseCheckpoint { remaining } => 16 * remaining.len() + 8,
+            WriteRequest::LeaseCheckpoint { remaining, .. } => 16 * remaining.len() + 16,
         }
     }
 

@@ -13,6 +13,7 @@ mod t70_failover;
 mod t80_snapshot;
 mod t85_catch_up;
 mod t90_consistency;
+mod t93_lease;
 mod t95_client;
 mod t96_etcdctl;
 mod t97_watch;

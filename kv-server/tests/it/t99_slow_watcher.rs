@@ -212,7 +212,7 @@ async fn a_watcher_stalled_on_large_values_costs_a_fraction_of_them() {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "stalled on {} MiB of events: member RSS +{:.1} MiB, control member without a watcher +{:.1} MiB",
-        BIG_PUTS * BIG_VALUE as u64 >> 20,
+        (BIG_PUTS * BIG_VALUE as u64) >> 20,
         mib(growth[0]),
         mib(growth[1]),
     );

@@ -1,11 +1,17 @@
-//! Leases in the MVCC store: the lease table (granted TTL and the remaining TTL at the last
-//! checkpoint) and the writes of the lease family: grant, revoke and checkpoint.
+//! Leases in the MVCC store: the lease table and the writes of the lease family: grant, revoke
+//! and checkpoint.
 //!
 //! A lease is state, not a key: granting or checkpointing one does not move the revision, as in
 //! etcd. Revoking one deletes every key attached to it in one revision (one delete event per
 //! key, found through the [`Space::LeaseKeys`] index), and moves the revision only when it
 //! deleted something. Which leases expire, and when, is decided by the leader, not here: this
 //! is what the log carries once it has decided.
+//!
+//! Time in the table is the **lease clock**: milliseconds that only checkpoints advance, each by
+//! the time its leader measured since its previous one. A lease stores when it expires on that
+//! clock, so a checkpoint rewrites only the leases renewed since the last one; every other
+//! lease's remaining TTL shrinks as the clock advances. A new leader starts each lease from
+//! what the table says it has left.
 
 use std::ops::Bound;
 
@@ -23,9 +29,8 @@ use super::MvccError;
 pub struct LeaseRecord {
     /// The TTL it was granted, in seconds.
     pub ttl: i64,
-    /// Milliseconds it had left at the last checkpoint; `None` until the first one (then a new
-    /// leader starts it from its full TTL).
-    pub remaining_ms: Option<i64>,
+    /// When it expires on the lease clock (ms).
+    pub expires_ms: i64,
 }
 
 impl LeaseRecord {
@@ -36,25 +41,70 @@ impl LeaseRecord {
     pub fn decode(bytes: &[u8]) -> Result<LeaseRecord, MvccError> {
         bincode::deserialize(bytes).map_err(|_| MvccError::Corrupt("a malformed lease record"))
     }
+
+    /// What it has left when the lease clock reads `clock`.
+    pub fn remaining_ms(&self, clock: i64) -> i64 {
+        self.expires_ms.saturating_sub(clock).max(0)
+    }
+}
+
+/// A lease as a reader sees it: its TTL and what it had left at the last checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: i64,
+    /// The TTL it was granted, in seconds.
+    pub ttl: i64,
+    /// What the table says it has left (ms): a new leader starts it from here.
+    pub remaining_ms: i64,
 }
 
 /// A lease and the keys attached to it.
-pub type WithKeys = (LeaseRecord, Vec<Vec<u8>>);
+pub type WithKeys = (LeaseInfo, Vec<Vec<u8>>);
+
+/// Every lease with what it has left, by id.
+pub fn table<R: Reader + ?Sized>(r: &R) -> Result<Vec<LeaseInfo>, MvccError> {
+    let now = clock(r)?;
+    Ok(all(r)?.into_iter().map(|(id, l)| LeaseInfo { id, ttl: l.ttl, remaining_ms: l.remaining_ms(now) }).collect())
+}
+
+/// Lease `id` with what it has left, and its keys.
+pub fn with_keys<R: Reader + ?Sized>(r: &R, id: i64) -> Result<Option<WithKeys>, MvccError> {
+    let Some(l) = get(r, id)? else { return Ok(None) };
+    let info = LeaseInfo { id, ttl: l.ttl, remaining_ms: l.remaining_ms(clock(r)?) };
+    Ok(Some((info, attached(r, id)?)))
+}
 
 /// The table key of lease `id`.
 pub fn lease_id_key(id: i64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
+/// Id 0 is never a lease (etcd's "no lease"): its slot in the table holds the lease clock, so
+/// that the clock travels with the table in snapshots.
+const CLOCK_SLOT: [u8; 8] = 0i64.to_be_bytes();
+
+/// The lease clock (ms); 0 before the first checkpoint.
+pub fn clock<R: Reader + ?Sized>(r: &R) -> Result<i64, MvccError> {
+    match r.get(Space::Leases, &CLOCK_SLOT)? {
+        None => Ok(0),
+        Some(v) => {
+            Ok(i64::from_be_bytes(v.as_slice().try_into().map_err(|_| MvccError::Corrupt("a malformed lease clock"))?))
+        }
+    }
+}
+
 /// Lease `id`'s record, if it exists.
 pub fn get<R: Reader + ?Sized>(r: &R, id: i64) -> Result<Option<LeaseRecord>, MvccError> {
+    if id == 0 {
+        return Ok(None);
+    }
     r.get(Space::Leases, &lease_id_key(id))?.map(|v| LeaseRecord::decode(&v)).transpose()
 }
 
 /// Every lease, by id.
 pub fn all<R: Reader + ?Sized>(r: &R) -> Result<Vec<(i64, LeaseRecord)>, MvccError> {
     let mut out = Vec::new();
-    for item in r.scan(Space::Leases, Bound::Unbounded, Bound::Unbounded, false) {
+    for item in r.scan(Space::Leases, Bound::Excluded(&CLOCK_SLOT[..]), Bound::Unbounded, false) {
         let (k, v) = item?;
         let id = i64::from_be_bytes(k.as_slice().try_into().map_err(|_| MvccError::Corrupt("a malformed lease id"))?);
         out.push((id, LeaseRecord::decode(&v)?));
@@ -77,7 +127,8 @@ pub fn attached<R: Reader + ?Sized>(r: &R, id: i64) -> Result<Vec<Vec<u8>>, Mvcc
 }
 
 impl<R: Reader + ?Sized> Writer<'_, '_, R> {
-    /// Grants lease `id` (chosen before proposing, positive) with `ttl` seconds.
+    /// Grants lease `id` (chosen before proposing, positive) with `ttl` seconds, from now on the
+    /// lease clock.
     pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, MvccError> {
         if id <= 0 || ttl <= 0 {
             return Err(EtcdError::InvalidArgument("a lease needs a positive id and TTL".into()).into());
@@ -85,7 +136,8 @@ impl<R: Reader + ?Sized> Writer<'_, '_, R> {
         if get(&*self.view, id)?.is_some() {
             return Err(EtcdError::LeaseExists.into());
         }
-        self.view.put(Space::Leases, lease_id_key(id).to_vec(), LeaseRecord { ttl, remaining_ms: None }.encode());
+        let expires_ms = clock(&*self.view)?.saturating_add(ttl.saturating_mul(1000));
+        self.view.put(Space::Leases, lease_id_key(id).to_vec(), LeaseRecord { ttl, expires_ms }.encode());
         Ok(LeaseGrantResponse { header: header(self.revs.current), id, ttl, error: String::new() })
     }
 
@@ -105,11 +157,14 @@ impl<R: Reader + ?Sized> Writer<'_, '_, R> {
         Ok(LeaseRevokeResponse { header: header(self.revs.current) })
     }
 
-    /// Records the remaining TTL of each listed lease that still exists.
-    pub fn lease_checkpoint(&mut self, remaining: &[(i64, i64)]) -> Result<(), MvccError> {
+    /// Advances the lease clock by `elapsed_ms`, then records what each listed lease that still
+    /// exists has left (`remaining` ms from the new clock).
+    pub fn lease_checkpoint(&mut self, elapsed_ms: i64, remaining: &[(i64, i64)]) -> Result<(), MvccError> {
+        let now = clock(&*self.view)?.saturating_add(elapsed_ms.max(0));
+        self.view.put(Space::Leases, CLOCK_SLOT.to_vec(), now.to_be_bytes().to_vec());
         for &(id, remaining_ms) in remaining {
             if let Some(mut lease) = get(&*self.view, id)? {
-                lease.remaining_ms = Some(remaining_ms.max(0));
+                lease.expires_ms = now.saturating_add(remaining_ms.max(0));
                 self.view.put(Space::Leases, lease_id_key(id).to_vec(), lease.encode());
             }
         }
@@ -197,12 +252,23 @@ mod tests {
             let txn = |lease| TxnRequest { success: vec![op(5), op(lease)], ..Default::default() };
             assert!(w.txn(&txn(9)).is_err());
             w.txn(&txn(5)).unwrap();
-            w.lease_checkpoint(&[(5, 41_000), (9, 1)]).unwrap();
+            w.lease_grant(6, 10).unwrap();
+            w.lease_checkpoint(2_000, &[(5, 41_000), (9, 1)]).unwrap();
         });
         assert_eq!(revs.current, 2, "the failed txn wrote nothing");
-        assert_eq!(get(&state, 5).unwrap(), Some(LeaseRecord { ttl: 60, remaining_ms: Some(41_000) }));
+        assert_eq!(clock(&state).unwrap(), 2_000);
+        let five = get(&state, 5).unwrap().unwrap();
+        assert_eq!((five.ttl, five.remaining_ms(2_000)), (60, 41_000));
+        assert_eq!(get(&state, 6).unwrap().unwrap().remaining_ms(2_000), 8_000, "the clock ran for the rest");
         assert_eq!(get(&state, 9).unwrap(), None, "a checkpoint does not create leases");
-        assert_eq!(all(&state).unwrap().len(), 1);
+        assert_eq!(all(&state).unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [5, 6], "the clock is no lease");
+        // A lease granted after a checkpoint starts from the clock it finds.
+        write(&state, revs, |w| {
+            w.lease_checkpoint(500, &[]).unwrap();
+            w.lease_grant(7, 3).unwrap();
+        });
+        assert_eq!(get(&state, 7).unwrap().unwrap().remaining_ms(clock(&state).unwrap()), 3_000);
+        assert_eq!(get(&state, 6).unwrap().unwrap().remaining_ms(clock(&state).unwrap()), 7_500);
     }
 
     /// The index of keys by lease is derived data: rebuilt from the versions, it is the one

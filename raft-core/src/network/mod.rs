@@ -107,6 +107,7 @@ pub enum Rpc {
     InstallSnapshot,
     Forward,
     ReadIndex,
+    Lease,
 }
 
 /// Why a peer call failed, classified by what it tells about the request's fate.
@@ -320,6 +321,7 @@ impl Peers {
                 Rpc::InstallSnapshot => client.install_snapshot(req).await,
                 Rpc::Forward => client.forward(req).await,
                 Rpc::ReadIndex => client.read_index(req).await,
+                Rpc::Lease => client.lease(req).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, call).await {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
 use crate::network::Stamp;
-use crate::node::IndexKind;
+use crate::node::{IndexKind, LeaseAsk};
 use crate::request::WriteRequest;
 use crate::typ::{NodeId, TypeConfig};
 use crate::Node;
@@ -113,5 +113,10 @@ impl<E: Engine> Peer for PeerService<E> {
     async fn read_index(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
         let kind: IndexKind = self.open(req)?;
         reply(&self.node.read_index_of(kind).await)
+    }
+
+    async fn lease(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let ask: LeaseAsk = self.open(req)?;
+        reply(&self.node.answer_lease(ask).await)
     }
 }

@@ -11,6 +11,9 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 40;
 /// Default election timeout (ms); see docs/operations.md for how it was chosen.
 pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 100;
 
+/// Default lease checkpoint interval (ms); docs/coordination.md explains the choice.
+pub const DEFAULT_LEASE_CHECKPOINT_MS: u64 = 500;
+
 /// Tuning of a node, from the server's flags.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -35,6 +38,9 @@ pub struct NodeConfig {
     /// Most entries one AppendEntries carries (openraft's `max_payload_entries`); whichever of
     /// this and `max_append_bytes` is reached first ends the message. No flag, as above.
     pub max_payload_entries: u64,
+    /// How often the leader writes its lease clock to the log (see [`super::leases`]): an
+    /// abandoned lease may outlive its TTL by this much across a leader change.
+    pub lease_checkpoint_interval: Duration,
     /// Bytes of snapshot data per InstallSnapshot RPC (openraft's `snapshot_max_chunk_size`).
     /// No flag, as above.
     pub snapshot_chunk_bytes: usize,
@@ -72,6 +78,7 @@ impl Default for NodeConfig {
             max_append_bytes: crate::log_store::MAX_APPEND_BYTES,
             max_payload_entries: Config::default().max_payload_entries,
             snapshot_chunk_bytes: 1 << 20,
+            lease_checkpoint_interval: Duration::from_millis(DEFAULT_LEASE_CHECKPOINT_MS),
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }

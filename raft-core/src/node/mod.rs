@@ -7,7 +7,9 @@
 //! - [`forward`]: a follower's writes and read-index requests on their way to the leader;
 //! - [`read`]: the read barrier of each consistency level, leadership confirmation and lease
 //!   reads;
-//! - [`lease`]: the lease and staleness bookkeeping behind the lease and bounded levels.
+//! - [`lease`]: the lease and staleness bookkeeping behind the lease and bounded levels;
+//! - [`leases`] and [`lessor`]: etcd leases (TTLs that keys are attached to) and the leader's
+//!   clock that expires them.
 //!
 //! Writes go to the leader: a follower forwards them over the peer transport, the leader puts
 //! them through its batcher, which gathers the requests that arrive while the previous proposal
@@ -19,12 +21,13 @@ mod config;
 mod error;
 mod forward;
 pub mod lease;
+pub mod leases;
 pub mod lessor;
 mod read;
 mod write;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +36,15 @@ use openraft::{ChangeMembers, Config, SnapshotPolicy};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use config::{BatchConfig, NodeConfig, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
+pub use config::{
+    BatchConfig, NodeConfig, DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS, DEFAULT_LEASE_CHECKPOINT_MS,
+};
 use error::fatal;
 pub use error::{NodeError, Refusal};
 use forward::{forwarder, index_asker, Forward, IndexAsk};
 pub use lease::{IndexKind, ReadRequirement};
 use lease::{Lease, Receipts, RestartFloor};
+pub use leases::{LeaseAnswer, LeaseAsk, LeaseStatus, MAX_LEASE_TTL};
 use read::{read_index_rounds_task, Confirmer, IndexReply};
 use write::{batcher, Reply};
 
@@ -98,6 +104,11 @@ pub struct Inner<E: Engine> {
     request_timeout: Duration,
     /// Holds elections off while this member receives or installs a snapshot.
     catch_up: Arc<CatchUp>,
+    /// The leader's lease clock (empty while this member follows).
+    lessor: Arc<parking_lot::Mutex<lessor::Lessor>>,
+    /// The next lease id this member picks for a grant that names none.
+    next_lease_id: AtomicI64,
+    lease_checkpoint_interval: Duration,
     #[cfg(feature = "planted-bugs")]
     planted: crate::planted::PlantedBugs,
 }
@@ -140,6 +151,20 @@ impl<E: Engine> Node<E> {
         peers.watch_metrics(raft.metrics(), Box::new(move || sm.last_applied()));
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
+        let lessor = Arc::new(parking_lot::Mutex::new(lessor::Lessor::default()));
+        store.set_lease_hook(leases::lease_hook(lessor.clone()));
+        let clock = leases::LeaseClock {
+            raft: raft.clone(),
+            store: store.clone(),
+            lessor: lessor.clone(),
+            writes: tx.clone(),
+            checkpoint_interval: config.lease_checkpoint_interval,
+            credit: config.election_timeout,
+            request_timeout: config.request_timeout,
+            #[cfg(feature = "planted-bugs")]
+            planted: config.planted,
+        };
+        tokio::spawn(clock.run());
         let (forwards, forwards_rx) = mpsc::channel(4096);
         tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, raft.metrics()));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
@@ -186,6 +211,9 @@ impl<E: Engine> Node<E> {
                 election_timeout: config.election_timeout,
                 request_timeout: config.request_timeout,
                 catch_up,
+                lessor,
+                next_lease_id: AtomicI64::new(first_lease_id(config.id)),
+                lease_checkpoint_interval: config.lease_checkpoint_interval,
                 #[cfg(feature = "planted-bugs")]
                 planted: config.planted,
             }),
@@ -293,6 +321,13 @@ async fn restart_floor<E: Engine>(log: &mut LogStore<E>, me: NodeId) -> Result<R
     }
     let last = log.get_log_state().await.map_err(fatal)?.last_log_id;
     Ok(RestartFloor { term: vote.leader_id().get_term(), index: last.map_or(0, |l| l.index) })
+}
+
+/// The first lease id member `id` picks: its id in the top bits (below the sign bit), then the
+/// wall-clock time in ms, then a counter, so members and restarts pick apart (etcd's scheme).
+fn first_lease_id(id: NodeId) -> i64 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    (((id & 0x7fff) as i64) << 48) | ((ms & 0xff_ffff_ffff) << 8)
 }
 
 /// Runs `f` until `deadline`; `Err(())` when the deadline passed first. (madsim's time module

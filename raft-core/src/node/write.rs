@@ -53,13 +53,7 @@ impl<E: Engine> Node<E> {
     /// Proposes `req` through this member's batcher; refused unless it leads. Used for local
     /// writes and for writes forwarded by followers.
     pub async fn propose(&self, req: WriteRequest) -> Result<WriteResponse, Refusal> {
-        let (tx, rx) = oneshot::channel();
-        let stopped = Refusal::Etcd(EtcdError::ServerStopped);
-        self.writes.send((req, tx)).await.map_err(|_| stopped.clone())?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
-            Ok(r) => r.map_err(|_| stopped)?,
-        }
+        propose_on(&self.writes, req, self.request_timeout).await
     }
 
     /// The current leader and its address, waiting for one until `deadline`.
@@ -94,6 +88,21 @@ impl<E: Engine> Node<E> {
             Ok(false) => Err(EtcdError::ServerStopped.into()),
             Ok(true) => Ok(()),
         }
+    }
+}
+
+/// Proposes `req` through the batcher behind `writes`, waiting at most `timeout` for its result.
+pub(super) async fn propose_on(
+    writes: &mpsc::Sender<(WriteRequest, Reply)>,
+    req: WriteRequest,
+    timeout: std::time::Duration,
+) -> Result<WriteResponse, Refusal> {
+    let (tx, rx) = oneshot::channel();
+    let stopped = Refusal::Etcd(EtcdError::ServerStopped);
+    writes.send((req, tx)).await.map_err(|_| stopped.clone())?;
+    match tokio::time::timeout(timeout, rx).await {
+        Err(_) => Err(Refusal::Etcd(EtcdError::Timeout)),
+        Ok(r) => r.map_err(|_| stopped)?,
     }
 }
 

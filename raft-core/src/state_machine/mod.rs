@@ -76,7 +76,20 @@ struct Shared<E> {
     installed: std::sync::atomic::AtomicU64,
     /// The stored snapshot's position, published once it is durable.
     snapshot: tokio::sync::watch::Sender<StoredSnapshot>,
+    /// Told of every grant and revoke once applied: the leader's lease clock.
+    lease_hook: std::sync::OnceLock<LeaseHook>,
 }
+
+/// A lease change an apply made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseApplied {
+    Granted { id: i64, ttl: i64 },
+    Revoked { id: i64 },
+}
+
+/// Called after each apply that granted or revoked leases, once its writes are visible to
+/// readers (so that a reader of the lease table that missed a change is told of it after).
+pub type LeaseHook = Box<dyn Fn(&[LeaseApplied]) + Send + Sync>;
 
 /// The state machine. Clones share it: openraft owns one, the server reads through another.
 pub struct KvStore<E: Engine> {
@@ -126,6 +139,7 @@ impl<E: Engine> KvStore<E> {
                 history: RwLock::new(()),
                 revision,
                 installed: Default::default(),
+                lease_hook: Default::default(),
                 snapshot,
             }),
         })
@@ -248,17 +262,22 @@ impl<E: Engine> KvStore<E> {
     /// Lease `id` and the keys attached to it, as this member has applied them.
     pub fn lease(&self, id: i64) -> Result<Option<crate::mvcc::lease::WithKeys>, MvccError> {
         let _meta = self.read_gate();
-        let stored = self.stored();
-        match crate::mvcc::lease::get(&stored, id)? {
-            Some(lease) => Ok(Some((lease, crate::mvcc::lease::attached(&stored, id)?))),
-            None => Ok(None),
+        crate::mvcc::lease::with_keys(&self.stored(), id)
+    }
+
+    /// Sets what is told of lease grants and revokes as they are applied (once; the node's lease
+    /// clock).
+    pub fn set_lease_hook(&self, hook: LeaseHook) {
+        if self.shared.lease_hook.set(hook).is_err() {
+            panic!("the lease hook is set once");
         }
     }
 
-    /// Every lease this member has applied, by id.
-    pub fn leases(&self) -> Result<Vec<(i64, crate::mvcc::lease::LeaseRecord)>, MvccError> {
+    /// Every lease this member has applied, by id, with what it had left at the last
+    /// checkpoint.
+    pub fn leases(&self) -> Result<Vec<crate::mvcc::lease::LeaseInfo>, MvccError> {
         let _meta = self.read_gate();
-        crate::mvcc::lease::all(&self.stored())
+        crate::mvcc::lease::table(&self.stored())
     }
 
     /// A read-only txn (only Range ops) against the local state, without going through Raft.

@@ -117,7 +117,7 @@ async fn leases_and_their_keys_travel_in_snapshots() {
     };
     let mut leader = KvStore::open(Arc::new(MemEngine::new())).unwrap();
     let grants = [WriteRequest::LeaseGrant { id: 10, ttl: 30 }, WriteRequest::LeaseGrant { id: 11, ttl: 5 }];
-    let checkpoint = WriteRequest::LeaseCheckpoint { remaining: vec![(10, 12_000)] };
+    let checkpoint = WriteRequest::LeaseCheckpoint { elapsed_ms: 1_500, remaining: vec![(10, 12_000)] };
     leader
         .apply(vec![
             membership_entry(1),
@@ -136,12 +136,13 @@ async fn leases_and_their_keys_travel_in_snapshots() {
     member.install_snapshot(&built.meta, Box::new(SnapshotData::from_bytes(data))).await.unwrap();
     let leases = |sm: &KvStore<SledEngine>| {
         let mut all = Vec::new();
-        for (id, record) in sm.leases().unwrap() {
-            all.push((id, record.ttl, record.remaining_ms, sm.lease(id).unwrap().unwrap().1));
+        for lease in sm.leases().unwrap() {
+            all.push((lease.id, lease.ttl, lease.remaining_ms, sm.lease(lease.id).unwrap().unwrap().1));
         }
         all
     };
-    let expected = vec![(10, 30, Some(12_000), vec![b"a".to_vec()]), (11, 5, None, vec![b"b".to_vec(), b"c".to_vec()])];
+    // Lease 11 was not renewed: the checkpoint's 1.5 s came off its 5 s.
+    let expected = vec![(10, 30, 12_000, vec![b"a".to_vec()]), (11, 5, 3_500, vec![b"b".to_vec(), b"c".to_vec()])];
     assert_eq!(leases(&member), expected, "installed");
     drop(member);
     let mut member = open();

@@ -20,7 +20,8 @@ pub(super) fn revoke<R: Reader + ?Sized>(w: &mut Writer<'_, '_, R>, id: i64) -> 
 
 pub(super) fn checkpoint<R: Reader + ?Sized>(
     w: &mut Writer<'_, '_, R>,
+    elapsed_ms: i64,
     remaining: &[(i64, i64)],
 ) -> Result<WriteResponse, MvccError> {
-    w.lease_checkpoint(remaining).map(|()| WriteResponse::LeaseCheckpoint)
+    w.lease_checkpoint(elapsed_ms, remaining).map(|()| WriteResponse::LeaseCheckpoint)
 }

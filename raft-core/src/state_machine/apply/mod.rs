@@ -14,7 +14,7 @@ use openraft::{EntryPayload, StorageIOError};
 
 use super::meta::{meta_ops, sm_write_err};
 use super::recovery::mark_torn;
-use super::KvStore;
+use super::{KvStore, LeaseApplied};
 use crate::engine::Engine;
 use crate::mvcc::view::{Overlay, Reader};
 use crate::mvcc::write::Writer;
@@ -36,7 +36,7 @@ fn apply_request<R: Reader + ?Sized>(
         WriteRequest::PublishMember(m) => members::publish(w, m),
         WriteRequest::LeaseGrant { id, ttl } => lease::grant(w, *id, *ttl),
         WriteRequest::LeaseRevoke { id } => lease::revoke(w, *id),
-        WriteRequest::LeaseCheckpoint { remaining } => lease::checkpoint(w, remaining),
+        WriteRequest::LeaseCheckpoint { elapsed_ms, remaining } => lease::checkpoint(w, *elapsed_ms, remaining),
     };
     match result {
         Ok(r) => Ok(Ok(r)),
@@ -60,6 +60,7 @@ impl<E: Engine> KvStore<E> {
         let mut view = Overlay::new(&stored);
         let mut replies = Vec::new();
         let listening = self.shared.events.listening();
+        let mut lease_changes = Vec::new();
         let changes = {
             let mut w = Writer { view: &mut view, revs: meta.revisions(), changes: listening.then(Vec::new) };
             for entry in entries {
@@ -73,7 +74,17 @@ impl<E: Engine> KvStore<E> {
                             StorageError::from(StorageIOError::read_log_at_index(entry.log_id.index, &*e))
                         })?;
                         for req in &requests {
-                            reply.results.push(apply_request(&mut w, req)?);
+                            let result = apply_request(&mut w, req)?;
+                            match (req, &result) {
+                                (WriteRequest::LeaseGrant { id, ttl }, Ok(_)) => {
+                                    lease_changes.push(LeaseApplied::Granted { id: *id, ttl: *ttl })
+                                }
+                                (WriteRequest::LeaseRevoke { id }, Ok(_)) => {
+                                    lease_changes.push(LeaseApplied::Revoked { id: *id })
+                                }
+                                _ => {}
+                            }
+                            reply.results.push(result);
                         }
                     }
                 }
@@ -106,6 +117,9 @@ impl<E: Engine> KvStore<E> {
         drop(gate);
         self.shared.revision.send_replace(meta.revision);
         self.shared.events.publish(revision_before, meta.revision, changes);
+        if let (false, Some(hook)) = (lease_changes.is_empty(), self.shared.lease_hook.get()) {
+            hook(&lease_changes);
+        }
         Ok(replies)
     }
 }

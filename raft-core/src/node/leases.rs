@@ -1,0 +1,329 @@
+//! Leases on a member: the node's lease operations (grant, revoke, renew, time-to-live, list)
+//! and the task that runs the leader's lease clock ([`super::lessor`]).
+//!
+//! Grants and revocations are writes through the log. Renewals are not: they reach the leader
+//! (a follower forwards them with the Lease peer RPC) and move its in-memory deadline once the
+//! leader has confirmed its leadership, as etcd does. The clock task on every member starts the
+//! lessor when this member leads and has applied its first entry of the term (so the lease
+//! table holds everything committed before it), proposes the revocation of every expired lease
+//! and a checkpoint every `lease_checkpoint_interval`, and stops it when leadership ends. A
+//! leader that cannot commit revokes nothing: its proposals fail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_api::etcdserverpb::{LeaseGrantResponse, LeaseRevokeResponse};
+use kv_api::EtcdError;
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::lessor::{Checkpoint, Lessor};
+use super::write::{propose_on, Reply};
+use super::{within, IndexKind, Node, NodeError, Refusal};
+use crate::engine::Engine;
+use crate::network::{PeerError, Rpc};
+use crate::request::{WriteRequest, WriteResponse};
+use crate::state_machine::{KvStore, LeaseApplied};
+use crate::typ::Raft;
+
+/// etcd's largest lease TTL, in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// How often the clock task looks at leadership and deadlines: the resolution of expiry.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A lease request only the leader can answer (the Lease peer RPC carries it from a follower).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub enum LeaseAsk {
+    Renew(i64),
+    TimeToLive(i64),
+}
+
+/// The leader's answer to a [`LeaseAsk`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LeaseAnswer {
+    /// The granted TTL in seconds, or `None`: no such lease (or it expired).
+    Renewed(Option<i64>),
+    /// Remaining ms and granted TTL in seconds, or `None`: no such lease.
+    Remaining(Option<(i64, i64)>),
+}
+
+/// What the leader's lease clock says of one lease (LeaseTimeToLive).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// Seconds left (rounded down, as etcd does).
+    pub remaining_secs: i64,
+    pub granted_ttl: i64,
+    /// The attached keys, if asked for.
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl<E: Engine> Node<E> {
+    /// The shortest TTL a lease gets: a lease renewed every third of its TTL must survive a
+    /// leader change, which may take up to a checkpoint interval and an election (three
+    /// election timeouts) before the holder can renew at the new leader. At least etcd's 2 s.
+    pub fn min_lease_ttl(&self) -> i64 {
+        let needed = 2 * (self.lease_checkpoint_interval + 3 * self.election_timeout);
+        (needed.as_millis() as i64 + 999).div_euclid(1000).max(2)
+    }
+
+    /// Grants a lease of `ttl` seconds (raised to [`Node::min_lease_ttl`]) with `id`, or with
+    /// an id this member picks when `id` is 0.
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<LeaseGrantResponse, NodeError> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge.into());
+        }
+        if id < 0 {
+            return Err(EtcdError::InvalidArgument("raftkv: a lease id must not be negative".into()).into());
+        }
+        let ttl = ttl.max(self.min_lease_ttl());
+        // A picked id that happens to be in use is picked again; a client's is its own.
+        let attempts = if id == 0 { 8 } else { 1 };
+        let mut last = EtcdError::LeaseExists;
+        for _ in 0..attempts {
+            let id = if id == 0 { self.pick_lease_id() } else { id };
+            match self.write(WriteRequest::LeaseGrant { id, ttl }).await {
+                Ok(WriteResponse::LeaseGrant(r)) => return Ok(r),
+                Ok(other) => return Err(unexpected(other)),
+                Err(NodeError::Etcd(EtcdError::LeaseExists)) => last = EtcdError::LeaseExists,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.into())
+    }
+
+    /// An id no other member picks: this member's id in the top bits, then the time in ms at
+    /// start and a counter (etcd's scheme).
+    fn pick_lease_id(&self) -> i64 {
+        (self.next_lease_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & i64::MAX).max(1)
+    }
+
+    /// Revokes lease `id` through the log: its keys are deleted in one revision.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, NodeError> {
+        match self.write(WriteRequest::LeaseRevoke { id }).await? {
+            WriteResponse::LeaseRevoke(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Renews lease `id` at the leader: its granted TTL, or 0 if it does not exist or expired.
+    pub async fn lease_renew(&self, id: i64) -> Result<i64, NodeError> {
+        match self.ask_leader(LeaseAsk::Renew(id)).await? {
+            LeaseAnswer::Renewed(ttl) => Ok(ttl.unwrap_or(0)),
+            other => Err(NodeError::Fatal(format!("the leader answered a renewal with {other:?}"))),
+        }
+    }
+
+    /// What lease `id` has left by the leader's clock, its granted TTL and (if `keys`) its
+    /// keys; `None` if it does not exist.
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<Option<LeaseStatus>, NodeError> {
+        let remaining = match self.ask_leader(LeaseAsk::TimeToLive(id)).await? {
+            LeaseAnswer::Remaining(r) => r,
+            other => return Err(NodeError::Fatal(format!("the leader answered a time-to-live with {other:?}"))),
+        };
+        let Some((remaining_ms, granted_ttl)) = remaining else { return Ok(None) };
+        let keys = if keys {
+            self.read_barrier(super::ReadRequirement::level(kv_api::Consistency::Linearizable)).await?;
+            self.store.lease(id).map_err(super::error::fatal)?.map(|(_, keys)| keys).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(Some(LeaseStatus { remaining_secs: remaining_ms / 1000, granted_ttl, keys }))
+    }
+
+    /// Every lease id, read linearizably.
+    pub async fn lease_list(&self) -> Result<Vec<i64>, NodeError> {
+        self.read_barrier(super::ReadRequirement::level(kv_api::Consistency::Linearizable)).await?;
+        Ok(self.store.leases().map_err(super::error::fatal)?.into_iter().map(|l| l.id).collect())
+    }
+
+    /// Sends `ask` to the leader (itself, or over the Lease peer RPC), following leader changes
+    /// until the request timeout.
+    async fn ask_leader(&self, ask: LeaseAsk) -> Result<LeaseAnswer, NodeError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let attempt = async {
+            loop {
+                let (leader, node) = self.leader(deadline).await?;
+                let answer = if leader == self.id {
+                    self.answer_lease(ask).await
+                } else {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self.peers.call(leader, &node, Rpc::Lease, &ask, left).await {
+                        Ok(answer) => answer,
+                        Err(PeerError::Timeout { .. }) => Err(Refusal::Etcd(EtcdError::Timeout)),
+                        Err(_) => Err(Refusal::NotLeader),
+                    }
+                };
+                match answer {
+                    Ok(a) => return Ok(a),
+                    Err(Refusal::Etcd(e)) => return Err(NodeError::from(e)),
+                    Err(Refusal::NotLeader) => self.leader_moved_from(leader, deadline).await?,
+                    // Try again: the next confirmation round may succeed.
+                    Err(Refusal::Unconfirmed) => tokio::time::sleep(TICK).await,
+                }
+            }
+        };
+        match within(deadline, attempt).await {
+            Ok(r) => r,
+            Err(()) => Err(EtcdError::Timeout.into()),
+        }
+    }
+
+    /// Answers `ask` as the leader: refused unless this member leads, runs the lease clock and
+    /// has confirmed its leadership (a deposed leader that does not know it yet must not renew
+    /// what the new leader may already have revoked).
+    pub async fn answer_lease(&self, ask: LeaseAsk) -> Result<LeaseAnswer, Refusal> {
+        let term = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != ServerState::Leader {
+                return Err(Refusal::NotLeader);
+            }
+            m.current_term
+        };
+        // Just elected: the clock starts once the term's first entry is applied.
+        let started = async {
+            while self.lessor.lock().term() != Some(term) {
+                tokio::time::sleep(TICK).await;
+            }
+        };
+        if tokio::time::timeout(self.request_timeout, started).await.is_err() {
+            return Err(Refusal::Etcd(EtcdError::Timeout));
+        }
+        self.read_index_of(IndexKind::Lease).await?;
+        let now = std::time::Instant::now();
+        let mut lessor = self.lessor.lock();
+        if lessor.term() != Some(term) {
+            return Err(Refusal::NotLeader);
+        }
+        Ok(match ask {
+            LeaseAsk::Renew(id) => LeaseAnswer::Renewed(lessor.renew(now, id)),
+            LeaseAsk::TimeToLive(id) => LeaseAnswer::Remaining(
+                lessor.remaining(now, id).map(|(left, ttl)| (left.as_millis() as i64, ttl.as_secs() as i64)),
+            ),
+        })
+    }
+}
+
+fn unexpected(r: WriteResponse) -> NodeError {
+    NodeError::Fatal(format!("a lease write was answered with {r:?}"))
+}
+
+/// What the clock task works with: the parts of the node it needs, not the node (which would
+/// then never be dropped).
+pub(super) struct LeaseClock<E: Engine> {
+    pub(super) raft: Raft,
+    pub(super) store: KvStore<E>,
+    pub(super) lessor: Arc<parking_lot::Mutex<Lessor>>,
+    pub(super) writes: mpsc::Sender<(WriteRequest, Reply)>,
+    pub(super) checkpoint_interval: Duration,
+    /// What a new leader takes off every lease (see [`Lessor::lead`]).
+    pub(super) credit: Duration,
+    pub(super) request_timeout: Duration,
+    #[cfg(feature = "planted-bugs")]
+    pub(super) planted: crate::planted::PlantedBugs,
+}
+
+/// Tells the lessor of grants and revokes as they are applied.
+pub(super) fn lease_hook(lessor: Arc<parking_lot::Mutex<Lessor>>) -> crate::state_machine::LeaseHook {
+    Box::new(move |changes: &[LeaseApplied]| {
+        let now = std::time::Instant::now();
+        let mut l = lessor.lock();
+        for c in changes {
+            match *c {
+                LeaseApplied::Granted { id, ttl } => l.granted(now, id, ttl),
+                LeaseApplied::Revoked { id } => l.revoked(id),
+            }
+        }
+    })
+}
+
+impl<E: Engine> LeaseClock<E> {
+    /// Runs until Raft stops.
+    pub(super) async fn run(self) {
+        let mut next_checkpoint = Instant::now();
+        loop {
+            let (leads, term) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                if m.running_state.is_err() {
+                    return;
+                }
+                let first_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+                (m.state == ServerState::Leader && first_applied, m.current_term)
+            };
+            let now = std::time::Instant::now();
+            let running = self.lessor.lock().term();
+            if leads && running != Some(term) {
+                self.lead(term, now);
+                next_checkpoint = Instant::now();
+            } else if !leads && running.is_some() {
+                self.lessor.lock().demote();
+            }
+            let mut wake = Instant::now() + TICK;
+            if leads {
+                let expired = self.lessor.lock().expired(now);
+                for id in expired {
+                    self.revoke(id);
+                }
+                if Instant::now() >= next_checkpoint {
+                    self.checkpoint(now);
+                    next_checkpoint = Instant::now() + self.checkpoint_interval;
+                }
+                if let Some(d) = self.lessor.lock().next_deadline() {
+                    let until = d.saturating_duration_since(std::time::Instant::now());
+                    wake = wake.min(Instant::now() + until);
+                }
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// Starts the clock from the lease table. The hook may report a grant or revoke that the
+    /// table already holds: granting again from now and revoking again are both harmless.
+    fn lead(&self, term: u64, now: std::time::Instant) {
+        let mut lessor = self.lessor.lock();
+        match self.store.leases() {
+            Ok(table) => {
+                tracing::info!(term, leases = table.len(), "lease clock started");
+                lessor.lead(term, now, self.credit, table);
+            }
+            Err(e) => tracing::error!("lease clock not started: reading the lease table failed: {e}"),
+        }
+    }
+
+    fn revoke(&self, id: i64) {
+        let (writes, lessor, timeout) = (self.writes.clone(), self.lessor.clone(), self.request_timeout);
+        tokio::spawn(async move {
+            match propose_on(&writes, WriteRequest::LeaseRevoke { id }, timeout).await {
+                // The hook removes it as it is applied.
+                Ok(_) => {}
+                Err(Refusal::Etcd(EtcdError::LeaseNotFound)) => lessor.lock().revoked(id),
+                Err(_) => lessor.lock().revoke_failed(id),
+            }
+        });
+    }
+
+    fn checkpoint(&self, now: std::time::Instant) {
+        #[allow(unused_mut)]
+        let mut checkpoint = self.lessor.lock().take_checkpoint(now);
+        #[cfg(feature = "planted-bugs")]
+        if self.planted.lease_forget_renewals {
+            // Planted bug: the renewals never reach the log, so a new leader starts the leases
+            // from what they had left when granted.
+            checkpoint.remaining.retain(|_| false);
+        }
+        if checkpoint.elapsed_ms == 0 && checkpoint.remaining.is_empty() {
+            return;
+        }
+        let (writes, lessor, timeout) = (self.writes.clone(), self.lessor.clone(), self.request_timeout);
+        tokio::spawn(async move {
+            let Checkpoint { elapsed_ms, remaining } = checkpoint.clone();
+            if propose_on(&writes, WriteRequest::LeaseCheckpoint { elapsed_ms, remaining }, timeout).await.is_err() {
+                lessor.lock().checkpoint_failed(&checkpoint);
+            }
+        });
+    }
+}
