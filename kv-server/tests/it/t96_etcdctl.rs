@@ -194,6 +194,32 @@ async fn exercise(tool: &Etcdctl, global: &[&str], cluster: &Cluster) {
         assert!(lines.iter().any(|l| l.ends_with(&line)), "{who}: no {line:?} in member list:\n{members}");
     }
 
+    // leases: grant, put --lease, timetolive with keys, keep-alive, list, revoke.
+    let granted = tool.run(global, &["lease", "grant", "60"], None);
+    let hex = granted
+        .strip_prefix("lease ")
+        .and_then(|r| r.split_whitespace().next())
+        .filter(|h| i64::from_str_radix(h, 16).is_ok())
+        .unwrap_or_else(|| panic!("{who} lease grant:\n{granted}"))
+        .to_string();
+    assert!(granted.contains("granted with TTL(60s)"), "{who} lease grant:\n{granted}");
+    let lease_flag = format!("--lease={hex}");
+    assert_eq!(tool.run(global, &["put", &lease_flag, &key("leased"), "x"], None).trim(), "OK", "{who} put --lease");
+    let ttl = tool.run(global, &["lease", "timetolive", &hex, "--keys"], None);
+    assert!(
+        ttl.contains(&format!("lease {hex} granted with TTL(60s), remaining(")) && ttl.contains(&key("leased")),
+        "{who} lease timetolive --keys:\n{ttl}"
+    );
+    let kept = tool.run(global, &["lease", "keep-alive", "--once", &hex], None);
+    assert_eq!(kept.trim(), format!("lease {hex} keepalived with TTL(60)"), "{who} lease keep-alive --once");
+    let list = tool.run(global, &["lease", "list"], None);
+    assert!(list.starts_with("found ") && list.lines().any(|l| l == hex), "{who} lease list:\n{list}");
+    let revoked = tool.run(global, &["lease", "revoke", &hex], None);
+    assert_eq!(revoked.trim(), format!("lease {hex} revoked"), "{who} lease revoke");
+    assert_eq!(tool.run(global, &["get", &key("leased")], None), "", "{who}: the leased key went with its lease");
+    let expired = tool.run(global, &["lease", "timetolive", &hex], None);
+    assert_eq!(expired.trim(), format!("lease {hex} already expired"), "{who} lease timetolive after revoke");
+
     // compaction: older revisions are gone afterwards, the current one still reads.
     let out = tool.run(global, &["compaction", &rev.to_string()], None);
     assert_eq!(out.trim(), format!("compacted revision {rev}"), "{who} compaction");
