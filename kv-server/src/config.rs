@@ -108,11 +108,20 @@ pub struct ServerConfig {
     #[arg(skip = raft_core::NodeConfig::default().snapshot_chunk_bytes)]
     #[serde(skip)]
     pub snapshot_chunk_bytes: usize,
+    /// The rate of this member's lease clock against its monotonic clock (raft-core's
+    /// `NodeConfig`): 1 but in the simulation, which tests leases under clock drift. No flag.
+    #[arg(skip = 1.0)]
+    #[serde(skip, default = "one")]
+    pub lease_clock_rate: f64,
     /// Bugs planted on purpose for the simulation (feature `planted-bugs`; no flag sets them).
     #[cfg(feature = "planted-bugs")]
     #[arg(skip)]
     #[serde(skip)]
     pub planted: raft_core::planted::PlantedBugs,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -149,6 +149,7 @@ pub(crate) async fn start_member<E: Engine>(
         max_payload_entries: cfg.max_payload_entries,
         snapshot_chunk_bytes: cfg.snapshot_chunk_bytes,
         lease_checkpoint_interval: cfg.lease_checkpoint_interval,
+        lease_clock_rate: cfg.lease_clock_rate,
         #[cfg(feature = "planted-bugs")]
         planted: cfg.planted,
     };

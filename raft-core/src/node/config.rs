@@ -41,6 +41,9 @@ pub struct NodeConfig {
     /// How often the leader writes its lease clock to the log (see [`super::leases`]): an
     /// abandoned lease may outlive its TTL by this much across a leader change.
     pub lease_checkpoint_interval: Duration,
+    /// The lease clock runs at this rate of the member's monotonic clock: 1 but in the
+    /// simulation, which tests leases under clock drift. No flag.
+    pub lease_clock_rate: f64,
     /// Bytes of snapshot data per InstallSnapshot RPC (openraft's `snapshot_max_chunk_size`).
     /// No flag, as above.
     pub snapshot_chunk_bytes: usize,
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
             max_payload_entries: Config::default().max_payload_entries,
             snapshot_chunk_bytes: 1 << 20,
             lease_checkpoint_interval: Duration::from_millis(DEFAULT_LEASE_CHECKPOINT_MS),
+            lease_clock_rate: 1.0,
             #[cfg(feature = "planted-bugs")]
             planted: Default::default(),
         }

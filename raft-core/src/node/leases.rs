@@ -1,12 +1,18 @@
 //! Leases on a member: the node's lease operations (grant, revoke, renew, time-to-live, list)
 //! and the task that runs the leader's lease clock ([`super::lessor`]).
 //!
-//! Grants and revocations are writes through the log. Renewals are not: they reach the leader
-//! (a follower forwards them with the Lease peer RPC) and move its in-memory deadline once the
-//! leader has confirmed its leadership, as etcd does. The clock task on every member starts the
-//! lessor when this member leads and has applied its first entry of the term (so the lease
-//! table holds everything committed before it), proposes the revocation of every expired lease
-//! and a checkpoint every `lease_checkpoint_interval`, and stops it when leadership ends. A
+//! Grants and revocations are writes through the log. Renewals reach the leader (a follower
+//! forwards them with the Lease peer RPC), which moves its in-memory deadline once it has
+//! confirmed its leadership, as etcd does, and answers once a checkpoint carrying the renewal
+//! is committed: whichever leader comes next then counts the lease from the renewal, so a lease
+//! never expires before its TTL has run from the last renewal its holder was told of. A grant
+//! is followed by such a renewal before it is answered, for the same reason.
+//!
+//! The clock task on every member starts the lessor when this member leads and has applied its
+//! first entry of the term (so the lease table holds everything committed before it), proposes
+//! the revocation of every expired lease, and proposes checkpoints one at a time: at once when
+//! renewals wait for one (so renewals that arrive together share an entry), else every
+//! `lease_checkpoint_interval` while leases exist. It stops the lessor when leadership ends. A
 //! leader that cannot commit revokes nothing: its proposals fail.
 
 use std::sync::Arc;
@@ -19,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::lessor::{Checkpoint, Lessor};
+use super::lessor::{Checkpoint, Clock, Lessor};
 use super::write::{propose_on, Reply};
 use super::{within, IndexKind, Node, NodeError, Refusal};
 use crate::engine::Engine;
@@ -85,7 +91,12 @@ impl<E: Engine> Node<E> {
         for _ in 0..attempts {
             let id = if id == 0 { self.pick_lease_id() } else { id };
             match self.write(WriteRequest::LeaseGrant { id, ttl }).await {
-                Ok(WriteResponse::LeaseGrant(r)) => return Ok(r),
+                Ok(WriteResponse::LeaseGrant(r)) => {
+                    // The table counts a new lease from the last checkpoint before its grant;
+                    // a renewal makes the log count it from now.
+                    self.ask_leader(LeaseAsk::Renew(id)).await?;
+                    return Ok(r);
+                }
                 Ok(other) => return Err(unexpected(other)),
                 Err(NodeError::Etcd(EtcdError::LeaseExists)) => last = EtcdError::LeaseExists,
                 Err(e) => return Err(e),
@@ -193,17 +204,33 @@ impl<E: Engine> Node<E> {
             return Err(Refusal::Etcd(EtcdError::Timeout));
         }
         self.read_index_of(IndexKind::Lease).await?;
-        let now = std::time::Instant::now();
-        let mut lessor = self.lessor.lock();
-        if lessor.term() != Some(term) {
-            return Err(Refusal::NotLeader);
+        let now = self.lease_clock.now();
+        let (answer, carried_by) = {
+            let mut lessor = self.lessor.lock();
+            if lessor.term() != Some(term) {
+                return Err(Refusal::NotLeader);
+            }
+            match ask {
+                LeaseAsk::Renew(id) => (LeaseAnswer::Renewed(lessor.renew(now, id)), Some(lessor.carried_by())),
+                LeaseAsk::TimeToLive(id) => {
+                    let left = lessor.remaining(now, id);
+                    (LeaseAnswer::Remaining(left.map(|(l, ttl)| (l.as_millis() as i64, ttl.as_secs() as i64))), None)
+                }
+            }
+        };
+        if let (LeaseAnswer::Renewed(Some(_)), Some(seq)) = (answer, carried_by) {
+            self.renewals.notify_one();
+            let mut committed = self.checkpointed.subscribe();
+            let carried = async { committed.wait_for(|&(t, s)| t != term || s >= seq).await.map(|c| c.0) };
+            let outcome = tokio::time::timeout(self.request_timeout, carried).await;
+            match outcome {
+                Err(_) => return Err(Refusal::Etcd(EtcdError::Timeout)),
+                Ok(Err(_)) => return Err(Refusal::Etcd(EtcdError::ServerStopped)),
+                Ok(Ok(t)) if t != term => return Err(Refusal::NotLeader),
+                Ok(Ok(_)) => {}
+            }
         }
-        Ok(match ask {
-            LeaseAsk::Renew(id) => LeaseAnswer::Renewed(lessor.renew(now, id)),
-            LeaseAsk::TimeToLive(id) => LeaseAnswer::Remaining(
-                lessor.remaining(now, id).map(|(left, ttl)| (left.as_millis() as i64, ttl.as_secs() as i64)),
-            ),
-        })
+        Ok(answer)
     }
 }
 
@@ -222,14 +249,19 @@ pub(super) struct LeaseClock<E: Engine> {
     /// What a new leader takes off every lease (see [`Lessor::lead`]).
     pub(super) credit: Duration,
     pub(super) request_timeout: Duration,
+    pub(super) clock: Clock,
+    /// Woken by a renewal that waits for a checkpoint.
+    pub(super) renewals: Arc<tokio::sync::Notify>,
+    /// (term, the last checkpoint of that term committed).
+    pub(super) checkpointed: Arc<tokio::sync::watch::Sender<(u64, u64)>>,
     #[cfg(feature = "planted-bugs")]
     pub(super) planted: crate::planted::PlantedBugs,
 }
 
 /// Tells the lessor of grants and revokes as they are applied.
-pub(super) fn lease_hook(lessor: Arc<parking_lot::Mutex<Lessor>>) -> crate::state_machine::LeaseHook {
+pub(super) fn lease_hook(lessor: Arc<parking_lot::Mutex<Lessor>>, clock: Clock) -> crate::state_machine::LeaseHook {
     Box::new(move |changes: &[LeaseApplied]| {
-        let now = std::time::Instant::now();
+        let now = clock.now();
         let mut l = lessor.lock();
         for c in changes {
             match *c {
@@ -244,6 +276,7 @@ impl<E: Engine> LeaseClock<E> {
     /// Runs until Raft stops.
     pub(super) async fn run(self) {
         let mut next_checkpoint = Instant::now();
+        let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let (leads, term) = {
                 let m = self.raft.metrics();
@@ -254,13 +287,16 @@ impl<E: Engine> LeaseClock<E> {
                 let first_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
                 (m.state == ServerState::Leader && first_applied, m.current_term)
             };
-            let now = std::time::Instant::now();
+            let now = self.clock.now();
             let running = self.lessor.lock().term();
             if leads && running != Some(term) {
                 self.lead(term, now);
+                // Waiters of the last term are told it ended.
+                self.checkpointed.send_replace((term, 0));
                 next_checkpoint = Instant::now();
             } else if !leads && running.is_some() {
                 self.lessor.lock().demote();
+                self.checkpointed.send_modify(|c| c.0 = 0);
             }
             let mut wake = Instant::now() + TICK;
             if leads {
@@ -268,16 +304,23 @@ impl<E: Engine> LeaseClock<E> {
                 for id in expired {
                     self.revoke(id);
                 }
-                if Instant::now() >= next_checkpoint {
-                    self.checkpoint(now);
+                let (due, any) = {
+                    let l = self.lessor.lock();
+                    (l.has_dirty() || Instant::now() >= next_checkpoint, !l.is_empty())
+                };
+                if due && !in_flight.load(std::sync::atomic::Ordering::Acquire) {
+                    self.checkpoint(term, now, any, &in_flight);
                     next_checkpoint = Instant::now() + self.checkpoint_interval;
                 }
                 if let Some(d) = self.lessor.lock().next_deadline() {
-                    let until = d.saturating_duration_since(std::time::Instant::now());
+                    let until = d.saturating_duration_since(now);
                     wake = wake.min(Instant::now() + until);
                 }
             }
-            tokio::time::sleep_until(wake).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.renewals.notified() => {}
+            }
         }
     }
 
@@ -306,24 +349,50 @@ impl<E: Engine> LeaseClock<E> {
         });
     }
 
-    fn checkpoint(&self, now: std::time::Instant) {
+    /// Proposes the next checkpoint (one at a time: `in_flight`), and tells renewals waiting
+    /// for it once it is committed. With no lease at all, nothing needs the log's clock: the
+    /// checkpoint is taken (restarting the count) but not proposed.
+    fn checkpoint(
+        &self,
+        term: u64,
+        now: std::time::Instant,
+        any_lease: bool,
+        in_flight: &Arc<std::sync::atomic::AtomicBool>,
+    ) {
         #[allow(unused_mut)]
         let mut checkpoint = self.lessor.lock().take_checkpoint(now);
         #[cfg(feature = "planted-bugs")]
         if self.planted.lease_forget_renewals {
             // Planted bug: the renewals never reach the log, so a new leader starts the leases
-            // from what they had left when granted.
+            // from what they had left when last granted or checkpointed.
             checkpoint.remaining.retain(|_| false);
         }
-        if checkpoint.elapsed_ms == 0 && checkpoint.remaining.is_empty() {
+        if !any_lease && checkpoint.remaining.is_empty() {
+            self.checkpointed.send_modify(|c| {
+                if c.0 == term {
+                    c.1 = checkpoint.seq;
+                }
+            });
             return;
         }
+        in_flight.store(true, std::sync::atomic::Ordering::Release);
         let (writes, lessor, timeout) = (self.writes.clone(), self.lessor.clone(), self.request_timeout);
+        let (checkpointed, in_flight, renewals) = (self.checkpointed.clone(), in_flight.clone(), self.renewals.clone());
         tokio::spawn(async move {
-            let Checkpoint { elapsed_ms, remaining } = checkpoint.clone();
-            if propose_on(&writes, WriteRequest::LeaseCheckpoint { elapsed_ms, remaining }, timeout).await.is_err() {
+            let Checkpoint { seq, elapsed_ms, remaining } = checkpoint.clone();
+            let proposed = propose_on(&writes, WriteRequest::LeaseCheckpoint { elapsed_ms, remaining }, timeout).await;
+            if proposed.is_ok() {
+                checkpointed.send_modify(|c| {
+                    if c.0 == term {
+                        c.1 = seq;
+                    }
+                });
+            } else {
                 lessor.lock().checkpoint_failed(&checkpoint);
             }
+            in_flight.store(false, std::sync::atomic::Ordering::Release);
+            // Renewals that came while this one was in flight go next, without waiting a tick.
+            renewals.notify_one();
         });
     }
 }

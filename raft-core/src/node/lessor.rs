@@ -12,6 +12,28 @@ use std::time::{Duration, Instant};
 
 use crate::mvcc::lease::LeaseInfo;
 
+/// The clock leases are timed by: this member's monotonic clock, at `rate` times its speed
+/// (1 but in the simulation, which runs members' lease clocks fast or slow to test drift).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    base: Instant,
+    rate: f64,
+}
+
+impl Clock {
+    pub fn new(rate: f64) -> Clock {
+        Clock { base: Instant::now(), rate }
+    }
+
+    pub fn now(&self) -> Instant {
+        let real = Instant::now();
+        if self.rate == 1.0 {
+            return real;
+        }
+        self.base + real.saturating_duration_since(self.base).mul_f64(self.rate)
+    }
+}
+
 /// One lease the leader holds a deadline for.
 #[derive(Clone, Copy, Debug)]
 struct Held {
@@ -23,6 +45,8 @@ struct Held {
 /// remaining TTLs (ms).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// Its number in this term (from 1).
+    pub seq: u64,
     pub elapsed_ms: i64,
     pub remaining: Vec<(i64, i64)>,
 }
@@ -43,6 +67,9 @@ pub struct Lessor {
     /// The moment the lease clock in the log last read what this member's clock says, minus
     /// what was credited at the start (see [`Lessor::lead`]).
     checkpointed_at: Instant,
+    /// Checkpoints taken in this term: a renewal is safe once checkpoint `taken + 1` (the
+    /// next, which carries it) is committed.
+    taken: u64,
 }
 
 impl Default for Lessor {
@@ -54,6 +81,7 @@ impl Default for Lessor {
             revoking: HashSet::new(),
             dirty: HashSet::new(),
             checkpointed_at: Instant::now(),
+            taken: 0,
         }
     }
 }
@@ -115,8 +143,9 @@ impl Lessor {
         self.dirty.remove(&id);
     }
 
-    /// A renewal: the lease runs its full TTL from now. Returns the TTL in seconds, or `None`
-    /// for a lease that does not exist or has already expired (etcd answers TTL 0).
+    /// A renewal: the lease runs its full TTL from now. Returns the TTL in seconds and the
+    /// checkpoint that will carry it (see [`Lessor::carried_by`]), or `None` for a lease that
+    /// does not exist or has already expired (etcd answers TTL 0).
     pub fn renew(&mut self, now: Instant, id: i64) -> Option<i64> {
         let held = *self.leases.get(&id)?;
         if self.revoking.contains(&id) || held.deadline <= now {
@@ -125,6 +154,16 @@ impl Lessor {
         self.dirty.insert(id);
         self.set(id, Held { ttl: held.ttl, deadline: now + held.ttl });
         Some(held.ttl.as_secs() as i64)
+    }
+
+    /// The checkpoint that carries what was renewed or granted until now: the next one taken.
+    pub fn carried_by(&self) -> u64 {
+        self.taken + 1
+    }
+
+    /// Whether anything waits for a checkpoint.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// What lease `id` has left (zero once expired), and its granted TTL.
@@ -163,6 +202,7 @@ impl Lessor {
     /// since has left (leases being revoked are left out: their revocation is what the log will
     /// say).
     pub fn take_checkpoint(&mut self, now: Instant) -> Checkpoint {
+        self.taken += 1;
         let elapsed = now.saturating_duration_since(self.checkpointed_at);
         let elapsed_ms = elapsed.as_millis() as i64;
         // Whole milliseconds: what is left over counts toward the next one.
@@ -176,11 +216,13 @@ impl Lessor {
             })
             .collect();
         remaining.sort_unstable();
-        Checkpoint { elapsed_ms, remaining }
+        Checkpoint { seq: self.taken, elapsed_ms, remaining }
     }
 
-    /// A checkpoint was not committed: its leases are still unknown to the log. (Its elapsed
-    /// time is not given back: the log's clock then runs behind, and leases live longer.)
+    /// A checkpoint was not committed: its leases are still unknown to the log and go into the
+    /// next one (whose waiters then include theirs: nothing was answered for this one). Its
+    /// elapsed time is not given back: the log's clock then runs behind, and leases live
+    /// longer.
     pub fn checkpoint_failed(&mut self, checkpoint: &Checkpoint) {
         if self.term.is_some() {
             self.dirty.extend(checkpoint.remaining.iter().map(|(id, _)| *id).filter(|id| self.leases.contains_key(id)));
@@ -270,12 +312,14 @@ mod tests {
         assert_eq!(l.remaining(t0, 3), Some((Duration::from_millis(4_500), secs(5))));
         // The first checkpoint writes the credit down: elapsed counts from before the start.
         let first = l.take_checkpoint(t0);
-        assert_eq!(first, Checkpoint { elapsed_ms: 500, remaining: vec![] });
+        assert_eq!(first, Checkpoint { seq: 1, elapsed_ms: 500, remaining: vec![] });
         l.renew(t0 + secs(1), 2);
+        assert_eq!(l.carried_by(), 2);
         let second = l.take_checkpoint(t0 + secs(2));
-        assert_eq!(second, Checkpoint { elapsed_ms: 2_000, remaining: vec![(2, 59_000)] });
+        assert_eq!(second, Checkpoint { seq: 2, elapsed_ms: 2_000, remaining: vec![(2, 59_000)] });
         // Lost: its lease goes into the next one.
         l.checkpoint_failed(&second);
+        assert!(l.has_dirty());
         assert_eq!(l.take_checkpoint(t0 + secs(3)).remaining, [(2, 58_000)]);
         assert_eq!(l.remaining(t0 + secs(70), 2), Some((Duration::ZERO, secs(60))));
     }

@@ -109,6 +109,11 @@ pub struct Inner<E: Engine> {
     /// The next lease id this member picks for a grant that names none.
     next_lease_id: AtomicI64,
     lease_checkpoint_interval: Duration,
+    lease_clock: lessor::Clock,
+    /// Wakes the lease clock task: a renewal waits for a checkpoint.
+    renewals: Arc<tokio::sync::Notify>,
+    /// (term, last checkpoint of that term committed): what renewals wait for.
+    checkpointed: Arc<tokio::sync::watch::Sender<(u64, u64)>>,
     #[cfg(feature = "planted-bugs")]
     planted: crate::planted::PlantedBugs,
 }
@@ -152,7 +157,10 @@ impl<E: Engine> Node<E> {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx, config.batch));
         let lessor = Arc::new(parking_lot::Mutex::new(lessor::Lessor::default()));
-        store.set_lease_hook(leases::lease_hook(lessor.clone()));
+        let lease_clock = lessor::Clock::new(config.lease_clock_rate);
+        store.set_lease_hook(leases::lease_hook(lessor.clone(), lease_clock));
+        let renewals = Arc::new(tokio::sync::Notify::new());
+        let checkpointed = Arc::new(tokio::sync::watch::channel((0, 0)).0);
         let clock = leases::LeaseClock {
             raft: raft.clone(),
             store: store.clone(),
@@ -161,6 +169,9 @@ impl<E: Engine> Node<E> {
             checkpoint_interval: config.lease_checkpoint_interval,
             credit: config.election_timeout,
             request_timeout: config.request_timeout,
+            clock: lease_clock,
+            renewals: renewals.clone(),
+            checkpointed: checkpointed.clone(),
             #[cfg(feature = "planted-bugs")]
             planted: config.planted,
         };
@@ -212,6 +223,9 @@ impl<E: Engine> Node<E> {
                 request_timeout: config.request_timeout,
                 catch_up,
                 lessor,
+                lease_clock,
+                renewals,
+                checkpointed,
                 next_lease_id: AtomicI64::new(first_lease_id(config.id)),
                 lease_checkpoint_interval: config.lease_checkpoint_interval,
                 #[cfg(feature = "planted-bugs")]
