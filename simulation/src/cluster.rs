@@ -9,6 +9,7 @@ use kv_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use kv_api::etcdserverpb::{StatusRequest, StatusResponse};
 use kv_server::ServerConfig;
 use madsim::net::NetSim;
+use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 use raft_core::engine::MemEngine;
 
@@ -149,6 +150,8 @@ pub struct SimCluster {
     pub endpoints: Vec<String>,
     /// A node of its own from which the harness asks members for their status and audits them.
     pub control: NodeHandle,
+    /// Each member's lease clock rate.
+    rates: Vec<f64>,
 }
 
 fn ip(i: usize) -> IpAddr {
@@ -166,7 +169,13 @@ impl SimCluster {
         let initial = initial.join(",");
         let mut nodes = Vec::new();
         let mut engines = Vec::new();
+        let mut rates = Vec::new();
         for i in 0..n {
+            // The clock-rate nemesis: each member's lease clock runs fast or slow, within the
+            // bound the lease guarantees assume.
+            let bound = crate::leases::RATE_BOUND.ln();
+            let rate = madsim::rand::thread_rng().gen_range(-bound..=bound).exp();
+            rates.push(rate);
             let engine = Arc::new(MemEngine::new());
             let mut cfg = ServerConfig {
                 name: format!("m{}", i + 1),
@@ -177,6 +186,7 @@ impl SimCluster {
                 request_timeout: Duration::from_secs(2),
                 snapshot_count: opts.snapshot_count,
                 snapshot_chunk_bytes: opts.snapshot_chunk_bytes,
+                lease_clock_rate: rate,
                 #[cfg(feature = "planted-bugs")]
                 planted: opts.planted,
                 ..ServerConfig::default()
@@ -200,7 +210,13 @@ impl SimCluster {
         }
         let control = h.create_node().name("control").ip("10.0.3.1".parse().expect("valid IP")).build();
         let endpoints = (0..n).map(|i| format!("http://{}:2379", ip(i))).collect();
-        SimCluster { nodes, engines, endpoints, control }
+        SimCluster { nodes, engines, endpoints, control, rates }
+    }
+
+    /// The members' lease clock rates, for the fault log.
+    pub fn lease_clock_rates(&self) -> String {
+        let each: Vec<String> = self.rates.iter().enumerate().map(|(i, r)| format!("m{} {r:.3}", i + 1)).collect();
+        format!("lease clock rates: {}", each.join(", "))
     }
 
     pub fn len(&self) -> usize {

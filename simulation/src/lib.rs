@@ -10,6 +10,8 @@
 //! - [`checks`]: one check per guarantee over what the clients saw (porcupine-rs for the
 //!   linearizable levels), run outside the simulation;
 //! - [`watch`]: watchers through kv-client's resuming watch, checked against the audit;
+//! - [`leases`]: lease holders that renew and abandon short leases, checked for keys that
+//!   vanish early, deletes that are not exactly once, and leases that outlive healing;
 //! - [`audit`]: after healing, do the members agree and is every acknowledged write there;
 //! - [`scenario`]: the named scenarios and the seed runner with its `sim-digest` lines.
 //!
@@ -19,6 +21,7 @@
 pub mod audit;
 pub mod checks;
 pub mod cluster;
+pub mod leases;
 pub mod nemesis;
 pub mod scenario;
 pub mod watch;

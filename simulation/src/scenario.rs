@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{audit, Audit};
 use crate::checks::check_all;
 use crate::cluster::{Options, Overrides, SimCluster};
+use crate::leases::{self, LeaseRun};
 use crate::nemesis::{self, Fault};
 use crate::watch::{self, Delivered};
 use crate::workload::{self, Record};
@@ -72,6 +73,7 @@ pub struct Run {
     pub audit: Audit,
     /// What each watcher delivered.
     pub watched: Vec<Delivered>,
+    pub leases: LeaseRun,
 }
 
 impl Scenario {
@@ -90,6 +92,10 @@ impl Scenario {
             madsim::task::spawn(async move { workload::run(&c, WORKLOAD).await })
         };
         let started = Instant::now();
+        let holders = {
+            let c = c.clone();
+            madsim::task::spawn(async move { leases::run(&c, WORKLOAD, started).await })
+        };
         sleep(Duration::from_secs(1)).await;
         let mut faults = Vec::new();
         let mut problems = Vec::new();
@@ -99,12 +105,16 @@ impl Scenario {
         let left = WORKLOAD.saturating_sub(started.elapsed() + Duration::from_secs(1));
         faults.extend(nemesis::run(&c, self.faults, left, started).await);
         let history = clients.await.expect("clients");
-        let mut audit = audit(&c, &history).await;
+        let held = holders.await.expect("lease holders");
+        let leases = leases::settle(&c, held).await;
+        let mut audit = audit(&c, &history, &leases::revisions(&leases)).await;
+        audit.problems.extend(leases::check(&leases));
         audit.problems.extend(problems);
         let last = audit.revisions.keys().next_back().copied().unwrap_or(1);
         let watched = watchers.stop(last).await;
         audit.problems.extend(watch::check(&watched, &audit));
-        Run { history, faults, audit, watched }
+        faults.push(c.lease_clock_rates());
+        Run { history, faults, audit, watched, leases }
     }
 }
 
@@ -188,6 +198,8 @@ pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
     parts.push(&run.audit.final_state);
     let watched: Vec<String> = run.watched.iter().map(|d| format!("{d:?}")).collect();
     parts.extend(watched.iter().map(String::as_str));
+    let leases = format!("{:?}", run.leases);
+    parts.push(&leases);
     let digest = hash(&parts);
     let checked = check_all(&run.history, &run.audit.revisions);
     let failure = match (run.audit.problems.first(), checked) {
@@ -201,6 +213,8 @@ pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
         let mut text = history;
         text.extend(run.audit.revisions.iter().map(|(rev, kv)| format!("revision {rev}: {kv:?}")));
         text.extend(run.faults);
+        text.extend(run.leases.held.iter().map(|h| format!("{h:?}")));
+        text.extend(run.leases.events.iter().map(|e| format!("lease event {e:?}")));
         let _ = std::fs::write(format!("{path}.{}.{seed}", scenario.name), text.join("\n"));
     }
     Outcome { digest, failure }

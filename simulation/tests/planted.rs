@@ -70,3 +70,11 @@ fn watch_skip_at_switch_is_found() {
     let bugs = PlantedBugs { watch_skip_at_switch: true, ..PlantedBugs::default() };
     found_and_replayed("crashes", "watch_skip_at_switch_is_found", bugs);
 }
+
+/// The leader's lease checkpoints leave renewals out: a new leader counts each lease from what
+/// it had left before its holder renewed it, and a key whose holder keeps renewing vanishes.
+#[test]
+fn lease_forget_renewals_is_found() {
+    let bugs = PlantedBugs { lease_forget_renewals: true, ..PlantedBugs::default() };
+    found_and_replayed("crashes", "lease_forget_renewals_is_found", bugs);
+}
