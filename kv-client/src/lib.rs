@@ -5,6 +5,8 @@
 //!   per-call timeout, safe retries and automatic session tokens; it implements
 //!   [`kv_api::KvApi`], as an embedded member does (`kv_server::Embedded`);
 //! - [`request`]: builders for each request ([`Get`], [`Put`], [`Delete`], [`Txn`]);
+//! - [`lease`]: leases, and [`KeepAlive`], which renews one in the background and reports its
+//!   loss;
 //! - [`watch`]: a watch ([`Watch`], [`Watcher`]) that resumes on another member when its
 //!   stream breaks, so every event arrives once, in order;
 //! - [`ClientError`]: what can go wrong, with etcd errors recognised by their exact text and
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 use kv_api::etcdserverpb::cluster_client::ClusterClient;
 use kv_api::etcdserverpb::kv_client::KvClient;
+use kv_api::etcdserverpb::lease_client::LeaseClient;
 use kv_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use kv_api::etcdserverpb::watch_client::WatchClient;
 use kv_api::etcdserverpb::{
@@ -49,9 +52,11 @@ use kv_api::{Consistency, EtcdError, KvApi};
 use tonic::transport::{Channel, Endpoint};
 
 pub use kv_api;
+pub use lease::{KeepAlive, LeaseLost, LeaseState};
 pub use request::{Cmp, Delete, Get, Op, Put, Txn, TxnOp};
 pub use watch::{Watch, Watcher};
 
+pub mod lease;
 pub mod request;
 pub mod watch;
 
@@ -117,6 +122,7 @@ struct Member {
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
     watch: WatchClient<Channel>,
+    lease: LeaseClient<Channel>,
 }
 
 /// Whether a call changes state: only a write's retry can do harm.
@@ -190,6 +196,7 @@ impl Client {
                 kv: KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX),
                 maintenance: MaintenanceClient::new(ch.clone()),
                 cluster: ClusterClient::new(ch.clone()),
+                lease: LeaseClient::new(ch.clone()),
                 watch: WatchClient::new(ch).max_decoding_message_size(usize::MAX),
             });
         }

@@ -94,6 +94,11 @@ impl Put {
         self.0.prev_kv = true;
         self
     }
+    /// Attach the key to lease `id` (0: to none; a put without this detaches it).
+    pub fn lease(mut self, id: i64) -> Put {
+        self.0.lease = id;
+        self
+    }
     /// Keep the current value (only the lease changes); fails if the key does not exist.
     pub fn ignore_value(mut self) -> Put {
         self.0.value.clear();

@@ -75,3 +75,42 @@ async fn errors_exit_non_zero_with_one_line() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
     srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_verbs_print_what_etcdctl_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir).await;
+    let ep = srv.client_urls[0].clone();
+    let granted = stdout(&kvctl(&ep, &["lease", "grant", "60", "--id", "abc"]).await);
+    assert_eq!(granted, "lease 0000000000000abc granted with TTL(60s)\n");
+    assert_eq!(stdout(&kvctl(&ep, &["put", "svc/a", "up", "--lease", "abc"]).await), "OK\n");
+    let ttl = stdout(&kvctl(&ep, &["lease", "timetolive", "abc", "--keys"]).await);
+    assert!(
+        ttl.starts_with("lease 0000000000000abc granted with TTL(60s), remaining(")
+            && ttl.ends_with("attached keys([svc/a])\n"),
+        "{ttl}"
+    );
+    let kept = stdout(&kvctl(&ep, &["lease", "keep-alive", "--once", "abc"]).await);
+    assert_eq!(kept, "lease 0000000000000abc keepalived with TTL(60)\n");
+    assert_eq!(stdout(&kvctl(&ep, &["lease", "list"]).await), "found 1 leases\n0000000000000abc\n");
+    let json = stdout(&kvctl(&ep, &["-w", "json", "lease", "timetolive", "abc"]).await);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((v["ID"].as_i64(), v["granted-ttl"].as_i64()), (Some(0xabc), Some(60)));
+    assert_eq!(stdout(&kvctl(&ep, &["lease", "revoke", "abc"]).await), "lease 0000000000000abc revoked\n");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "svc/a"]).await), "", "the key went with its lease");
+    assert_eq!(stdout(&kvctl(&ep, &["lease", "timetolive", "abc"]).await), "lease 0000000000000abc already expired\n");
+
+    let one_line_error = |o: &Output, needle: &str| {
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    };
+    one_line_error(&kvctl(&ep, &["lease", "revoke", "abc"]).await, "etcdserver: requested lease not found");
+    one_line_error(&kvctl(&ep, &["lease", "keep-alive", "abc"]).await, "lease 0000000000000abc lost");
+    one_line_error(&kvctl(&ep, &["lease", "keep-alive", "--once", "abc"]).await, "expired or revoked");
+    one_line_error(&kvctl(&ep, &["put", "k", "v", "--lease", "abc"]).await, "etcdserver: requested lease not found");
+    let bad = kvctl(&ep, &["lease", "revoke", "xyz"]).await;
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("bad lease id"));
+    srv.stop().await.unwrap();
+}

@@ -2,8 +2,8 @@
 
 use kv_client::kv_api::etcdserverpb::response_op::Response as OpResponse;
 use kv_client::kv_api::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, Member, PutResponse, RangeResponse, ResponseHeader, StatusResponse,
-    TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, Member, PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse,
 };
 use kv_client::kv_api::mvccpb::event::EventType;
 use kv_client::kv_api::mvccpb::{Event, KeyValue};
@@ -275,4 +275,60 @@ pub fn watch_events(f: Format, events: &[Event]) {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+pub fn lease_granted(f: Format, r: &LeaseGrantResponse) {
+    match f {
+        Format::Json => print_json(json!({"header": header_json(&r.header), "ID": r.id, "TTL": r.ttl})),
+        _ => println!("lease {:016x} granted with TTL({}s)", r.id, r.ttl),
+    }
+}
+
+pub fn lease_revoked(f: Format, id: i64, r: &LeaseRevokeResponse) {
+    match f {
+        Format::Json => print_json(json!({"header": header_json(&r.header)})),
+        _ => println!("lease {id:016x} revoked"),
+    }
+}
+
+pub fn lease_kept(f: Format, id: i64, ttl: i64) {
+    match f {
+        Format::Json => print_json(json!({"ID": id, "TTL": ttl})),
+        _ => println!("lease {id:016x} keepalived with TTL({ttl})"),
+    }
+}
+
+pub fn lease_ttl(f: Format, r: &LeaseTimeToLiveResponse) {
+    let keys: Vec<String> = r.keys.iter().map(|k| text(k)).collect();
+    match f {
+        Format::Json => print_json(json!({
+            "header": header_json(&r.header), "ID": r.id, "TTL": r.ttl, "granted-ttl": r.granted_ttl, "keys": keys,
+        })),
+        _ if r.ttl == -1 => println!("lease {:016x} already expired", r.id),
+        _ if keys.is_empty() => {
+            println!("lease {:016x} granted with TTL({}s), remaining({}s)", r.id, r.granted_ttl, r.ttl)
+        }
+        _ => println!(
+            "lease {:016x} granted with TTL({}s), remaining({}s), attached keys([{}])",
+            r.id,
+            r.granted_ttl,
+            r.ttl,
+            keys.join(" ")
+        ),
+    }
+}
+
+pub fn leases(f: Format, r: &LeaseLeasesResponse) {
+    match f {
+        Format::Json => {
+            let ids: Vec<i64> = r.leases.iter().map(|l| l.id).collect();
+            print_json(json!({"header": header_json(&r.header), "leases": ids}))
+        }
+        _ => {
+            println!("found {} leases", r.leases.len());
+            for l in &r.leases {
+                println!("{:016x}", l.id);
+            }
+        }
+    }
 }

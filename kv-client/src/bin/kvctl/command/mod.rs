@@ -5,6 +5,7 @@ mod completion;
 mod del;
 mod endpoint;
 mod get;
+mod lease;
 mod member;
 mod put;
 mod txn;
@@ -38,6 +39,11 @@ pub enum Command {
         #[command(subcommand)]
         verb: member::Verb,
     },
+    /// Grant, revoke, keep alive, inspect and list leases.
+    Lease {
+        #[command(subcommand)]
+        verb: lease::Verb,
+    },
     /// Watch a key or a range of keys: every change, in order, until interrupted (with
     /// `-- CMD ARGS...`, runs CMD per event instead).
     Watch(watch::Args),
@@ -57,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compaction(a) => compaction::run(&connect().await?, a, out).await,
         Command::Endpoint { verb } => endpoint::run(&cli.endpoints, opts, verb, out).await,
         Command::Member { verb } => member::run(&connect().await?, verb, out).await,
+        Command::Lease { verb } => lease::run(&connect().await?, verb, out).await,
         Command::Watch(a) => watch::run(&connect().await?, a, out).await,
         Command::Completion(a) => completion::run(a),
     }
