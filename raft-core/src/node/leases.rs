@@ -248,6 +248,10 @@ pub(super) struct LeaseClock<E: Engine> {
     pub(super) checkpoint_interval: Duration,
     /// What a new leader takes off every lease (see [`Lessor::lead`]).
     pub(super) credit: Duration,
+    /// The term this member led when it last stopped, if openraft restores it as leader of it
+    /// (0: none). Such a leader gets no credit: no election lies between its last checkpoint
+    /// and now, and the restart may have been quick.
+    pub(super) restored_term: u64,
     pub(super) request_timeout: Duration,
     pub(super) clock: Clock,
     /// Woken by a renewal that waits for a checkpoint.
@@ -277,6 +281,9 @@ impl<E: Engine> LeaseClock<E> {
     pub(super) async fn run(self) {
         let mut next_checkpoint = Instant::now();
         let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The term this member leads and the end of its log when it found out: the clock
+        // starts once that much is applied.
+        let mut became: Option<(u64, u64)> = None;
         loop {
             let (leads, term) = {
                 let m = self.raft.metrics();
@@ -284,8 +291,17 @@ impl<E: Engine> LeaseClock<E> {
                 if m.running_state.is_err() {
                     return;
                 }
-                let first_applied = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
-                (m.state == ServerState::Leader && first_applied, m.current_term)
+                if m.state != ServerState::Leader {
+                    became = None;
+                } else if became.is_none_or(|(t, _)| t != m.current_term) {
+                    became = Some((m.current_term, m.last_log_index.unwrap_or(0)));
+                }
+                // A leader's log holds every committed entry; once all of it that was there
+                // when it became leader is applied, so is every entry committed before. (The
+                // first entry of the term is not enough: a leader restarted into the term it
+                // led may have committed more of it before the restart than it has applied.)
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                (became.is_some_and(|(_, end)| applied >= end), m.current_term)
             };
             let now = self.clock.now();
             let running = self.lessor.lock().term();
@@ -301,6 +317,9 @@ impl<E: Engine> LeaseClock<E> {
             let mut wake = Instant::now() + TICK;
             if leads {
                 let expired = self.lessor.lock().expired(now);
+                if !expired.is_empty() {
+                    tracing::debug!(term, ?expired, "leases expired");
+                }
                 for id in expired {
                     self.revoke(id);
                 }
@@ -330,8 +349,10 @@ impl<E: Engine> LeaseClock<E> {
         let mut lessor = self.lessor.lock();
         match self.store.leases() {
             Ok(table) => {
+                let credit = if term == self.restored_term { Duration::ZERO } else { self.credit };
                 tracing::info!(term, leases = table.len(), "lease clock started");
-                lessor.lead(term, now, self.credit, table);
+                tracing::debug!(term, ?credit, ?table, "lease table at the start of the clock");
+                lessor.lead(term, now, credit, table);
             }
             Err(e) => tracing::error!("lease clock not started: reading the lease table failed: {e}"),
         }
@@ -380,6 +401,7 @@ impl<E: Engine> LeaseClock<E> {
         let (checkpointed, in_flight, renewals) = (self.checkpointed.clone(), in_flight.clone(), self.renewals.clone());
         tokio::spawn(async move {
             let Checkpoint { seq, elapsed_ms, remaining } = checkpoint.clone();
+            tracing::debug!(term, seq, elapsed_ms, ?remaining, "lease checkpoint proposed");
             let proposed = propose_on(&writes, WriteRequest::LeaseCheckpoint { elapsed_ms, remaining }, timeout).await;
             if proposed.is_ok() {
                 checkpointed.send_modify(|c| {

@@ -168,6 +168,7 @@ impl<E: Engine> Node<E> {
             writes: tx.clone(),
             checkpoint_interval: config.lease_checkpoint_interval,
             credit: config.election_timeout,
+            restored_term: peers.restart_floor().term,
             request_timeout: config.request_timeout,
             clock: lease_clock,
             renewals: renewals.clone(),
