@@ -11,7 +11,11 @@
 //!    read levels (lease, session, bounded) run on raftkv only, as etcd has no equivalent;
 //! 4. for each round and watcher count, the watch workload on both systems (`watch`);
 //! 5. kill -9 the leader of each system under write load, once per round (`failover`);
-//! 6. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
+//! 6. for each round, the lease workloads on both systems (`lease`): N leases kept alive, then
+//!    M leases expiring at once under write load;
+//! 7. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
+//!
+//! `parts` picks which of the kv runs (3), watch (4), failover (5) and lease (6) steps run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,6 +30,7 @@ use serde::Serialize;
 
 use crate::cluster::{LocalCluster, System};
 use crate::failover::{leader_kill, Gap};
+use crate::lease::{run_expiry, run_keep_alive, ExpiryReport, ExpirySpec, KeepAliveReport, KeepAliveSpec};
 use crate::report::Report;
 use crate::run::{run, Spec};
 use crate::watch::{compare_spec, run_watch, WatchReport, WatchRow};
@@ -60,6 +65,25 @@ pub struct CompareSpec {
     pub watch_rate: f64,
     /// Length of the writes of each watch run.
     pub watch_duration: Duration,
+    /// Which steps run.
+    pub parts: Vec<Part>,
+    /// Leases kept alive in the keep-alive runs, their TTL and for how long.
+    pub leases: usize,
+    pub lease_ttl: i64,
+    pub lease_duration: Duration,
+    /// Leases expiring at once in the mass-expiry runs, and their TTL.
+    pub expiring: usize,
+    pub expiring_ttl: i64,
+}
+
+/// A step of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum Part {
+    /// The KV workloads at every client count.
+    Kv,
+    Watch,
+    Failover,
+    Lease,
 }
 
 /// The medians over the rounds of one workload at one client count on one system.
@@ -118,6 +142,9 @@ pub struct Comparison {
     /// Every watch run, and their medians per watcher count.
     pub watch_runs: Vec<(System, WatchReport)>,
     pub watch: Vec<WatchRow>,
+    /// Every lease run, in the order they ran.
+    pub keep_alive_runs: Vec<(System, KeepAliveReport)>,
+    pub expiry_runs: Vec<(System, ExpiryReport)>,
 }
 
 /// Where the figures come from.
@@ -209,8 +236,9 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
         f.peak_rss_bytes = vec![0; c.members.len()];
     }
 
-    let plan = plan(&spec);
-    let watch_steps = spec.rounds * spec.watchers.len() * 2;
+    let plan = if spec.parts.contains(&Part::Kv) { plan(&spec) } else { Vec::new() };
+    let watchers = if spec.parts.contains(&Part::Watch) { spec.watchers.clone() } else { Vec::new() };
+    let watch_steps = spec.rounds * watchers.len() * 2;
     let bar = ProgressBar::new((plan.len() + watch_steps) as u64 + spec.rounds as u64 * 2);
     bar.set_style(
         ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}").expect("valid template"),
@@ -259,7 +287,7 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
 
     let mut watch_runs = Vec::new();
     for round in 0..spec.rounds {
-        for (k, &watchers) in spec.watchers.iter().enumerate() {
+        for (k, &watchers) in watchers.iter().enumerate() {
             for s in order(round + k) {
                 bar.set_message(format!("round {} {watchers} watchers on {s}", round + 1));
                 let c = &clusters[&s];
@@ -289,7 +317,7 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
     }
 
     let mut failover: BTreeMap<System, Vec<Gap>> = BTreeMap::new();
-    for round in 0..spec.rounds {
+    for round in (0..spec.rounds).filter(|_| spec.parts.contains(&Part::Failover)) {
         for s in order(round) {
             bar.set_message(format!("round {} leader kill on {s}", round + 1));
             let c = clusters.get_mut(&s).expect("cluster per system");
@@ -314,14 +342,73 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
             bar.inc(1);
         }
     }
+    let (mut keep_alive_runs, mut expiry_runs) = (Vec::new(), Vec::new());
+    for round in (0..spec.rounds).filter(|_| spec.parts.contains(&Part::Lease)) {
+        for s in order(round) {
+            let c = &clusters[&s];
+            let pids: Vec<u32> = c.members.iter().filter_map(|m| m.pid()).collect();
+            if spec.leases > 0 {
+                bar.set_message(format!("round {} {} leases kept alive on {s}", round + 1, spec.leases));
+                let k = KeepAliveSpec {
+                    endpoints: c.endpoints(),
+                    leases: spec.leases,
+                    ttl: spec.lease_ttl,
+                    duration: spec.lease_duration,
+                    streams: 8,
+                    pids,
+                };
+                let r = run_keep_alive(&k).await?;
+                say(
+                    &bar,
+                    format!(
+                        "round {} keep-alive {:>6}: {} leases, lost {}, {:.0} renewals/s, renew p99 {:.1} ms,                          grants {:.0}/s, CPU {:?}",
+                        round + 1,
+                        s.to_string(),
+                        r.leases,
+                        r.leases_lost,
+                        r.renewals_per_sec,
+                        r.renew_p99_ms,
+                        r.grants_per_sec,
+                        r.member_cpu_cores
+                    ),
+                );
+                keep_alive_runs.push((s, r));
+            }
+            if spec.expiring > 0 {
+                bar.set_message(format!("round {} {} leases expiring on {s}", round + 1, spec.expiring));
+                let e = ExpirySpec {
+                    endpoints: c.endpoints(),
+                    leases: spec.expiring,
+                    ttl: spec.expiring_ttl,
+                    writers: 16,
+                    baseline: Duration::from_secs(5),
+                    value_size: spec.value_size,
+                };
+                let r = run_expiry(&e).await?;
+                say(
+                    &bar,
+                    format!(
+                        "round {} mass expiry {:>6}: {} leases gone {:.1} s after the deadline; put p99 {:.1} ms                          before, {:.1} ms during",
+                        round + 1,
+                        s.to_string(),
+                        r.leases,
+                        r.expiry_s,
+                        r.put_p99_before_ms,
+                        r.put_p99_during_ms
+                    ),
+                );
+                expiry_runs.push((s, r));
+            }
+        }
+    }
     bar.finish_and_clear();
     for (s, c) in &clusters {
         footprint.get_mut(s).expect("footprint per system").disk_end_bytes =
             c.members.iter().map(|m| m.disk_bytes()).collect();
     }
     let rows = summarise(&spec, &runs);
-    let watch = crate::watch::summarise(&spec.watchers, &watch_runs);
-    Ok(Comparison { spec, machine, runs, rows, footprint, failover, watch_runs, watch })
+    let watch = crate::watch::summarise(&watchers, &watch_runs);
+    Ok(Comparison { spec, machine, runs, rows, footprint, failover, watch_runs, watch, keep_alive_runs, expiry_runs })
 }
 
 /// One progress line: above the bar on a terminal, plainly on stderr otherwise (indicatif drops
@@ -489,6 +576,12 @@ mod tests {
             watchers: vec![],
             watch_rate: 1000.0,
             watch_duration: Duration::from_secs(1),
+            parts: vec![Part::Kv],
+            leases: 0,
+            lease_ttl: 30,
+            lease_duration: Duration::from_secs(1),
+            expiring: 0,
+            expiring_ttl: 10,
         }
     }
 

@@ -10,12 +10,14 @@
 //! - [`compare`]: the side-by-side comparison of a local 3-member raftkv and etcd
 //!   ([`cluster`] starts them, [`failover`] kills their leaders, [`summary`] and [`plot`] write
 //!   the report);
+//! - [`lease`]: many leases kept alive, and many expiring at once under write load;
 //! - [`watch`]: many watchers of one prefix under a fixed write rate: event delay, events/s and
 //!   the watched member's CPU and RSS.
 
 pub mod cluster;
 pub mod compare;
 pub mod failover;
+pub mod lease;
 pub mod plot;
 pub mod report;
 pub mod run;

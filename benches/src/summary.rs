@@ -155,11 +155,79 @@ pub fn markdown(c: &Comparison) -> String {
         }
     }
     watch_section(&mut out, c);
+    lease_section(&mut out, c);
     let _ = writeln!(
         out,
         "\n![throughput per client count](throughput.svg)\n\n![p99 latency per client count](latency.svg)"
     );
     out
+}
+
+/// The lease runs' tables, if there were any: every run (they are long, and few).
+fn lease_section(out: &mut String, c: &Comparison) {
+    let s = &c.spec;
+    if !c.keep_alive_runs.is_empty() {
+        let _ = writeln!(out, "\n### Leases kept alive\n");
+        let _ = writeln!(
+            out,
+            "N leases of TTL {} s granted through all members, then kept alive for {:.0} s over 8 keep-alive \
+             streams (each lease renewed every third of its TTL). Lost: answered TTL 0 or missing from the \
+             lease list at the end. CPU in cores over the keep-alive period and peak RSS, per member.\n",
+            s.lease_ttl,
+            s.lease_duration.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "| system | leases | lost | grants/s | renewals/s | renew p50 ms | renew p99 ms | member CPU | member RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|---|---|"
+        );
+        for (system, r) in &c.keep_alive_runs {
+            let cpu: Vec<String> = r.member_cpu_cores.iter().map(|c| format!("{c:.2}")).collect();
+            let rss: Vec<String> = r.member_rss_peak_bytes.iter().map(|b| mib(*b)).collect();
+            let _ = writeln!(
+                out,
+                "| {system} | {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} |",
+                r.leases,
+                r.leases_lost,
+                r.grants_per_sec,
+                r.renewals_per_sec,
+                r.renew_p50_ms,
+                r.renew_p99_ms,
+                cpu.join(" / "),
+                rss.join(" / ")
+            );
+        }
+    }
+    if !c.expiry_runs.is_empty() {
+        let _ = writeln!(out, "\n### Leases expiring at once\n");
+        let _ = writeln!(
+            out,
+            "16 writers put in a closed loop; after 5 s, N leases of TTL {} s are granted with one key each and \
+             abandoned. Put latency in the 5 s before the grants against from the first lease's deadline until \
+             the last key is gone.\n",
+            s.expiring_ttl
+        );
+        let _ = writeln!(
+            out,
+            "| system | leases | granted in s | all gone after deadline s | put p50 ms before / during | put p99 ms before / during | puts during | keys left |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for (system, r) in &c.expiry_runs {
+            let _ = writeln!(
+                out,
+                "| {system} | {} | {:.1} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} | {} |",
+                r.leases,
+                r.grant_s,
+                r.expiry_s,
+                r.put_p50_before_ms,
+                r.put_p50_during_ms,
+                r.put_p99_before_ms,
+                r.put_p99_during_ms,
+                r.puts_during,
+                r.keys_left
+            );
+        }
+    }
 }
 
 /// The watch runs' table, if there were any.
@@ -241,6 +309,12 @@ mod tests {
             watchers: vec![100],
             watch_rate: 1000.0,
             watch_duration: Duration::from_secs(5),
+            parts: vec![crate::compare::Part::Kv],
+            leases: 0,
+            lease_ttl: 30,
+            lease_duration: Duration::from_secs(60),
+            expiring: 0,
+            expiring_ttl: 10,
         };
         let machine = Machine {
             date: "today".into(),
@@ -292,7 +366,18 @@ mod tests {
             raftkv: watched(99000.0, (80 << 20) as f64),
             etcd: watched(98000.0, (60 << 20) as f64),
         }];
-        Comparison { spec, machine, runs: vec![], rows, footprint, failover, watch_runs: vec![], watch }
+        Comparison {
+            spec,
+            machine,
+            runs: vec![],
+            rows,
+            footprint,
+            failover,
+            watch_runs: vec![],
+            watch,
+            keep_alive_runs: vec![],
+            expiry_runs: vec![],
+        }
     }
 
     #[test]

@@ -384,7 +384,7 @@ async fn write_at_rate(
 }
 
 /// A process's user + system CPU time in seconds (Linux's clock ticks are 1/100 s).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;

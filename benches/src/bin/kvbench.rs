@@ -153,6 +153,24 @@ struct CompareArgs {
     /// Length of the writes of each watch run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     watch_duration: Duration,
+    /// Which steps run: kv (the workloads at every client count), watch, failover, lease.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kv,watch,failover,lease")]
+    parts: Vec<raftkv_bench::compare::Part>,
+    /// Leases kept alive in each keep-alive run (0: none).
+    #[arg(long, default_value_t = 100_000)]
+    leases: usize,
+    /// TTL of the kept-alive leases, in seconds.
+    #[arg(long, default_value_t = 30)]
+    lease_ttl: i64,
+    /// How long the leases are kept alive.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// Leases expiring at once in each mass-expiry run (0: none).
+    #[arg(long, default_value_t = 10_000)]
+    expiring: usize,
+    /// TTL of the expiring leases, in seconds.
+    #[arg(long, default_value_t = 10)]
+    expiring_ttl: i64,
 }
 
 #[tokio::main]
@@ -243,6 +261,12 @@ async fn side_by_side(a: CompareArgs) -> Result<()> {
         watchers: a.watchers,
         watch_rate: a.watch_rate,
         watch_duration: a.watch_duration,
+        parts: a.parts,
+        leases: a.leases,
+        lease_ttl: a.lease_ttl,
+        lease_duration: a.lease_duration,
+        expiring: a.expiring,
+        expiring_ttl: a.expiring_ttl,
     };
     // Ctrl-C or SIGTERM drops the comparison, and with it the clusters: no member outlives it.
     let comparison = tokio::select! {
