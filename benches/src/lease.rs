@@ -32,6 +32,17 @@ use crate::BenchError;
 /// Grants (and revocations) in flight at once.
 const GRANTS_IN_FLIGHT: usize = 256;
 
+/// Longest wait for one request's answer: a request the server never answers fails the
+/// measurement instead of hanging it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `call` bounded by [`REQUEST_TIMEOUT`].
+async fn bounded<T>(call: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+    tokio::time::timeout(REQUEST_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(format!("no answer within {REQUEST_TIMEOUT:?}"))))
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
@@ -80,7 +91,7 @@ async fn grant_all(channels: &[Channel], n: usize, ttl: i64) -> Result<Vec<i64>,
     let grants = futures::stream::iter(0..n)
         .map(|i| {
             let mut lease = LeaseClient::new(channels[i % channels.len()].clone());
-            async move { lease.lease_grant(LeaseGrantRequest { ttl, id: 0 }).await.map(|r| r.into_inner().id) }
+            async move { bounded(lease.lease_grant(LeaseGrantRequest { ttl, id: 0 })).await.map(|r| r.into_inner().id) }
         })
         .buffer_unordered(GRANTS_IN_FLIGHT)
         .collect::<Vec<_>>()
@@ -94,7 +105,7 @@ async fn revoke_all(channels: &[Channel], ids: &[i64]) {
         .for_each_concurrent(GRANTS_IN_FLIGHT, |(i, &id)| {
             let mut lease = LeaseClient::new(channels[i % channels.len()].clone());
             async move {
-                let _ = lease.lease_revoke(LeaseRevokeRequest { id }).await;
+                let _ = bounded(lease.lease_revoke(LeaseRevokeRequest { id })).await;
             }
         })
         .await;
@@ -169,8 +180,8 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, Ben
         })
         .collect();
     // Every lease must still be there.
-    let listed: HashSet<i64> = LeaseClient::new(channels[0].clone())
-        .lease_leases(LeaseLeasesRequest {})
+    let mut lister = LeaseClient::new(channels[0].clone());
+    let listed: HashSet<i64> = bounded(lister.lease_leases(LeaseLeasesRequest {}))
         .await
         .map_err(|s| BenchError::Cluster(format!("lease list: {}", s.message())))?
         .into_inner()
@@ -338,7 +349,7 @@ fn writers(
 async fn keys_left(channel: &Channel) -> Result<i64, tonic::Status> {
     let req =
         RangeRequest { key: EXPIRY_PREFIX.into(), range_end: expiry_end(), count_only: true, ..Default::default() };
-    Ok(KvClient::new(channel.clone()).range(req).await?.into_inner().count)
+    Ok(bounded(KvClient::new(channel.clone()).range(req)).await?.into_inner().count)
 }
 
 /// Writers run alone for the baseline, then the leases are granted with a key each and
@@ -369,7 +380,7 @@ pub async fn run_expiry(spec: &ExpirySpec) -> Result<ExpiryReport, BenchError> {
                     lease: id,
                     ..Default::default()
                 };
-                KvClient::new(ch).put(put).await.map(|_| ())
+                bounded(KvClient::new(ch).put(put)).await.map(|_| ())
             }
         })
         .buffer_unordered(GRANTS_IN_FLIGHT)

@@ -24,9 +24,17 @@ fn main() -> anyhow::Result<()> {
 /// response alone: about two `writev` calls per put on the members. Without the slot, the
 /// responses of an entry are written together (one call per put), which made puts and gets at
 /// 64 clients faster (docs/benchmarks.md has the measurements).
+/// How long a thread that tokio started for blocking work waits for more before it exits.
+/// Waits on the state machine's gate go through `block_in_place`, which hands the worker's
+/// queue to such a thread; at tokio's default of 10 s, a member serving thousands of lease
+/// renewals a second started and ended a thread every half second, and each ending thread
+/// left its allocator pages behind: the leader's RSS grew by about 1 KB per renewal
+/// (docs/benchmarks.md). Kept, the threads are reused.
+const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
+    builder.enable_all().thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE);
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder.build()

@@ -28,8 +28,38 @@ enum Cmd {
     Run(RunArgs),
     /// Many watchers of one prefix on one member while a writer puts at a fixed rate.
     Watch(WatchArgs),
+    /// Many leases kept alive, then many expiring at once under write load.
+    Lease(LeaseArgs),
     /// Start a 3-member raftkv and a 3-member etcd here and compare them side by side.
     Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LeaseArgs {
+    /// Comma-separated client URLs (grants, renewals and writes are spread over them).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// Leases kept alive (0: no keep-alive run).
+    #[arg(long, default_value_t = 100_000)]
+    leases: usize,
+    /// Their TTL in seconds.
+    #[arg(long, default_value_t = 30)]
+    ttl: i64,
+    /// How long they are kept alive.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Keep-alive streams.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Leases expiring at once (0: no mass-expiry run).
+    #[arg(long, default_value_t = 0)]
+    expiring: usize,
+    /// Their TTL in seconds.
+    #[arg(long, default_value_t = 10)]
+    expiring_ttl: i64,
+    /// The members' process ids, for their CPU and RSS.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,6 +208,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Run(a) => measure(a).await,
         Cmd::Watch(a) => watch(a).await,
+        Cmd::Lease(a) => leases(a).await,
         Cmd::Compare(a) => side_by_side(a).await,
     };
     match result {
@@ -231,6 +262,33 @@ async fn watch(a: WatchArgs) -> Result<()> {
     };
     let report = run_watch(&spec).await?;
     show(&WatchReport::markdown_header(), &report.markdown_row(), &report, a.json)
+}
+
+async fn leases(a: LeaseArgs) -> Result<()> {
+    use raftkv_bench::lease::{run_expiry, run_keep_alive, ExpirySpec, KeepAliveSpec};
+    if a.leases > 0 {
+        let spec = KeepAliveSpec {
+            endpoints: a.endpoints.clone(),
+            leases: a.leases,
+            ttl: a.ttl,
+            duration: a.duration,
+            streams: a.streams,
+            pids: a.pids.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&run_keep_alive(&spec).await?)?);
+    }
+    if a.expiring > 0 {
+        let spec = ExpirySpec {
+            endpoints: a.endpoints,
+            leases: a.expiring,
+            ttl: a.expiring_ttl,
+            writers: 16,
+            baseline: Duration::from_secs(5),
+            value_size: 256,
+        };
+        println!("{}", serde_json::to_string_pretty(&run_expiry(&spec).await?)?);
+    }
+    Ok(())
 }
 
 async fn side_by_side(a: CompareArgs) -> Result<()> {

@@ -128,6 +128,7 @@ impl<E: Engine> KvStore<E> {
             started.elapsed()
         );
         let revision = fresh.revision;
+        *self.shared.applied.lock() = fresh.last_applied;
         *gate = fresh;
         drop(gate);
         self.shared.revision.send_replace(revision);

@@ -76,6 +76,10 @@ struct Shared<E> {
     installed: std::sync::atomic::AtomicU64,
     /// The stored snapshot's position, published once it is durable.
     snapshot: tokio::sync::watch::Sender<StoredSnapshot>,
+    /// The last log id applied, kept beside the gate so that the read paths that ask for it per
+    /// request (lease reads, lease renewals) never wait for the gate while an apply or a
+    /// snapshot holds it.
+    applied: parking_lot::Mutex<Option<LogId>>,
     /// Told of every grant and revoke once applied: the leader's lease clock.
     lease_hook: std::sync::OnceLock<LeaseHook>,
 }
@@ -121,6 +125,7 @@ impl<E: Engine> KvStore<E> {
             rebuild_index(&*engine, &index, &meta)?;
         }
         let (revision, _) = tokio::sync::watch::channel(meta.revision);
+        let meta_applied = meta.last_applied;
         let stored = engine
             .get(Tree::Snapshot, SNAP_META)
             .map_err(sm_read_err)?
@@ -140,6 +145,7 @@ impl<E: Engine> KvStore<E> {
                 revision,
                 installed: Default::default(),
                 lease_hook: Default::default(),
+                applied: parking_lot::Mutex::new(meta_applied),
                 snapshot,
             }),
         })
@@ -210,7 +216,12 @@ impl<E: Engine> KvStore<E> {
     /// The last log id applied, without copying the rest of the meta (read paths call this
     /// per request, and openraft's metrics may publish an apply only after its reply).
     pub fn last_applied(&self) -> Option<LogId> {
-        self.read_gate().last_applied
+        *self.shared.applied.lock()
+    }
+
+    /// The applied revision, without the gate (response headers read it per request).
+    pub fn revision(&self) -> i64 {
+        *self.shared.revision.borrow()
     }
 
     /// A copy of the current meta.

@@ -294,7 +294,7 @@ impl<E: Engine> WatchStream<E> {
             // Changes were dropped from the ring before this stream took them: everything up
             // to the current revision is read from storage instead.
             Err(RecvError::Lagged(_)) => {
-                self.seen = self.seen.max(self.ctx.node.store().meta().revision);
+                self.seen = self.seen.max(self.ctx.node.store().revision());
                 return Ok(());
             }
             Err(RecvError::Closed) => return self.fail(EtcdError::ServerStopped.to_status()).await,

@@ -113,6 +113,7 @@ impl<E: Engine> KvStore<E> {
         gate.revision = meta.revision;
         gate.compacted = meta.compacted;
         gate.last_applied = meta.last_applied;
+        *self.shared.applied.lock() = meta.last_applied;
         gate.membership = meta.membership;
         drop(gate);
         self.shared.revision.send_replace(meta.revision);
