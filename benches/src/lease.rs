@@ -140,6 +140,7 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, Ben
     let granting = Instant::now();
     let ids = grant_all(&channels, spec.leases, spec.ttl).await?;
     let grants_per_sec = ids.len() as f64 / granting.elapsed().as_secs_f64();
+    eprintln!("kvbench: {} leases granted ({grants_per_sec:.0}/s); keeping them alive", ids.len());
 
     let cpu_before: Vec<Option<f64>> = spec.pids.iter().map(|p| cpu_seconds(*p)).collect();
     let started = Instant::now();
@@ -170,6 +171,7 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, Ben
         hist.add(&h).expect("same histogram bounds");
     }
     let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("kvbench: keep-alive done after {elapsed:.1} s; checking and revoking the leases");
     let member_cpu_cores = spec
         .pids
         .iter()
@@ -222,11 +224,9 @@ async fn keep_stream(
     hist: &mut Histogram<u64>,
 ) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(1024);
-    let mut replies = LeaseClient::new(channel.clone())
-        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
     let sent: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    // Requests flow before the call returns: etcd (grpc-go) sends a stream's response headers
+    // only with its first answer, and the call waits for them.
     let sender = {
         let (ids, sent) = (ids.to_vec(), sent.clone());
         tokio::spawn(async move {
@@ -243,6 +243,15 @@ async fn keep_stream(
                 }
             }
         })
+    };
+    let mut lease = LeaseClient::new(channel.clone());
+    let opened = bounded(lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))).await;
+    let mut replies = match opened {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            sender.abort();
+            return Err(e);
+        }
     };
     let outcome = loop {
         let left = until.saturating_duration_since(Instant::now());
@@ -330,10 +339,8 @@ fn writers(
                     let key = format!("bench-writer/{w}/{}", i % 100);
                     i += 1;
                     let at = Instant::now();
-                    match kv
-                        .put(PutRequest { key: key.into(), value: vec![b'w'; value_size], ..Default::default() })
-                        .await
-                    {
+                    let put = PutRequest { key: key.into(), value: vec![b'w'; value_size], ..Default::default() };
+                    match bounded(kv.put(put)).await {
                         Ok(_) => samples.lock().push((at, at.elapsed().as_micros().max(1) as u64)),
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
