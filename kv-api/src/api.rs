@@ -5,13 +5,15 @@
 use std::future::Future;
 
 use crate::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse, TxnRequest,
+    TxnResponse, WatchCreateRequest,
 };
 use crate::mvccpb::Event;
 use crate::Consistency;
 
-/// etcd's KV operations plus Status and Watch, with etcd's request and response messages. A
+/// etcd's KV operations plus Status, Watch and Lease, with etcd's request and response messages. A
 /// Range picks its read consistency with the raftkv extension fields (see
 /// [`RangeRequest::consistency`]); [`KvApi::get`] is the short form.
 pub trait KvApi: Send + Sync {
@@ -34,6 +36,26 @@ pub trait KvApi: Send + Sync {
     /// revision, prev_kv, filters; the stream options do not apply). It returns once the watch
     /// is created: a watch without a start revision covers every change after the call returns.
     fn watch(&self, req: WatchCreateRequest) -> impl Future<Output = Result<Self::Watcher, Self::Error>> + Send;
+    /// Grants a lease of `ttl` seconds (raised to the store's minimum), with `id`, or with one
+    /// the store picks when `id` is 0.
+    fn lease_grant(
+        &self,
+        req: LeaseGrantRequest,
+    ) -> impl Future<Output = Result<LeaseGrantResponse, Self::Error>> + Send;
+    /// Revokes a lease, deleting the keys attached to it.
+    fn lease_revoke(
+        &self,
+        req: LeaseRevokeRequest,
+    ) -> impl Future<Output = Result<LeaseRevokeResponse, Self::Error>> + Send;
+    /// Renews lease `id` once: its granted TTL, or 0 if it no longer exists.
+    fn lease_keep_alive_once(&self, id: i64) -> impl Future<Output = Result<i64, Self::Error>> + Send;
+    /// What a lease has left (TTL -1: no such lease), its granted TTL and, if asked, its keys.
+    fn lease_time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> impl Future<Output = Result<LeaseTimeToLiveResponse, Self::Error>> + Send;
+    /// Every lease.
+    fn leases(&self) -> impl Future<Output = Result<LeaseLeasesResponse, Self::Error>> + Send;
 
     /// The value of `key` read at `consistency`, if the key exists.
     fn get(

@@ -419,6 +419,35 @@ impl KvApi for Client {
     async fn watch(&self, req: WatchCreateRequest) -> Result<Watcher> {
         Client::watch(self, Watch::from(req)).await
     }
+
+    async fn lease_grant(
+        &self,
+        req: kv_api::etcdserverpb::LeaseGrantRequest,
+    ) -> Result<kv_api::etcdserverpb::LeaseGrantResponse> {
+        Client::lease_grant(self, req.ttl, req.id).await
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: kv_api::etcdserverpb::LeaseRevokeRequest,
+    ) -> Result<kv_api::etcdserverpb::LeaseRevokeResponse> {
+        Client::lease_revoke(self, req.id).await
+    }
+
+    async fn lease_keep_alive_once(&self, id: i64) -> Result<i64> {
+        Client::lease_keep_alive_once(self, id).await
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: kv_api::etcdserverpb::LeaseTimeToLiveRequest,
+    ) -> Result<kv_api::etcdserverpb::LeaseTimeToLiveResponse> {
+        Client::lease_time_to_live(self, req.id, req.keys).await
+    }
+
+    async fn leases(&self) -> Result<kv_api::etcdserverpb::LeaseLeasesResponse> {
+        Client::leases(self).await
+    }
 }
 
 /// The range end that selects every key with `prefix` (etcd's rule, `"\0"` for all-0xff).

@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use kv_api::etcdserverpb::kv_server::Kv;
+use kv_api::etcdserverpb::lease_server::Lease;
 use kv_api::etcdserverpb::maintenance_server::Maintenance;
 use kv_api::etcdserverpb::watch_request::RequestUnion;
 use kv_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
-    WatchRequest, WatchResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use kv_api::mvccpb::Event;
 use kv_api::{EtcdError, KvApi, WatchEvents};
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::config::ServerConfig;
 use crate::server::{open_engine, start_member, Running, ServerError};
 use crate::service::kv::KvService;
+use crate::service::lease::LeaseService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::{ResponseStream, WatchService};
 
@@ -33,6 +36,7 @@ pub struct Embedded<E: Engine> {
     kv: KvService<E>,
     maintenance: MaintenanceService<E>,
     watch: WatchService<E>,
+    lease: LeaseService<E>,
 }
 
 /// Starts a member from `cfg` with the default engine and returns it for in-process use.
@@ -50,6 +54,7 @@ pub async fn embed_with_engine<E: Engine>(cfg: ServerConfig, engine: Arc<E>) -> 
         running,
         kv: KvService::new(ctx.clone()),
         maintenance: MaintenanceService::new(ctx.clone()),
+        lease: LeaseService::new(ctx.clone()),
         watch: WatchService::new(ctx, progress_interval),
     })
 }
@@ -126,6 +131,36 @@ impl<E: Engine> KvApi for Embedded<E> {
             w.next = created.header.map_or(0, |h| h.revision) + 1;
         }
         Ok(w)
+    }
+
+    async fn lease_grant(&self, req: LeaseGrantRequest) -> Result<LeaseGrantResponse, EtcdError> {
+        self.lease_call(self.lease.lease_grant(tonic::Request::new(req))).await
+    }
+
+    async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, EtcdError> {
+        self.lease_call(self.lease.lease_revoke(tonic::Request::new(req))).await
+    }
+
+    async fn lease_keep_alive_once(&self, id: i64) -> Result<i64, EtcdError> {
+        self.lease.keep_alive_once(id).await.map(|r| r.ttl).map_err(etcd)
+    }
+
+    async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        self.lease_call(self.lease.lease_time_to_live(tonic::Request::new(req))).await
+    }
+
+    async fn leases(&self) -> Result<LeaseLeasesResponse, EtcdError> {
+        self.lease_call(self.lease.lease_leases(tonic::Request::new(LeaseLeasesRequest {}))).await
+    }
+}
+
+/// The embedded member's Lease calls go through the Lease service, as a client's would.
+impl<E: Engine> Embedded<E> {
+    async fn lease_call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, EtcdError> {
+        call.await.map(tonic::Response::into_inner).map_err(etcd)
     }
 }
 

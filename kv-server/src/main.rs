@@ -30,11 +30,15 @@ fn main() -> anyhow::Result<()> {
 /// renewals a second started and ended a thread every half second, and each ending thread
 /// left its allocator pages behind: the leader's RSS grew by about 1 KB per renewal
 /// (docs/benchmarks.md). Kept, the threads are reused.
+#[cfg(not(madsim))]
 const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE);
+    builder.enable_all();
+    // (The simulation's runtime has no blocking threads to keep.)
+    #[cfg(not(madsim))]
+    builder.thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE);
     #[cfg(tokio_unstable)]
     builder.disable_lifo_slot();
     builder.build()

@@ -33,6 +33,11 @@ impl<E: Engine> LeaseService<E> {
     pub fn new(ctx: Arc<Ctx<E>>) -> Self {
         LeaseService { ctx }
     }
+
+    /// One renewal, as one request of a keep-alive stream (the embedded member's).
+    pub async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        renew(&self.ctx, id).await
+    }
 }
 
 /// One renewal: the granted TTL, or 0 for a lease that does not exist or expired (etcd answers

@@ -205,10 +205,33 @@ async fn the_same_application_code_runs_embedded_and_remote() {
     };
     let embedded = Arc::new(kv_server::embed(cfg).await.unwrap());
     counter_app_check(embedded.clone()).await;
+    lease_app_check(&*embedded).await;
     Arc::try_unwrap(embedded).ok().expect("no other owner").stop().await.unwrap();
 
     // Remote: a 3-member cluster through kv-client.
     let cluster = Cluster::start(&CALM).await;
     let client = Client::connect(&cluster.endpoints(), Options::default()).await.unwrap();
+    lease_app_check(&client).await;
     counter_app_check(Arc::new(client)).await;
+}
+
+/// The lease calls of [`KvApi`]: a key attached to a lease lives while it is renewed and goes
+/// with it, the same embedded and remote.
+async fn lease_app_check<A: KvApi>(api: &A) {
+    use kv_api::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest};
+    let granted = api.lease_grant(LeaseGrantRequest { ttl: 30, id: 0 }).await.unwrap();
+    assert!(granted.id > 0 && granted.ttl == 30, "{granted:?}");
+    let put = PutRequest { key: b"svc/me".to_vec(), value: b"up".to_vec(), lease: granted.id, ..Default::default() };
+    api.put(put).await.unwrap();
+    assert_eq!(api.lease_keep_alive_once(granted.id).await.unwrap(), 30);
+    let ttl = api.lease_time_to_live(LeaseTimeToLiveRequest { id: granted.id, keys: true }).await.unwrap();
+    assert_eq!((ttl.granted_ttl, ttl.keys.clone()), (30, vec![b"svc/me".to_vec()]), "{ttl:?}");
+    assert!(api.leases().await.unwrap().leases.iter().any(|l| l.id == granted.id));
+    api.lease_revoke(LeaseRevokeRequest { id: granted.id }).await.unwrap();
+    assert_eq!(api.get("svc/me", Consistency::Linearizable).await.unwrap(), None, "the key went with its lease");
+    assert_eq!(api.lease_keep_alive_once(granted.id).await.unwrap(), 0, "a revoked lease renews to 0");
+    let gone = api.lease_time_to_live(LeaseTimeToLiveRequest { id: granted.id, keys: false }).await.unwrap();
+    assert_eq!(gone.ttl, -1);
+    let again = api.lease_revoke(LeaseRevokeRequest { id: granted.id }).await.unwrap_err();
+    assert!(again.to_string().contains("etcdserver: requested lease not found"), "{again}");
 }
