@@ -251,6 +251,43 @@ async fn status(url: &str) -> Option<(u64, u64)> {
     Some((r.header?.member_id, r.leader))
 }
 
+/// Samples the resident memory of processes until stopped, keeping each one's peak (0 for a
+/// process that is not running).
+pub struct RssSampler {
+    peaks: std::sync::Arc<parking_lot::Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pids` every `every`.
+    pub fn start(pids: Vec<Option<u32>>, every: Duration) -> RssSampler {
+        let peaks = std::sync::Arc::new(parking_lot::Mutex::new(vec![0u64; pids.len()]));
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (p, s) = (peaks.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                for (i, pid) in pids.iter().enumerate() {
+                    if let Some(rss) = pid.and_then(rss_of_pid) {
+                        let mut peaks = p.lock();
+                        peaks[i] = peaks[i].max(rss);
+                    }
+                }
+                tokio::select! {
+                    _ = s.notified() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        RssSampler { peaks, stop }
+    }
+
+    /// Stops sampling; returns each process's peak.
+    pub fn stop(self) -> Vec<u64> {
+        self.stop.notify_one();
+        self.peaks.lock().clone()
+    }
+}
+
 /// A process's resident memory from /proc, in bytes.
 pub fn rss_of_pid(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -19,18 +19,18 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::PutRequest;
-use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::cluster::{LocalCluster, System};
+use crate::cluster::{LocalCluster, RssSampler, System};
 use crate::failover::{leader_kill, Gap};
-use crate::lease::{run_expiry, run_keep_alive, ExpiryReport, ExpirySpec, KeepAliveReport, KeepAliveSpec};
+use crate::lease::{
+    run_expiry, run_keep_alive, ExpiryReport, ExpirySpec, KeepAliveReport, KeepAliveSpec, KEEP_ALIVE_STREAMS,
+};
 use crate::report::Report;
 use crate::run::{run, Spec};
 use crate::watch::{compare_spec, run_watch, WatchReport, WatchRow};
@@ -258,13 +258,13 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
             progress: false,
         };
         bar.set_message(format!("round {} {} × {} on {}", step.round + 1, step.workload, step.clients, step.system));
-        let sampler = (step.clients == rss_clients(&spec)).then(|| sample_rss(c));
+        let sampler = (step.clients == rss_clients(&spec))
+            .then(|| RssSampler::start(c.members.iter().map(|m| m.pid()).collect(), Duration::from_millis(200)));
         let report = run(&run_spec).await?;
-        if let Some((peaks, stop)) = sampler {
-            stop.notify_one();
+        if let Some(sampler) = sampler {
             let f = footprint.get_mut(&step.system).expect("footprint per system");
-            for (p, seen) in f.peak_rss_bytes.iter_mut().zip(peaks.lock().iter()) {
-                *p = (*p).max(*seen);
+            for (p, seen) in f.peak_rss_bytes.iter_mut().zip(sampler.stop()) {
+                *p = (*p).max(seen);
             }
         }
         say(
@@ -354,14 +354,15 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
                     leases: spec.leases,
                     ttl: spec.lease_ttl,
                     duration: spec.lease_duration,
-                    streams: 8,
+                    streams: KEEP_ALIVE_STREAMS,
                     pids,
                 };
                 let r = run_keep_alive(&k).await?;
                 say(
                     &bar,
                     format!(
-                        "round {} keep-alive {:>6}: {} leases, lost {}, {:.0} renewals/s, renew p99 {:.1} ms,                          grants {:.0}/s, CPU {:?}",
+                        "round {} keep-alive {:>6}: {} leases, lost {}, {:.0} renewals/s, renew p99 {:.1} ms, \
+                         grants {:.0}/s, CPU {:?}",
                         round + 1,
                         s.to_string(),
                         r.leases,
@@ -376,19 +377,13 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
             }
             if spec.expiring > 0 {
                 bar.set_message(format!("round {} {} leases expiring on {s}", round + 1, spec.expiring));
-                let e = ExpirySpec {
-                    endpoints: c.endpoints(),
-                    leases: spec.expiring,
-                    ttl: spec.expiring_ttl,
-                    writers: 16,
-                    baseline: Duration::from_secs(5),
-                    value_size: spec.value_size,
-                };
+                let e = ExpirySpec::new(c.endpoints(), spec.expiring, spec.expiring_ttl, spec.value_size);
                 let r = run_expiry(&e).await?;
                 say(
                     &bar,
                     format!(
-                        "round {} mass expiry {:>6}: {} leases gone {:.1} s after the deadline; put p99 {:.1} ms                          before, {:.1} ms during",
+                        "round {} mass expiry {:>6}: {} leases gone {:.1} s after the deadline; put p99 {:.1} ms \
+                         before, {:.1} ms during",
                         round + 1,
                         s.to_string(),
                         r.leases,
@@ -504,29 +499,6 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-/// Samples every member's RSS each 200 ms until notified, keeping the peak per member.
-fn sample_rss(c: &LocalCluster) -> (Arc<Mutex<Vec<u64>>>, Arc<tokio::sync::Notify>) {
-    let pids: Vec<Option<u32>> = c.members.iter().map(|m| m.pid()).collect();
-    let peaks = Arc::new(Mutex::new(vec![0u64; pids.len()]));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let (p, s) = (peaks.clone(), stop.clone());
-    tokio::spawn(async move {
-        loop {
-            for (i, pid) in pids.iter().enumerate() {
-                if let Some(rss) = pid.and_then(crate::cluster::rss_of_pid) {
-                    let mut peaks = p.lock();
-                    peaks[i] = peaks[i].max(rss);
-                }
-            }
-            tokio::select! {
-                _ = s.notified() => return,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    });
-    (peaks, stop)
 }
 
 /// Writes every key of the key space once, 64 writers at a time.

@@ -24,9 +24,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::cluster::rss_of_pid;
+use crate::cluster::RssSampler;
 use crate::run::connect;
 use crate::watch::cpu_seconds;
+use crate::workload::prefix_end;
 use crate::BenchError;
 
 /// Grants (and revocations) in flight at once.
@@ -50,6 +51,9 @@ fn histogram() -> Histogram<u64> {
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
+
+/// Keep-alive streams of a comparison's keep-alive runs.
+pub const KEEP_ALIVE_STREAMS: usize = 8;
 
 /// One keep-alive measurement.
 #[derive(Clone, Debug)]
@@ -111,20 +115,6 @@ async fn revoke_all(channels: &[Channel], ids: &[i64]) {
         .await;
 }
 
-/// Samples every pid's RSS until `stop`; returns the peaks.
-fn sample_rss(pids: Vec<u32>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u64>> {
-    tokio::spawn(async move {
-        let mut peaks = vec![0; pids.len()];
-        while !stop.load(Ordering::Relaxed) {
-            for (p, pid) in peaks.iter_mut().zip(&pids) {
-                *p = (*p).max(rss_of_pid(*pid).unwrap_or(0));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        peaks
-    })
-}
-
 /// Grants the leases, keeps them alive for the spec's duration, checks none was lost, and
 /// revokes them.
 pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, BenchError> {
@@ -135,8 +125,7 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, Ben
     for i in 0..spec.streams.max(spec.endpoints.len()) {
         channels.push(connect(&spec.endpoints[i % spec.endpoints.len()]).await?);
     }
-    let stop_rss = Arc::new(AtomicBool::new(false));
-    let rss = sample_rss(spec.pids.clone(), stop_rss.clone());
+    let rss = RssSampler::start(spec.pids.iter().map(|p| Some(*p)).collect(), Duration::from_millis(500));
     let granting = Instant::now();
     let ids = grant_all(&channels, spec.leases, spec.ttl).await?;
     let grants_per_sec = ids.len() as f64 / granting.elapsed().as_secs_f64();
@@ -194,7 +183,6 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, Ben
     let mut lost = lost.lock().clone();
     lost.extend(ids.iter().filter(|id| !listed.contains(id)));
     revoke_all(&channels, &ids).await;
-    stop_rss.store(true, Ordering::Relaxed);
     let renewals = renewals.load(Ordering::Relaxed);
     Ok(KeepAliveReport {
         leases: ids.len(),
@@ -208,7 +196,7 @@ pub async fn run_keep_alive(spec: &KeepAliveSpec) -> Result<KeepAliveReport, Ben
         leases_lost: lost.len(),
         stream_errors: stream_errors.load(Ordering::Relaxed),
         member_cpu_cores,
-        member_rss_peak_bytes: rss.await.unwrap_or_default(),
+        member_rss_peak_bytes: rss.stop(),
     })
 }
 
@@ -290,6 +278,17 @@ pub struct ExpirySpec {
     pub value_size: usize,
 }
 
+/// Writers of a mass-expiry run, and how long they run alone first.
+pub const EXPIRY_WRITERS: usize = 16;
+pub const EXPIRY_BASELINE: Duration = Duration::from_secs(5);
+
+impl ExpirySpec {
+    /// `leases` leases of `ttl` seconds under the standard write load.
+    pub fn new(endpoints: Vec<String>, leases: usize, ttl: i64, value_size: usize) -> ExpirySpec {
+        ExpirySpec { endpoints, leases, ttl, writers: EXPIRY_WRITERS, baseline: EXPIRY_BASELINE, value_size }
+    }
+}
+
 /// What a mass-expiry measurement found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ExpiryReport {
@@ -310,12 +309,6 @@ pub struct ExpiryReport {
 }
 
 const EXPIRY_PREFIX: &str = "bench-expiry/";
-
-fn expiry_end() -> Vec<u8> {
-    let mut end = EXPIRY_PREFIX.as_bytes().to_vec();
-    *end.last_mut().expect("a non-empty prefix") += 1;
-    end
-}
 
 /// Put latencies, each with when it was sent.
 type Samples = Arc<Mutex<Vec<(Instant, u64)>>>;
@@ -354,8 +347,12 @@ fn writers(
 
 /// Keys left under the expiry prefix.
 async fn keys_left(channel: &Channel) -> Result<i64, tonic::Status> {
-    let req =
-        RangeRequest { key: EXPIRY_PREFIX.into(), range_end: expiry_end(), count_only: true, ..Default::default() };
+    let req = RangeRequest {
+        key: EXPIRY_PREFIX.into(),
+        range_end: prefix_end(EXPIRY_PREFIX.as_bytes()),
+        count_only: true,
+        ..Default::default()
+    };
     Ok(bounded(KvClient::new(channel.clone()).range(req)).await?.into_inner().count)
 }
 

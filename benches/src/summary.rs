@@ -170,11 +170,12 @@ fn lease_section(out: &mut String, c: &Comparison) {
         let _ = writeln!(out, "\n### Leases kept alive\n");
         let _ = writeln!(
             out,
-            "N leases of TTL {} s granted through all members, then kept alive for {:.0} s over 8 keep-alive \
+            "N leases of TTL {} s granted through all members, then kept alive for {:.0} s over {} keep-alive \
              streams (each lease renewed every third of its TTL). Lost: answered TTL 0 or missing from the \
              lease list at the end. CPU in cores over the keep-alive period and peak RSS, per member.\n",
             s.lease_ttl,
-            s.lease_duration.as_secs_f64()
+            s.lease_duration.as_secs_f64(),
+            crate::lease::KEEP_ALIVE_STREAMS
         );
         let _ = writeln!(
             out,
@@ -202,10 +203,13 @@ fn lease_section(out: &mut String, c: &Comparison) {
         let _ = writeln!(out, "\n### Leases expiring at once\n");
         let _ = writeln!(
             out,
-            "16 writers put in a closed loop; after 5 s, N leases of TTL {} s are granted with one key each and \
-             abandoned. Put latency in the 5 s before the grants against from the first lease's deadline until \
+            "{} writers put in a closed loop; after {} s, N leases of TTL {} s are granted with one key each and \
+             abandoned. Put latency in the {} s before the grants against from the first lease's deadline until \
              the last key is gone.\n",
-            s.expiring_ttl
+            crate::lease::EXPIRY_WRITERS,
+            crate::lease::EXPIRY_BASELINE.as_secs(),
+            s.expiring_ttl,
+            crate::lease::EXPIRY_BASELINE.as_secs()
         );
         let _ = writeln!(
             out,

@@ -279,8 +279,7 @@ type LeanStream = tonic::Streaming<LeanResponse>;
 async fn open_stream(channel: Channel, count: usize) -> Result<(mpsc::Sender<WatchRequest>, LeanStream), BenchError> {
     let failed = |why: String| BenchError::Cluster(format!("watch stream: {why}"));
     let (tx, rx) = mpsc::channel(count + 1);
-    let mut end = PREFIX.to_vec();
-    *end.last_mut().expect("a non-empty prefix") += 1;
+    let end = crate::workload::prefix_end(PREFIX);
     for _ in 0..count {
         let create = WatchCreateRequest { key: PREFIX.to_vec(), range_end: end.clone(), ..Default::default() };
         let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };

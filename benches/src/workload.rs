@@ -90,6 +90,14 @@ pub fn key(n: u64) -> Vec<u8> {
     format!("key-{n:012}").into_bytes()
 }
 
+/// The range end that selects every key starting with `prefix` (a non-empty prefix whose last
+/// byte is below 0xff, as every prefix the benchmarks use).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    *end.last_mut().expect("a non-empty prefix") += 1;
+    end
+}
+
 /// One operation as sent (a mix resolved to its read or write).
 enum Kind {
     Put,

@@ -5,18 +5,10 @@
 
 use std::time::Duration;
 
-use kv_client::{Client, LeaseLost, LeaseState, Options, Put};
-use kv_server::ServerConfig;
+mod common;
 
-async fn server(dir: &tempfile::TempDir) -> kv_server::Running {
-    let cfg = ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen_client_urls: vec!["http://127.0.0.1:0".into()],
-        listen_peer_urls: vec!["http://127.0.0.1:0".into()],
-        ..ServerConfig::default()
-    };
-    kv_server::start(cfg).await.expect("server starts")
-}
+use common::one_member as server;
+use kv_client::{Client, LeaseLost, LeaseState, Options, Put};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_lease_outlives_its_ttl_and_its_loss_is_reported() {

@@ -3,17 +3,9 @@
 
 use std::process::Output;
 
-use kv_server::{Running, ServerConfig};
+mod common;
 
-async fn server(dir: &tempfile::TempDir) -> Running {
-    let cfg = ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen_client_urls: vec!["http://127.0.0.1:0".into()],
-        listen_peer_urls: vec!["http://127.0.0.1:0".into()],
-        ..ServerConfig::default()
-    };
-    kv_server::start(cfg).await.expect("server starts")
-}
+use common::one_member as server;
 
 async fn kvctl(endpoint: &str, args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"));

@@ -234,8 +234,7 @@ async fn history(endpoints: &[String]) -> Vec<(i64, String, bool)> {
             continue;
         };
         let last = now.into_inner().header.map_or(0, |h| h.revision);
-        let mut end = PREFIX.as_bytes().to_vec();
-        *end.last_mut().unwrap() += 1;
+        let end = kv_client::prefix_end(PREFIX.as_bytes());
         let Ok(mut watcher) = client.watch(Watch::range(PREFIX, end).from_revision(1)).await else { continue };
         events.clear();
         let complete = loop {

@@ -49,7 +49,7 @@ struct LeaseArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Keep-alive streams.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = raftkv_bench::lease::KEEP_ALIVE_STREAMS)]
     streams: usize,
     /// Leases expiring at once (0: no mass-expiry run).
     #[arg(long, default_value_t = 0)]
@@ -278,14 +278,7 @@ async fn leases(a: LeaseArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&run_keep_alive(&spec).await?)?);
     }
     if a.expiring > 0 {
-        let spec = ExpirySpec {
-            endpoints: a.endpoints,
-            leases: a.expiring,
-            ttl: a.expiring_ttl,
-            writers: 16,
-            baseline: Duration::from_secs(5),
-            value_size: 256,
-        };
+        let spec = ExpirySpec::new(a.endpoints, a.expiring, a.expiring_ttl, 256);
         println!("{}", serde_json::to_string_pretty(&run_expiry(&spec).await?)?);
     }
     Ok(())
