@@ -328,6 +328,8 @@ mod tests {
         let cluster = "default=http://127.0.0.1:0,other=http://127.0.0.1:2381";
         assert!(parse(&[&port_zero[..], &[cluster]].concat()).unwrap_err().contains("need real ports"));
         assert!(parse(&["--request-timeout", "soon"]).is_err());
+        assert!(parse(&["--lease-checkpoint-interval", "0s"]).unwrap_err().contains("must be positive"));
+        assert!(parse(&["--watch-progress-notify-interval", "0s"]).unwrap_err().contains("must be positive"));
     }
 
     #[test]
@@ -340,6 +342,7 @@ mod tests {
         // Settings without a key keep raft-core's defaults.
         let node = raft_core::NodeConfig::default();
         assert_eq!((c.max_append_bytes, c.max_payload_entries), (node.max_append_bytes, node.max_payload_entries));
+        assert_eq!(c.lease_clock_rate, 1.0, "a member started from a file runs its lease clock in real time");
         std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
         let err = ServerConfig { config_file: Some(path), ..ServerConfig::default() }.resolve().unwrap_err();
         assert!(err.0.contains("unknown field"), "{err}");
