@@ -32,6 +32,16 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's lock service (`v3lockpb`): locks held by keys on leases.
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service (`v3electionpb`): leader election on leases.
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 /// raftkv's internal peer protocol (`raftkvpb.Peer`), served on the peer port.
 pub mod raftkvpb {
     tonic::include_proto!("raftkvpb");
