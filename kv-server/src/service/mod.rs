@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 

@@ -14,6 +14,7 @@ mod t80_snapshot;
 mod t85_catch_up;
 mod t90_consistency;
 mod t93_lease;
+mod t94_lock;
 mod t95_client;
 mod t96_etcdctl;
 mod t97_watch;

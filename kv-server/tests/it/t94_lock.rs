@@ -1,0 +1,58 @@
+//! Locks through the etcd-client crate on a 3-member cluster: a lock through every member, a
+//! second waiter granted only once the holder unlocks, fencing tokens (the lock key's create
+//! revision) that only grow, and a waiter whose lease is revoked while it waits is refused.
+
+use std::time::Duration;
+
+use etcd_client::LockOptions;
+
+use crate::harness::Cluster;
+
+#[tokio::test]
+async fn locks_pass_in_order_with_growing_fencing_tokens() {
+    let cluster = Cluster::start(&[]).await;
+    let mut last_token = 0;
+    for (i, member) in cluster.members.iter().enumerate() {
+        let mut a = member.client().await;
+        let mut b = cluster.members[(i + 1) % 3].client().await;
+        let la = a.lease_grant(30, None).await.unwrap().id();
+        let lb = b.lease_grant(30, None).await.unwrap().id();
+        let held = a.lock("job", Some(LockOptions::new().with_lease(la))).await.unwrap();
+        let key = held.key().to_vec();
+        assert!(key.starts_with(b"job/"), "{key:?}");
+        let token = a.get(key.clone(), None).await.unwrap().kvs()[0].create_revision();
+        assert!(token > last_token, "fencing tokens only grow: {token} after {last_token}");
+        // The second waiter is not granted while the first holds the lock.
+        let waiting = tokio::spawn(async move { b.lock("job", Some(LockOptions::new().with_lease(lb))).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "member {i}: granted while held");
+        a.unlock(key).await.unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("granted after unlock")
+            .unwrap()
+            .unwrap();
+        let mut c = member.client().await;
+        let next = c.get(second.key().to_vec(), None).await.unwrap().kvs()[0].create_revision();
+        assert!(next > token, "the next holder's token {next} is above {token}");
+        c.unlock(second.key().to_vec()).await.unwrap();
+        last_token = next;
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_whose_lease_is_gone_is_not_granted() {
+    let cluster = Cluster::start(&[]).await;
+    let mut a = cluster.members[0].client().await;
+    let mut b = cluster.members[1].client().await;
+    let la = a.lease_grant(30, None).await.unwrap().id();
+    let lb = b.lease_grant(30, None).await.unwrap().id();
+    let held = a.lock("solo", Some(LockOptions::new().with_lease(la))).await.unwrap();
+    let mut b2 = b.clone();
+    let waiting = tokio::spawn(async move { b2.lock("solo", Some(LockOptions::new().with_lease(lb))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.lease_revoke(lb).await.unwrap();
+    a.unlock(held.key().to_vec()).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
+    assert!(outcome.is_err(), "a waiter with no lease was granted: {outcome:?}");
+}
