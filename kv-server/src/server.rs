@@ -11,6 +11,7 @@ use kv_api::etcdserverpb::lease_server::LeaseServer;
 use kv_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use kv_api::etcdserverpb::watch_server::WatchServer;
 use kv_api::raftkvpb::peer_server::PeerServer;
+use kv_api::v3electionpb::election_server::ElectionServer;
 use kv_api::v3lockpb::lock_server::LockServer;
 use raft_core::engine::Engine;
 use raft_core::mvcc::validate::Limits;
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 use crate::config::{parse_http_url, ClusterState, ConfigError, ServerConfig};
 use crate::net::Listeners;
 use crate::service::cluster::ClusterService;
+use crate::service::election::ElectionService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
 use crate::service::lock::LockService;
@@ -199,6 +201,7 @@ pub(crate) async fn start_member<E: Engine>(
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(LeaseServer::new(LeaseService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(LockServer::new(LockService::new(ctx.clone())).max_decoding_message_size(max_msg))
+        .add_service(ElectionServer::new(ElectionService::new(ctx.clone())).max_decoding_message_size(max_msg))
         .add_service(
             WatchServer::new(WatchService::new(ctx.clone(), cfg.watch_progress_notify_interval))
                 .max_decoding_message_size(max_msg),

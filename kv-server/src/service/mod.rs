@@ -3,10 +3,12 @@
 
 pub mod alarms;
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod recipe;
 pub mod watch;
 
 use kv_api::etcdserverpb::ResponseHeader;

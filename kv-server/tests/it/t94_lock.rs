@@ -1,6 +1,7 @@
-//! Locks through the etcd-client crate on a 3-member cluster: a lock through every member, a
-//! second waiter granted only once the holder unlocks, fencing tokens (the lock key's create
-//! revision) that only grow, and a waiter whose lease is revoked while it waits is refused.
+//! Locks and elections through the etcd-client crate on a 3-member cluster: a lock through
+//! every member, a second waiter granted only once the holder unlocks, fencing tokens (the lock
+//! key's create revision) that only grow, a waiter whose lease is revoked while it waits is
+//! refused; campaign, proclaim, leader, observe and resign across members.
 
 use std::time::Duration;
 
@@ -55,4 +56,39 @@ async fn a_waiter_whose_lease_is_gone_is_not_granted() {
     a.unlock(held.key().to_vec()).await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("answered").unwrap();
     assert!(outcome.is_err(), "a waiter with no lease was granted: {outcome:?}");
+}
+
+#[tokio::test]
+async fn campaign_proclaim_observe_and_resign_across_members() {
+    use etcd_client::{ProclaimOptions, ResignOptions};
+    let cluster = Cluster::start(&[]).await;
+    let mut watcher = cluster.members[2].client().await;
+    let mut observed = watcher.observe("pick").await.unwrap();
+    let mut a = cluster.members[0].client().await;
+    let mut b = cluster.members[1].client().await;
+    let la = a.lease_grant(30, None).await.unwrap().id();
+    let lb = b.lease_grant(30, None).await.unwrap().id();
+    let won = a.campaign("pick", "a1", la).await.unwrap();
+    let leader = won.leader().unwrap().clone();
+    let got = b.leader("pick").await.unwrap();
+    assert_eq!(got.kv().unwrap().value(), b"a1");
+    a.proclaim("a2", Some(ProclaimOptions::new().with_leader(leader.clone()))).await.unwrap();
+    let mut b2 = b.clone();
+    let second = tokio::spawn(async move { b2.campaign("pick", "b1", lb).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "two leaders at once");
+    a.resign(Some(ResignOptions::new().with_leader(leader.clone()))).await.unwrap();
+    let won_b = tokio::time::timeout(Duration::from_secs(5), second).await.expect("b leads").unwrap().unwrap();
+    assert!(won_b.leader().unwrap().rev() > leader.rev(), "leaderships are ordered");
+    // A stale leader's proclamation is refused.
+    let stale = a.proclaim("a3", Some(ProclaimOptions::new().with_leader(leader))).await.unwrap_err();
+    assert!(stale.to_string().contains("election: not leader"), "{stale}");
+    // The observer saw every leader value in order.
+    let mut values = Vec::new();
+    while values.len() < 3 {
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), observed.message()).await.expect("observed").unwrap().unwrap();
+        values.push(r.kv().unwrap().value().to_vec());
+    }
+    assert_eq!(values, [b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()]);
 }

@@ -1,0 +1,143 @@
+//! What the Lock and Election services share (etcd's client recipes, run in the server): a
+//! queue of keys under a prefix ordered by create revision, each waiter waiting only for the
+//! key just ahead, and the check that a waiter still holds its place before it is granted.
+
+use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use kv_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use kv_api::etcdserverpb::request_op::Request as Op;
+use kv_api::etcdserverpb::response_op::Response as OpResponse;
+use kv_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest};
+use kv_api::mvccpb::KeyValue;
+use kv_api::{Consistency, EtcdError};
+use raft_core::engine::Engine;
+use raft_core::{ReadRequirement, WriteRequest, WriteResponse};
+use tonic::Status;
+
+use super::Ctx;
+use crate::error;
+
+pub async fn write<E: Engine>(ctx: &Ctx<E>, req: WriteRequest) -> Result<WriteResponse, Status> {
+    ctx.node.write(req).await.map_err(error::node)
+}
+
+/// A linearizable read of `req`.
+pub async fn read<E: Engine>(ctx: &Ctx<E>, req: RangeRequest) -> Result<RangeResponse, Status> {
+    ctx.node.read_barrier(ReadRequirement::level(Consistency::Linearizable)).await.map_err(error::node)?;
+    ctx.node.store().range(&req).map_err(error::mvcc)
+}
+
+/// The key of `lease` in the queue `name`: `name/<lease in hex>`, and the queue's prefix.
+pub fn queue_key(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    ([prefix.clone(), format!("{lease:x}").into_bytes()].concat(), prefix)
+}
+
+/// Creates `key` with `value` attached to `lease` unless it exists; returns the key as stored.
+pub async fn enqueue<E: Engine>(ctx: &Ctx<E>, key: &[u8], value: &[u8], lease: i64) -> Result<KeyValue, Status> {
+    let absent = Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Create as i32,
+        key: key.to_vec(),
+        target_union: Some(TargetUnion::CreateRevision(0)),
+        ..Default::default()
+    };
+    let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
+    let get = RangeRequest { key: key.to_vec(), ..Default::default() };
+    let txn = TxnRequest {
+        compare: vec![absent],
+        success: vec![
+            RequestOp { request: Some(Op::RequestPut(put)) },
+            RequestOp { request: Some(Op::RequestRange(get.clone())) },
+        ],
+        failure: vec![RequestOp { request: Some(Op::RequestRange(get)) }],
+    };
+    let WriteResponse::Txn(resp) = write(ctx, WriteRequest::Txn(txn)).await? else {
+        return Err(Status::internal("raftkv: a queue txn was answered with something else"));
+    };
+    resp.responses
+        .into_iter()
+        .find_map(|r| match r.response {
+            Some(OpResponse::ResponseRange(r)) => r.kvs.into_iter().next(),
+            _ => None,
+        })
+        .ok_or_else(|| Status::internal("raftkv: a queue key is missing right after its txn"))
+}
+
+/// The range end of every key with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The first key of the queue under `prefix` (the holder, the leader), if any.
+pub async fn first<E: Engine>(ctx: &Ctx<E>, prefix: &[u8]) -> Result<(Option<KeyValue>, i64), Status> {
+    let req = RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        sort_order: SortOrder::Ascend as i32,
+        sort_target: SortTarget::Create as i32,
+        limit: 1,
+        ..Default::default()
+    };
+    let r = read(ctx, req).await?;
+    Ok((r.kvs.into_iter().next(), r.header.map_or(0, |h| h.revision)))
+}
+
+/// The key under `prefix` created last before `revision`, if any: the waiter just ahead.
+async fn ahead<E: Engine>(ctx: &Ctx<E>, prefix: &[u8], revision: i64) -> Result<Option<KeyValue>, Status> {
+    let req = RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        max_create_revision: revision - 1,
+        sort_order: SortOrder::Descend as i32,
+        sort_target: SortTarget::Create as i32,
+        limit: 1,
+        ..Default::default()
+    };
+    Ok(read(ctx, req).await?.kvs.into_iter().next())
+}
+
+/// Waits for the next apply on this member.
+pub async fn next_apply(
+    applied: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<raft_core::state_machine::events::Applied>>,
+) -> Result<(), Status> {
+    match applied.recv().await {
+        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Ok(()),
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => Err(EtcdError::ServerStopped.to_status()),
+    }
+}
+
+/// Waits until no key ahead of `mine` is left under `prefix`, waiting each time only for the
+/// one just ahead.
+pub async fn wait_turn<E: Engine>(ctx: &Ctx<E>, prefix: &[u8], mine: &KeyValue) -> Result<(), Status> {
+    let store = ctx.node.store();
+    loop {
+        // Subscribed before the read: a delete after it is not missed.
+        let (mut applied, _) = store.subscribe();
+        let Some(before) = ahead(ctx, prefix, mine.create_revision).await? else { return Ok(()) };
+        loop {
+            // Any apply may be the delete of the key ahead.
+            next_apply(&mut applied).await?;
+            let still = read(ctx, RangeRequest { key: before.key.clone(), ..Default::default() }).await?;
+            if still.kvs.first().is_none_or(|kv| kv.create_revision != before.create_revision) {
+                break;
+            }
+        }
+    }
+}
+
+/// Whether `mine` still holds its place: the key is there as created and its lease is alive
+/// at the leader now. Returns the revision read at.
+pub async fn still_holds<E: Engine>(ctx: &Ctx<E>, mine: &KeyValue) -> Result<Option<i64>, Status> {
+    let now = read(ctx, RangeRequest { key: mine.key.clone(), ..Default::default() }).await?;
+    let holds = now.kvs.first().is_some_and(|kv| kv.create_revision == mine.create_revision);
+    let alive = ctx.node.lease_time_to_live(mine.lease, false).await.map_err(error::node)?.is_some();
+    Ok((holds && alive).then(|| now.header.map_or(0, |h| h.revision)))
+}
