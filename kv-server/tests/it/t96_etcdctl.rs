@@ -220,6 +220,36 @@ async fn exercise(tool: &Etcdctl, global: &[&str], cluster: &Cluster) {
     let expired = tool.run(global, &["lease", "timetolive", &hex], None);
     assert_eq!(expired.trim(), format!("lease {hex} already expired"), "{who} lease timetolive after revoke");
 
+    // lock NAME -- CMD: runs CMD while holding the lock (etcdctl prints CMD's output).
+    let locked = tool.run(global, &["lock", &key("mutex"), "echo", "inside"], None);
+    assert!(locked.contains("inside"), "{who} lock -- echo:\n{locked}");
+    // elect NAME PROPOSAL campaigns and holds leadership until interrupted; elect -l observes.
+    let mut candidate = Command::new(&tool.path)
+        .env("ETCDCTL_API", "3")
+        .args(global)
+        .args(["elect", &key("vote"), "me"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting etcdctl elect");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(candidate.stdout.take().expect("piped stdout")));
+    let elected = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(elected.starts_with(&key("vote/")), "{who} elect printed the leader key first: {elected:?}");
+    let mut listener = Command::new(&tool.path)
+        .env("ETCDCTL_API", "3")
+        .args(global)
+        .args(["elect", "-l", &key("vote")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting etcdctl elect -l");
+    let mut heard = std::io::BufRead::lines(std::io::BufReader::new(listener.stdout.take().expect("piped stdout")));
+    let observed: Vec<String> = heard.by_ref().take(2).map_while(Result::ok).collect();
+    assert_eq!(observed, [elected.clone(), "me".to_string()], "{who} elect -l");
+    let _ = listener.kill();
+    let _ = candidate.kill();
+    let _ = (listener.wait(), candidate.wait());
+
     // compaction: older revisions are gone afterwards, the current one still reads.
     let out = tool.run(global, &["compaction", &rev.to_string()], None);
     assert_eq!(out.trim(), format!("compacted revision {rev}"), "{who} compaction");
