@@ -5,6 +5,7 @@
 //!   per-call timeout, safe retries and automatic session tokens; it implements
 //!   [`kv_api::KvApi`], as an embedded member does (`kv_server::Embedded`);
 //! - [`request`]: builders for each request ([`Get`], [`Put`], [`Delete`], [`Txn`]);
+//! - [`lock`]: locks with fencing tokens ([`Locked::guard`]);
 //! - [`lease`]: leases, and [`KeepAlive`], which renews one in the background and reports its
 //!   loss;
 //! - [`watch`]: a watch ([`Watch`], [`Watcher`]) that resumes on another member when its
@@ -48,15 +49,18 @@ use kv_api::etcdserverpb::{
     MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
     StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
 };
+use kv_api::v3lockpb::lock_client::LockClient;
 use kv_api::{Consistency, EtcdError, KvApi};
 use tonic::transport::{Channel, Endpoint};
 
 pub use kv_api;
 pub use lease::{KeepAlive, LeaseLost, LeaseState};
+pub use lock::Locked;
 pub use request::{Cmp, Delete, Get, Op, Put, Txn, TxnOp};
 pub use watch::{Watch, Watcher};
 
 pub mod lease;
+pub mod lock;
 pub mod request;
 pub mod watch;
 
@@ -123,6 +127,7 @@ struct Member {
     cluster: ClusterClient<Channel>,
     watch: WatchClient<Channel>,
     lease: LeaseClient<Channel>,
+    lock: LockClient<Channel>,
 }
 
 /// Whether a call changes state: only a write's retry can do harm.
@@ -197,6 +202,7 @@ impl Client {
                 maintenance: MaintenanceClient::new(ch.clone()),
                 cluster: ClusterClient::new(ch.clone()),
                 lease: LeaseClient::new(ch.clone()),
+                lock: LockClient::new(ch.clone()),
                 watch: WatchClient::new(ch).max_decoding_message_size(usize::MAX),
             });
         }

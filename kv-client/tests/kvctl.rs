@@ -106,3 +106,23 @@ async fn lease_verbs_print_what_etcdctl_prints() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("bad lease id"));
     srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_runs_a_command_with_the_fencing_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir).await;
+    let ep = srv.client_urls[0].clone();
+    let script = "echo \"$KVCTL_LOCK_KEY $KVCTL_LOCK_TOKEN\"";
+    let first = stdout(&kvctl(&ep, &["lock", "jobs", "--", "sh", "-c", script]).await);
+    let second = stdout(&kvctl(&ep, &["lock", "jobs", "--", "sh", "-c", script]).await);
+    let parse = |line: &str| {
+        let (key, token) = line.trim().split_once(' ').unwrap();
+        assert!(key.starts_with("jobs/"), "{line}");
+        token.parse::<i64>().unwrap()
+    };
+    assert!(parse(&second) > parse(&first), "fencing tokens grow: {first} then {second}");
+    assert_eq!(stdout(&kvctl(&ep, &["get", "jobs/", "--prefix"]).await), "", "each lock was released");
+    let failed = kvctl(&ep, &["lock", "jobs", "--", "false"]).await;
+    assert!(!failed.status.success(), "the command's failure is kvctl's");
+    srv.stop().await.unwrap();
+}

@@ -6,6 +6,7 @@ mod del;
 mod endpoint;
 mod get;
 mod lease;
+mod lock;
 mod member;
 mod put;
 mod txn;
@@ -44,6 +45,9 @@ pub enum Command {
         #[command(subcommand)]
         verb: lease::Verb,
     },
+    /// Take a lock (with a fencing token) and hold it until interrupted, or run a command under
+    /// it (`-- CMD ARGS...`).
+    Lock(lock::Args),
     /// Watch a key or a range of keys: every change, in order, until interrupted (with
     /// `-- CMD ARGS...`, runs CMD per event instead).
     Watch(watch::Args),
@@ -64,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint { verb } => endpoint::run(&cli.endpoints, opts, verb, out).await,
         Command::Member { verb } => member::run(&connect().await?, verb, out).await,
         Command::Lease { verb } => lease::run(&connect().await?, verb, out).await,
+        Command::Lock(a) => lock::run(&connect().await?, a).await,
         Command::Watch(a) => watch::run(&connect().await?, a, out).await,
         Command::Completion(a) => completion::run(a),
     }
