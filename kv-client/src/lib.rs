@@ -5,7 +5,7 @@
 //!   per-call timeout, safe retries and automatic session tokens; it implements
 //!   [`kv_api::KvApi`], as an embedded member does (`kv_server::Embedded`);
 //! - [`request`]: builders for each request ([`Get`], [`Put`], [`Delete`], [`Txn`]);
-//! - [`lock`]: locks with fencing tokens ([`Locked::guard`]);
+//! - [`lock`]: locks with fencing tokens ([`Locked::guard`]); [`election`]: leader election;
 //! - [`lease`]: leases, and [`KeepAlive`], which renews one in the background and reports its
 //!   loss;
 //! - [`watch`]: a watch ([`Watch`], [`Watcher`]) that resumes on another member when its
@@ -49,6 +49,7 @@ use kv_api::etcdserverpb::{
     MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
     StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest,
 };
+use kv_api::v3electionpb::election_client::ElectionClient;
 use kv_api::v3lockpb::lock_client::LockClient;
 use kv_api::{Consistency, EtcdError, KvApi};
 use tonic::transport::{Channel, Endpoint};
@@ -59,6 +60,7 @@ pub use lock::Locked;
 pub use request::{Cmp, Delete, Get, Op, Put, Txn, TxnOp};
 pub use watch::{Watch, Watcher};
 
+pub mod election;
 pub mod lease;
 pub mod lock;
 pub mod request;
@@ -128,6 +130,7 @@ struct Member {
     watch: WatchClient<Channel>,
     lease: LeaseClient<Channel>,
     lock: LockClient<Channel>,
+    election: ElectionClient<Channel>,
 }
 
 /// Whether a call changes state: only a write's retry can do harm.
@@ -203,6 +206,7 @@ impl Client {
                 cluster: ClusterClient::new(ch.clone()),
                 lease: LeaseClient::new(ch.clone()),
                 lock: LockClient::new(ch.clone()),
+                election: ElectionClient::new(ch.clone()),
                 watch: WatchClient::new(ch).max_decoding_message_size(usize::MAX),
             });
         }

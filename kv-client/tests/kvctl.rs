@@ -126,3 +126,34 @@ async fn lock_runs_a_command_with_the_fencing_token() {
     assert!(!failed.status.success(), "the command's failure is kvctl's");
     srv.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elect_campaigns_and_listen_sees_the_leader() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir).await;
+    let ep = srv.client_urls[0].clone();
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+            .arg("--endpoints")
+            .arg(&ep)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kvctl")
+    };
+    let mut candidate = spawn(&["elect", "primary", "node-a"]);
+    let mut out = std::io::BufReader::new(candidate.stdout.take().unwrap()).lines();
+    let key = tokio::task::spawn_blocking(move || out.next().unwrap().unwrap()).await.unwrap();
+    assert!(key.starts_with("primary/"), "{key}");
+    let mut listener = spawn(&["elect", "--listen", "primary"]);
+    let mut heard = std::io::BufReader::new(listener.stdout.take().unwrap()).lines();
+    let seen: Vec<String> =
+        tokio::task::spawn_blocking(move || heard.by_ref().take(2).map(Result::unwrap).collect()).await.unwrap();
+    assert_eq!(seen, [key, "node-a".to_string()]);
+    let _ = (listener.kill(), candidate.kill());
+    let _ = (listener.wait(), candidate.wait());
+    let bad = kvctl(&ep, &["elect", "primary"]).await;
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("a proposal is needed"));
+    srv.stop().await.unwrap();
+}

@@ -3,6 +3,7 @@
 mod compaction;
 mod completion;
 mod del;
+mod elect;
 mod endpoint;
 mod get;
 mod lease;
@@ -45,6 +46,8 @@ pub enum Command {
         #[command(subcommand)]
         verb: lease::Verb,
     },
+    /// Campaign in an election and lead until interrupted, or observe it (`--listen`).
+    Elect(elect::Args),
     /// Take a lock (with a fencing token) and hold it until interrupted, or run a command under
     /// it (`-- CMD ARGS...`).
     Lock(lock::Args),
@@ -69,6 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Member { verb } => member::run(&connect().await?, verb, out).await,
         Command::Lease { verb } => lease::run(&connect().await?, verb, out).await,
         Command::Lock(a) => lock::run(&connect().await?, a).await,
+        Command::Elect(a) => elect::run(&connect().await?, a).await,
         Command::Watch(a) => watch::run(&connect().await?, a, out).await,
         Command::Completion(a) => completion::run(a),
     }
