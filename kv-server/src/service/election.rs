@@ -23,6 +23,7 @@ use raft_core::engine::Engine;
 use raft_core::{WriteRequest, WriteResponse};
 use tonic::{Request, Response, Status};
 
+use super::queue::Queue;
 use super::recipe::{enqueue, first, next_apply, queue_key, still_holds, wait_turn, write};
 use super::Ctx;
 
@@ -111,33 +112,33 @@ impl<E: Engine> Election for ElectionService<E> {
 
     type ObserveStream = ObserveStream;
 
-    /// Every change of leader (or of its proclamation), in order: the leader as this member
-    /// has applied it after each apply, sent when it differs from the last one sent.
+    /// Every change of leader (or of its proclamation), in revision order, from the current
+    /// leader on: the election's queue is carried forward through the stored history, so no
+    /// leader is skipped however short its term, and all observers see the same sequence.
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
         let (_, prefix) = queue_key(&req.into_inner().name, 0);
         let ctx = self.ctx.clone();
+        // Subscribed before the first read: no apply after it goes unnoticed.
+        let (mut applied, _) = ctx.node.store().subscribe();
+        let mut queue = Queue::load(&ctx, &prefix).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut closing = ctx.closing.clone();
             let mut last: Option<(Vec<u8>, i64)> = None;
-            let (mut applied, _) = ctx.node.store().subscribe();
+            let mut pending = Vec::new();
+            // Queues an answer when the head differs from the last one sent.
+            let mut news = |q: &Queue, pending: &mut Vec<LeaderResponse>| {
+                let Some(kv) = q.head() else { return };
+                let seen = (kv.key.clone(), kv.mod_revision);
+                if last.as_ref() != Some(&seen) {
+                    last = Some(seen);
+                    pending.push(LeaderResponse { header: Some(ctx.header(q.revision(), None)), kv: Some(kv.clone()) });
+                }
+            };
+            news(&queue, &mut pending);
             loop {
-                let answer = match first(&ctx, &prefix).await {
-                    Ok((Some(kv), revision)) => {
-                        let seen = (kv.key.clone(), kv.mod_revision);
-                        if last.as_ref() == Some(&seen) {
-                            None
-                        } else {
-                            last = Some(seen);
-                            Some(Ok(LeaderResponse { header: Some(ctx.header(revision, None)), kv: Some(kv) }))
-                        }
-                    }
-                    Ok((None, _)) => None,
-                    Err(e) => Some(Err(e)),
-                };
-                if let Some(answer) = answer {
-                    let failed = answer.is_err();
-                    if tx.send(answer).await.is_err() || failed {
+                for answer in pending.drain(..) {
+                    if tx.send(Ok(answer)).await.is_err() {
                         return;
                     }
                 }
@@ -148,6 +149,10 @@ impl<E: Engine> Election for ElectionService<E> {
                         return;
                     }
                     _ = tx.closed() => return,
+                }
+                if let Err(e) = queue.advance(&ctx, |q| news(q, &mut pending)).await {
+                    let _ = tx.send(Err(e)).await;
+                    return;
                 }
             }
         });

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod queue;
 pub mod recipe;
 pub mod watch;
 

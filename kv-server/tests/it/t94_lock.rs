@@ -92,3 +92,62 @@ async fn campaign_proclaim_observe_and_resign_across_members() {
     }
     assert_eq!(values, [b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()]);
 }
+
+/// Observe is told of every leader and every proclamation, in order, however quickly they
+/// follow one another (a burst of proclamations, then candidates that resign as soon as they
+/// lead), and two observers on different members see the same sequence.
+#[tokio::test]
+async fn observers_see_every_leader_of_a_burst_in_order() {
+    use etcd_client::{ProclaimOptions, ResignOptions};
+    let cluster = Cluster::start(&[]).await;
+    let mut observers = Vec::new();
+    for m in [1, 2] {
+        let mut c = cluster.members[m].client().await;
+        observers.push(c.observe("burst").await.unwrap());
+    }
+    let mut a = cluster.members[0].client().await;
+    let la = a.lease_grant(30, None).await.unwrap().id();
+    let leader = a.campaign("burst", "p0", la).await.unwrap().leader().unwrap().clone();
+    let mut expected = vec![b"p0".to_vec()];
+    for i in 1..40 {
+        let value = format!("p{i}");
+        a.proclaim(value.clone(), Some(ProclaimOptions::new().with_leader(leader.clone()))).await.unwrap();
+        expected.push(value.into_bytes());
+    }
+    // Five candidates queue behind the leader; each resigns the moment it leads.
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        let mut c = cluster.members[i % 3].client().await;
+        let lease = c.lease_grant(30, None).await.unwrap().id();
+        let value = format!("c{i}");
+        expected.push(value.clone().into_bytes());
+        queued.push(tokio::spawn(async move {
+            let won = c.campaign("burst", value, lease).await.unwrap();
+            c.resign(Some(ResignOptions::new().with_leader(won.leader().unwrap().clone()))).await.unwrap();
+        }));
+        // Queued in this order: each campaign is stored before the next starts.
+        loop {
+            let r = a.get("burst/", Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+            if r.kvs().len() == i + 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    a.resign(Some(ResignOptions::new().with_leader(leader))).await.unwrap();
+    for q in queued {
+        tokio::time::timeout(Duration::from_secs(10), q).await.expect("every candidate led").unwrap();
+    }
+    for (m, observed) in observers.iter_mut().enumerate() {
+        let mut values = Vec::new();
+        while values.len() < expected.len() {
+            let r = tokio::time::timeout(Duration::from_secs(5), observed.message())
+                .await
+                .unwrap_or_else(|_| panic!("observer {m} stopped after {values:?}"))
+                .unwrap()
+                .unwrap();
+            values.push(r.kv().unwrap().value().to_vec());
+        }
+        assert_eq!(values, expected, "observer {m}");
+    }
+}
