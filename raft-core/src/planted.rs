@@ -11,7 +11,10 @@
 //! - `watch_skip_at_switch` makes a watch that has just caught up from the stored history
 //!   skip the first revision it then takes live (kv-server's Watch service);
 //! - `lease_forget_renewals` leaves renewals out of the leader's lease checkpoints, so a new
-//!   leader starts each lease from what it had left when granted, not when last renewed.
+//!   leader starts each lease from what it had left when granted, not when last renewed;
+//! - `lock_grant_unchecked` grants a lock or a campaign once no key is left ahead of the
+//!   waiter, without checking that its own key and lease are still there (etcd issue 11456;
+//!   kv-server's Lock and Election services).
 
 /// Which planted bugs a member runs with; all off by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,4 +24,5 @@ pub struct PlantedBugs {
     pub elect_while_catching_up: bool,
     pub watch_skip_at_switch: bool,
     pub lease_forget_renewals: bool,
+    pub lock_grant_unchecked: bool,
 }

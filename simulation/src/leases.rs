@@ -15,7 +15,6 @@ use std::time::Duration;
 use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::lease_client::LeaseClient;
 use kv_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, PutRequest, RangeRequest};
-use kv_client::{Client, Options, Watch};
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
@@ -219,43 +218,9 @@ pub async fn settle(c: &SimCluster, held: Vec<Held>) -> LeaseRun {
         .expect("lease settle task")
 }
 
-/// Every event on [`PREFIX`] keys up to the current revision, through kv-client's watch.
+/// Every event on [`PREFIX`] keys up to the current revision.
 async fn history(endpoints: &[String]) -> Vec<(i64, String, bool)> {
-    let mut events = Vec::new();
-    for _ in 0..10 {
-        let Ok(client) = Client::connect(endpoints, Options { timeout: CLIENT_TIMEOUT }).await else {
-            sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let Ok(mut kv) = kv_client(endpoints).await else { continue };
-        let Ok(Ok(now)) =
-            timeout(CLIENT_TIMEOUT, kv.range(RangeRequest { key: b"/".to_vec(), ..Default::default() })).await
-        else {
-            continue;
-        };
-        let last = now.into_inner().header.map_or(0, |h| h.revision);
-        let end = kv_client::prefix_end(PREFIX.as_bytes());
-        let Ok(mut watcher) = client.watch(Watch::range(PREFIX, end).from_revision(1)).await else { continue };
-        events.clear();
-        let complete = loop {
-            if events.last().is_some_and(|e: &(i64, String, bool)| e.0 >= last) || last <= 1 {
-                break true;
-            }
-            match timeout(Duration::from_secs(2), watcher.next()).await {
-                Ok(Ok(batch)) => events.extend(batch.into_iter().map(|e| {
-                    let kv = e.kv.unwrap_or_default();
-                    (kv.mod_revision, String::from_utf8_lossy(&kv.key).into_owned(), e.r#type == 1)
-                })),
-                // No event up to `last` came: the last revisions were not lease keys.
-                Err(_) => break true,
-                Ok(Err(_)) => break false,
-            }
-        };
-        if complete {
-            return events;
-        }
-    }
-    events
+    crate::history::read(endpoints, PREFIX).await.into_iter().map(|e| (e.revision, e.key, e.delete)).collect()
 }
 
 /// The revisions the lease workload wrote (the audit does not expect them to change the other

@@ -12,6 +12,12 @@
 //! - [`watch`]: watchers through kv-client's resuming watch, checked against the audit;
 //! - [`leases`]: lease holders that renew and abandon short leases, checked for keys that
 //!   vanish early, deletes that are not exactly once, and leases that outlive healing;
+//! - [`session`]: a lock or election client's lease, kept alive and sometimes abandoned;
+//! - [`locks`]: lockers writing a resource guarded by their fencing tokens, checked for grants
+//!   to anyone but the queue's head and for guarded writes that got through when stale;
+//! - [`elections`]: candidates that campaign, proclaim and resign, and observers, checked for
+//!   two leaders at one revision and for observers told anything but the history's sequence;
+//! - [`history`]: a prefix's history read back after a run, and a queue's head replayed from it;
 //! - [`audit`]: after healing, do the members agree and is every acknowledged write there;
 //! - [`scenario`]: the named scenarios and the seed runner with its `sim-digest` lines.
 //!
@@ -21,8 +27,12 @@
 pub mod audit;
 pub mod checks;
 pub mod cluster;
+pub mod elections;
+pub mod history;
 pub mod leases;
+pub mod locks;
 pub mod nemesis;
 pub mod scenario;
+pub mod session;
 pub mod watch;
 pub mod workload;

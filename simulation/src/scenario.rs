@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use crate::audit::{audit, Audit};
 use crate::checks::check_all;
 use crate::cluster::{Options, Overrides, SimCluster};
+use crate::elections::{self, ElectionRun};
 use crate::leases::{self, LeaseRun};
+use crate::locks::{self, LockRun};
 use crate::nemesis::{self, Fault};
 use crate::watch::{self, Delivered};
 use crate::workload::{self, Record};
@@ -74,6 +76,8 @@ pub struct Run {
     /// What each watcher delivered.
     pub watched: Vec<Delivered>,
     pub leases: LeaseRun,
+    pub locks: LockRun,
+    pub elections: ElectionRun,
 }
 
 impl Scenario {
@@ -96,6 +100,15 @@ impl Scenario {
             let c = c.clone();
             madsim::task::spawn(async move { leases::run(&c, WORKLOAD, started).await })
         };
+        let lockers = {
+            let endpoints = c.endpoints.clone();
+            madsim::task::spawn(async move { locks::run(&endpoints, WORKLOAD, started).await })
+        };
+        let observers = elections::observe(&c.endpoints);
+        let candidates = {
+            let endpoints = c.endpoints.clone();
+            madsim::task::spawn(async move { elections::run(&endpoints, WORKLOAD, started).await })
+        };
         sleep(Duration::from_secs(1)).await;
         let mut faults = Vec::new();
         let mut problems = Vec::new();
@@ -106,15 +119,23 @@ impl Scenario {
         faults.extend(nemesis::run(&c, self.faults, left, started).await);
         let history = clients.await.expect("clients");
         let held = holders.await.expect("lease holders");
+        let attempts = lockers.await.expect("lockers");
+        let campaigns = candidates.await.expect("candidates");
         let leases = leases::settle(&c, held).await;
-        let mut audit = audit(&c, &history, &leases::revisions(&leases)).await;
+        let locks = locks::settle(&c.control, &c.endpoints, attempts).await;
+        let elections = elections::settle(&c.control, &c.endpoints, campaigns, observers.stop()).await;
+        let mut others = leases::revisions(&leases);
+        others.extend(locks.events.iter().chain(&elections.events).map(|e| e.revision));
+        let mut audit = audit(&c, &history, &others).await;
         audit.problems.extend(leases::check(&leases));
+        audit.problems.extend(locks::check(&locks));
+        audit.problems.extend(elections::check(&elections));
         audit.problems.extend(problems);
         let last = audit.revisions.keys().next_back().copied().unwrap_or(1);
         let watched = watchers.stop(last).await;
         audit.problems.extend(watch::check(&watched, &audit));
         faults.push(c.lease_clock_rates());
-        Run { history, faults, audit, watched, leases }
+        Run { history, faults, audit, watched, leases, locks, elections }
     }
 }
 
@@ -200,6 +221,8 @@ pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
     parts.extend(watched.iter().map(String::as_str));
     let leases = format!("{:?}", run.leases);
     parts.push(&leases);
+    let coordination = format!("{:?}\n{:?}", run.locks, run.elections);
+    parts.push(&coordination);
     let digest = hash(&parts);
     let checked = check_all(&run.history, &run.audit.revisions);
     let failure = match (run.audit.problems.first(), checked) {
@@ -215,6 +238,10 @@ pub fn run_seed(scenario: Scenario, opts: &Options, seed: u64) -> Outcome {
         text.extend(run.faults);
         text.extend(run.leases.held.iter().map(|h| format!("{h:?}")));
         text.extend(run.leases.events.iter().map(|e| format!("lease event {e:?}")));
+        text.extend(run.locks.attempts.iter().map(|a| format!("{a:?}")));
+        text.extend(run.elections.campaigns.iter().map(|c| format!("{c:?}")));
+        text.extend(run.elections.observed.iter().map(|o| format!("observed {o:?}")));
+        text.extend(run.locks.events.iter().chain(&run.elections.events).map(|e| format!("{e:?}")));
         let _ = std::fs::write(format!("{path}.{}.{seed}", scenario.name), text.join("\n"));
     }
     Outcome { digest, failure }

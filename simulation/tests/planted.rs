@@ -78,3 +78,12 @@ fn lease_forget_renewals_is_found() {
     let bugs = PlantedBugs { lease_forget_renewals: true, ..PlantedBugs::default() };
     found_and_replayed("crashes", "lease_forget_renewals_is_found", bugs);
 }
+
+/// A lock or campaign granted once no key is left ahead, without checking that the waiter's
+/// own key and lease are still there: a locker that abandoned its lease while waiting is told
+/// it holds the lock (etcd issue 11456).
+#[test]
+fn lock_grant_unchecked_is_found() {
+    let bugs = PlantedBugs { lock_grant_unchecked: true, ..PlantedBugs::default() };
+    found_and_replayed("pauses", "lock_grant_unchecked_is_found", bugs);
+}
