@@ -13,9 +13,12 @@
 //! 5. kill -9 the leader of each system under write load, once per round (`failover`);
 //! 6. for each round, the lease workloads on both systems (`lease`): N leases kept alive, then
 //!    M leases expiring at once under write load;
-//! 7. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
+//! 7. for each round and each contending client count, the lock workload on both systems
+//!    (`lock`): acquire + release of one lock in a closed loop;
+//! 8. summarise: the median of each figure over the rounds, and raftkv/etcd ratios.
 //!
-//! `parts` picks which of the kv runs (3), watch (4), failover (5) and lease (6) steps run.
+//! `parts` picks which of the kv runs (3), watch (4), failover (5), lease (6) and lock (7) steps
+//! run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +34,7 @@ use crate::failover::{leader_kill, Gap};
 use crate::lease::{
     run_expiry, run_keep_alive, ExpiryReport, ExpirySpec, KeepAliveReport, KeepAliveSpec, KEEP_ALIVE_STREAMS,
 };
+use crate::lock::{run_lock, LockReport, LockSpec};
 use crate::report::Report;
 use crate::run::{run, Spec};
 use crate::watch::{compare_spec, run_watch, WatchReport, WatchRow};
@@ -74,6 +78,9 @@ pub struct CompareSpec {
     /// Leases expiring at once in the mass-expiry runs, and their TTL.
     pub expiring: usize,
     pub expiring_ttl: i64,
+    /// Contending client counts of the lock runs, and each run's length.
+    pub lock_clients: Vec<usize>,
+    pub lock_duration: Duration,
 }
 
 /// A step of the comparison.
@@ -84,6 +91,7 @@ pub enum Part {
     Watch,
     Failover,
     Lease,
+    Lock,
 }
 
 /// The medians over the rounds of one workload at one client count on one system.
@@ -145,6 +153,8 @@ pub struct Comparison {
     /// Every lease run, in the order they ran.
     pub keep_alive_runs: Vec<(System, KeepAliveReport)>,
     pub expiry_runs: Vec<(System, ExpiryReport)>,
+    /// Every lock run, in the order they ran.
+    pub lock_runs: Vec<(System, LockReport)>,
 }
 
 /// Where the figures come from.
@@ -396,6 +406,28 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
             }
         }
     }
+    let mut lock_runs = Vec::new();
+    for round in (0..spec.rounds).filter(|_| spec.parts.contains(&Part::Lock)) {
+        for &clients in &spec.lock_clients {
+            for s in order(round) {
+                bar.set_message(format!("round {} lock, {clients} contending, on {s}", round + 1));
+                let l = LockSpec { endpoints: clusters[&s].endpoints(), clients, duration: spec.lock_duration };
+                let r = run_lock(&l).await?;
+                say(
+                    &bar,
+                    format!(
+                        "round {} lock {:>6}: {clients} contending, {:.0} acquire+release/s, p50 {:.2} ms, p99 {:.2} ms",
+                        round + 1,
+                        s.to_string(),
+                        r.cycles_per_sec,
+                        r.p50_ms,
+                        r.p99_ms
+                    ),
+                );
+                lock_runs.push((s, r));
+            }
+        }
+    }
     bar.finish_and_clear();
     for (s, c) in &clusters {
         footprint.get_mut(s).expect("footprint per system").disk_end_bytes =
@@ -403,7 +435,19 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
     }
     let rows = summarise(&spec, &runs);
     let watch = crate::watch::summarise(&watchers, &watch_runs);
-    Ok(Comparison { spec, machine, runs, rows, footprint, failover, watch_runs, watch, keep_alive_runs, expiry_runs })
+    Ok(Comparison {
+        spec,
+        machine,
+        runs,
+        rows,
+        footprint,
+        failover,
+        watch_runs,
+        watch,
+        keep_alive_runs,
+        expiry_runs,
+        lock_runs,
+    })
 }
 
 /// One progress line: above the bar on a terminal, plainly on stderr otherwise (indicatif drops
@@ -554,6 +598,8 @@ mod tests {
             lease_duration: Duration::from_secs(1),
             expiring: 0,
             expiring_ttl: 10,
+            lock_clients: vec![1, 16],
+            lock_duration: Duration::from_secs(1),
         }
     }
 

@@ -11,6 +11,7 @@
 //!   ([`cluster`] starts them, [`failover`] kills their leaders, [`summary`] and [`plot`] write
 //!   the report);
 //! - [`lease`]: many leases kept alive, and many expiring at once under write load;
+//! - [`lock`]: clients contending for one lock, acquire + release in a closed loop;
 //! - [`watch`]: many watchers of one prefix under a fixed write rate: event delay, events/s and
 //!   the watched member's CPU and RSS.
 
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod compare;
 pub mod failover;
 pub mod lease;
+pub mod lock;
 pub mod plot;
 pub mod report;
 pub mod run;

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::cluster::System;
 use crate::compare::{median, Comparison, Median};
 use crate::plot::{self, Metric};
 use crate::BenchError;
@@ -51,6 +52,26 @@ pub fn markdown(c: &Comparison) -> String {
         s.rounds,
         s.duration.as_secs_f64()
     );
+    kv_sections(&mut out, c);
+    watch_section(&mut out, c);
+    lease_section(&mut out, c);
+    lock_section(&mut out, c);
+    if !c.rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n![throughput per client count](throughput.svg)\n\n![p99 latency per client count](latency.svg)"
+        );
+    }
+    out
+}
+
+/// The KV runs' table, the members' footprint and the leader kills: the parts of a comparison
+/// that ran the KV workloads (`kv`, `failover`).
+fn kv_sections(out: &mut String, c: &Comparison) {
+    let s = &c.spec;
+    if c.rows.is_empty() && c.failover.is_empty() {
+        return;
+    }
     let _ = writeln!(out, "### Throughput and latency\n");
     let _ = writeln!(
         out,
@@ -154,13 +175,6 @@ pub fn markdown(c: &Comparison) -> String {
             }
         }
     }
-    watch_section(&mut out, c);
-    lease_section(&mut out, c);
-    let _ = writeln!(
-        out,
-        "\n![throughput per client count](throughput.svg)\n\n![p99 latency per client count](latency.svg)"
-    );
-    out
 }
 
 /// The lease runs' tables, if there were any: every run (they are long, and few).
@@ -231,6 +245,45 @@ fn lease_section(out: &mut String, c: &Comparison) {
                 r.keys_left
             );
         }
+    }
+}
+
+/// The lock runs' table, if there were any: medians over the rounds per system and client count.
+fn lock_section(out: &mut String, c: &Comparison) {
+    if c.lock_runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n### Locks\n");
+    let _ = writeln!(
+        out,
+        "N clients contend for one lock (etcd's v3lock Lock and Unlock), each on a lease of its own, spread \
+         over the members; one operation is an acquire and its release, in a closed loop for {:.0} s per run. \
+         Medians over {} round(s).\n",
+        c.spec.lock_duration.as_secs_f64(),
+        c.spec.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| clients | raftkv acquire+release/s | etcd acquire+release/s | raftkv p50 / p99 ms | etcd p50 / p99 ms |\n\
+         |---:|---:|---:|---:|---:|"
+    );
+    for &clients in &c.spec.lock_clients {
+        let median = |system: System| {
+            let runs: Vec<&crate::lock::LockReport> =
+                c.lock_runs.iter().filter(|(s, r)| *s == system && r.clients == clients).map(|(_, r)| r).collect();
+            if runs.is_empty() {
+                return None;
+            }
+            let m = |f: fn(&crate::lock::LockReport) -> f64| median(runs.iter().map(|r| f(r)).collect());
+            Some((m(|r| r.cycles_per_sec), m(|r| r.p50_ms), m(|r| r.p99_ms)))
+        };
+        let cell = |m: Option<(f64, f64, f64)>| match m {
+            Some((ops, p50, p99)) => (format!("{ops:.0}"), format!("{p50:.2} / {p99:.2}")),
+            None => ("—".into(), "—".into()),
+        };
+        let (r_ops, r_lat) = cell(median(System::Raftkv));
+        let (e_ops, e_lat) = cell(median(System::Etcd));
+        let _ = writeln!(out, "| {clients} | {r_ops} | {e_ops} | {r_lat} | {e_lat} |");
     }
 }
 
@@ -319,6 +372,8 @@ mod tests {
             lease_duration: Duration::from_secs(60),
             expiring: 0,
             expiring_ttl: 10,
+            lock_clients: vec![1, 16],
+            lock_duration: Duration::from_secs(10),
         };
         let machine = Machine {
             date: "today".into(),
@@ -381,6 +436,7 @@ mod tests {
             watch,
             keep_alive_runs: vec![],
             expiry_runs: vec![],
+            lock_runs: vec![],
         }
     }
 
@@ -400,6 +456,38 @@ mod tests {
         assert!(md.contains("etcd, round 3: the measurement failed: etcd did not elect a leader within 30s."), "{md}");
         let watch_row = "| 100 | 99000 / 98000 | 0.50 / 0.50 | 3.00 / 3.00 | 0.80 / 0.80 | 80 / 60 | 100.0% / 100.0% |";
         assert!(md.contains(watch_row), "{md}");
+    }
+
+    /// The lock table holds the median of the rounds per system and client count; a comparison
+    /// of locks alone has no empty KV tables or plots.
+    #[test]
+    fn the_lock_table_holds_medians_and_stands_alone() {
+        use crate::lock::LockReport;
+        let mut c = comparison();
+        let run = |clients, ops: f64, p50| LockReport {
+            clients,
+            cycles: 0,
+            cycles_per_sec: ops,
+            p50_ms: p50,
+            p99_ms: p50 * 2.0,
+            max_ms: p50 * 3.0,
+        };
+        c.lock_runs = vec![
+            (System::Raftkv, run(1, 300.0, 3.0)),
+            (System::Etcd, run(1, 400.0, 2.0)),
+            (System::Raftkv, run(1, 330.0, 2.5)),
+            (System::Etcd, run(1, 380.0, 2.2)),
+            (System::Raftkv, run(1, 320.0, 2.9)),
+            (System::Etcd, run(1, 1000.0, 1.0)),
+        ];
+        let md = markdown(&c);
+        assert!(md.contains("| 1 | 320 | 400 | 2.90 / 5.80 | 2.00 / 4.00 |"), "{md}");
+        assert!(md.contains("| 16 | — | — | — | — |"), "{md}");
+        c.rows.clear();
+        c.failover.clear();
+        let md = markdown(&c);
+        assert!(!md.contains("### Throughput and latency") && !md.contains("throughput.svg"), "{md}");
+        assert!(md.contains("### Locks"), "{md}");
     }
 
     #[test]

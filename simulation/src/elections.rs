@@ -37,6 +37,9 @@ const PROCLAIMS: usize = 2;
 /// An observer stream silent this long is replaced by one through another member.
 const SILENT: Duration = Duration::from_secs(3);
 
+/// What an observer was told of one leader: key, mod revision, value.
+pub type Told = (String, i64, String);
+
 /// What a proclamation came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Proclaimed {
@@ -61,13 +64,13 @@ pub struct Campaign {
 pub struct ElectionRun {
     pub campaigns: Vec<Campaign>,
     /// What each observer stream told, stream by stream: (key, mod revision, value).
-    pub observed: Vec<Vec<(String, i64, String)>>,
+    pub observed: Vec<Vec<Told>>,
     pub events: Vec<Ev>,
 }
 
 /// The running observers.
 pub struct Observers {
-    streams: Arc<Mutex<Vec<Vec<(String, i64, String)>>>>,
+    streams: Arc<Mutex<Vec<Vec<Told>>>>,
     tasks: Vec<madsim::task::JoinHandle<()>>,
 }
 
@@ -117,7 +120,7 @@ pub fn observe(endpoints: &[String]) -> Observers {
 
 impl Observers {
     /// Stops the observers; what each stream told.
-    pub fn stop(self) -> Vec<Vec<(String, i64, String)>> {
+    pub fn stop(self) -> Vec<Vec<Told>> {
         for t in &self.tasks {
             t.abort();
         }
@@ -206,7 +209,7 @@ pub async fn settle(
     control: &NodeHandle,
     endpoints: &[String],
     campaigns: Vec<Campaign>,
-    observed: Vec<Vec<(String, i64, String)>>,
+    observed: Vec<Vec<Told>>,
 ) -> ElectionRun {
     let endpoints = endpoints.to_vec();
     let events = control.spawn(async move { crate::history::read(&endpoints, PREFIX).await }).await;
@@ -236,8 +239,7 @@ pub fn check(run: &ElectionRun) -> Vec<String> {
             }
         }
     }
-    let sequence: Vec<(String, i64, String)> =
-        heads.sequence().into_iter().map(|h| (h.key, h.mod_revision, h.value)).collect();
+    let sequence: Vec<Told> = heads.sequence().into_iter().map(|h| (h.key, h.mod_revision, h.value)).collect();
     for (i, told) in run.observed.iter().enumerate() {
         let Some(first) = sequence.iter().position(|s| *s == told[0]) else {
             problems.push(format!("observer stream {i} began with {:?}, never a leader", told[0]));

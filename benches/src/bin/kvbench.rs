@@ -30,8 +30,10 @@ enum Cmd {
     Watch(WatchArgs),
     /// Many leases kept alive, then many expiring at once under write load.
     Lease(LeaseArgs),
+    /// Clients contending for one lock: acquire + release in a closed loop.
+    Lock(LockArgs),
     /// Start a 3-member raftkv and a 3-member etcd here and compare them side by side.
-    Compare(CompareArgs),
+    Compare(Box<CompareArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,6 +62,19 @@ struct LeaseArgs {
     /// The members' process ids, for their CPU and RSS.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+}
+
+#[derive(clap::Args, Debug)]
+struct LockArgs {
+    /// Comma-separated client URLs (the clients are spread over them).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// Contending clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// How long to run, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -183,8 +198,8 @@ struct CompareArgs {
     /// Length of the writes of each watch run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     watch_duration: Duration,
-    /// Which steps run: kv (the workloads at every client count), watch, failover, lease.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kv,watch,failover,lease")]
+    /// Which steps run: kv (the workloads at every client count), watch, failover, lease, lock.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "kv,watch,failover,lease,lock")]
     parts: Vec<raftkv_bench::compare::Part>,
     /// Leases kept alive in each keep-alive run (0: none).
     #[arg(long, default_value_t = 100_000)]
@@ -201,6 +216,12 @@ struct CompareArgs {
     /// TTL of the expiring leases, in seconds.
     #[arg(long, default_value_t = 10)]
     expiring_ttl: i64,
+    /// Contending client counts of the lock runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    lock_clients: Vec<usize>,
+    /// Length of each lock run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lock_duration: Duration,
 }
 
 #[tokio::main]
@@ -209,7 +230,8 @@ async fn main() -> ExitCode {
         Cmd::Run(a) => measure(a).await,
         Cmd::Watch(a) => watch(a).await,
         Cmd::Lease(a) => leases(a).await,
-        Cmd::Compare(a) => side_by_side(a).await,
+        Cmd::Lock(a) => lock(a).await,
+        Cmd::Compare(a) => side_by_side(*a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -284,6 +306,12 @@ async fn leases(a: LeaseArgs) -> Result<()> {
     Ok(())
 }
 
+async fn lock(a: LockArgs) -> Result<()> {
+    let spec = raftkv_bench::lock::LockSpec { endpoints: a.endpoints, clients: a.clients, duration: a.duration };
+    println!("{}", serde_json::to_string_pretty(&raftkv_bench::lock::run_lock(&spec).await?)?);
+    Ok(())
+}
+
 async fn side_by_side(a: CompareArgs) -> Result<()> {
     let kv_server = match a.kv_server {
         Some(p) => p,
@@ -318,6 +346,8 @@ async fn side_by_side(a: CompareArgs) -> Result<()> {
         lease_duration: a.lease_duration,
         expiring: a.expiring,
         expiring_ttl: a.expiring_ttl,
+        lock_clients: a.lock_clients,
+        lock_duration: a.lock_duration,
     };
     // Ctrl-C or SIGTERM drops the comparison, and with it the clusters: no member outlives it.
     let comparison = tokio::select! {

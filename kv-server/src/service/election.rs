@@ -80,15 +80,20 @@ impl<E: Engine> Election for ElectionService<E> {
             return Err(EtcdError::KeyNotProvided.to_status());
         }
         let (key, prefix) = queue_key(&req.name, req.lease);
-        let mine = enqueue(&self.ctx, &key, &req.value, req.lease).await?;
+        let queued = enqueue(&self.ctx, &key, &prefix, &req.value, req.lease).await?;
+        let mine = &queued.mine;
         let leader = LeaderKey { name: req.name, key: key.clone(), rev: mine.create_revision, lease: req.lease };
+        if mine.value == req.value && queued.is_first() {
+            let header = Some(self.ctx.header(queued.revision, None));
+            return Ok(Response::new(CampaignResponse { header, leader: Some(leader) }));
+        }
         if mine.value != req.value {
             // Campaigning again with the same lease: the candidate's value is the new one.
             let put = PutRequest { key, value: req.value, lease: req.lease, ..Default::default() };
             self.as_leader(&leader, vec![RequestOp { request: Some(Op::RequestPut(put)) }]).await?;
         }
-        wait_turn(&self.ctx, &prefix, &mine).await?;
-        let Some(revision) = still_holds(&self.ctx, &mine).await? else {
+        wait_turn(&self.ctx, &prefix, mine).await?;
+        let Some(revision) = still_holds(&self.ctx, mine).await? else {
             return Err(EtcdError::LeaseNotFound.to_status());
         };
         Ok(Response::new(CampaignResponse { header: Some(self.ctx.header(revision, None)), leader: Some(leader) }))

@@ -48,11 +48,13 @@ impl<E: Engine> Lock for LockService<E> {
             l => l,
         };
         let (key, prefix) = queue_key(&req.name, lease);
-        let mine = enqueue(&self.ctx, &key, b"", lease).await?;
-        wait_turn(&self.ctx, &prefix, &mine).await?;
-        // Granted only if the waiter still holds its place.
-        let Some(revision) = still_holds(&self.ctx, &mine).await? else {
-            return Err(EtcdError::LeaseNotFound.to_status());
+        let queued = enqueue(&self.ctx, &key, &prefix, b"", lease).await?;
+        let revision = if queued.is_first() {
+            queued.revision
+        } else {
+            wait_turn(&self.ctx, &prefix, &queued.mine).await?;
+            // Granted only if the waiter still holds its place.
+            still_holds(&self.ctx, &queued.mine).await?.ok_or_else(|| EtcdError::LeaseNotFound.to_status())?
         };
         Ok(Response::new(LockResponse { header: Some(self.ctx.header(revision, None)), key }))
     }

@@ -33,8 +33,32 @@ pub fn queue_key(name: &[u8], lease: i64) -> (Vec<u8>, Vec<u8>) {
     ([prefix.clone(), format!("{lease:x}").into_bytes()].concat(), prefix)
 }
 
-/// Creates `key` with `value` attached to `lease` unless it exists; returns the key as stored.
-pub async fn enqueue<E: Engine>(ctx: &Ctx<E>, key: &[u8], value: &[u8], lease: i64) -> Result<KeyValue, Status> {
+/// A queue key as stored, and the queue's first key at the same revision.
+pub struct Enqueued {
+    pub mine: KeyValue,
+    pub first: Option<KeyValue>,
+    /// The revision both were read at.
+    pub revision: i64,
+}
+
+impl Enqueued {
+    /// Whether the key is already first: the lock or leadership is held at [`Self::revision`]
+    /// (the key was there, so its lease was alive then), with no wait and no further read.
+    pub fn is_first(&self) -> bool {
+        self.first.as_ref().is_some_and(|f| f.create_revision == self.mine.create_revision)
+    }
+}
+
+/// Creates `key` with `value` attached to `lease` unless it exists; returns the key as stored
+/// and the first key of the queue under `prefix`, both read in the same Txn (as etcd's mutex
+/// does), so that an uncontended lock costs one write.
+pub async fn enqueue<E: Engine>(
+    ctx: &Ctx<E>,
+    key: &[u8],
+    prefix: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<Enqueued, Status> {
     let absent = Compare {
         result: CompareResult::Equal as i32,
         target: CompareTarget::Create as i32,
@@ -43,25 +67,26 @@ pub async fn enqueue<E: Engine>(ctx: &Ctx<E>, key: &[u8], value: &[u8], lease: i
         ..Default::default()
     };
     let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
-    let get = RangeRequest { key: key.to_vec(), ..Default::default() };
+    let get = RequestOp { request: Some(Op::RequestRange(RangeRequest { key: key.to_vec(), ..Default::default() })) };
+    let first = RequestOp { request: Some(Op::RequestRange(first_request(prefix))) };
     let txn = TxnRequest {
         compare: vec![absent],
-        success: vec![
-            RequestOp { request: Some(Op::RequestPut(put)) },
-            RequestOp { request: Some(Op::RequestRange(get.clone())) },
-        ],
-        failure: vec![RequestOp { request: Some(Op::RequestRange(get)) }],
+        success: vec![RequestOp { request: Some(Op::RequestPut(put)) }, get.clone(), first.clone()],
+        failure: vec![get, first],
     };
     let WriteResponse::Txn(resp) = write(ctx, WriteRequest::Txn(txn)).await? else {
         return Err(Status::internal("raftkv: a queue txn was answered with something else"));
     };
-    resp.responses
-        .into_iter()
-        .find_map(|r| match r.response {
-            Some(OpResponse::ResponseRange(r)) => r.kvs.into_iter().next(),
-            _ => None,
-        })
-        .ok_or_else(|| Status::internal("raftkv: a queue key is missing right after its txn"))
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    let mut ranges = resp.responses.into_iter().filter_map(|r| match r.response {
+        Some(OpResponse::ResponseRange(r)) => Some(r.kvs.into_iter().next()),
+        _ => None,
+    });
+    let mine = ranges
+        .next()
+        .flatten()
+        .ok_or_else(|| Status::internal("raftkv: a queue key is missing right after its txn"))?;
+    Ok(Enqueued { mine, first: ranges.next().flatten(), revision })
 }
 
 /// The range end of every key with `prefix`.
@@ -76,17 +101,21 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// The first key of the queue under `prefix` (the holder, the leader), if any.
-pub async fn first<E: Engine>(ctx: &Ctx<E>, prefix: &[u8]) -> Result<(Option<KeyValue>, i64), Status> {
-    let req = RangeRequest {
+/// The read of the first key of the queue under `prefix`, by create revision.
+fn first_request(prefix: &[u8]) -> RangeRequest {
+    RangeRequest {
         key: prefix.to_vec(),
         range_end: prefix_end(prefix),
         sort_order: SortOrder::Ascend as i32,
         sort_target: SortTarget::Create as i32,
         limit: 1,
         ..Default::default()
-    };
-    let r = read(ctx, req).await?;
+    }
+}
+
+/// The first key of the queue under `prefix` (the holder, the leader), if any.
+pub async fn first<E: Engine>(ctx: &Ctx<E>, prefix: &[u8]) -> Result<(Option<KeyValue>, i64), Status> {
+    let r = read(ctx, first_request(prefix)).await?;
     Ok((r.kvs.into_iter().next(), r.header.map_or(0, |h| h.revision)))
 }
 
