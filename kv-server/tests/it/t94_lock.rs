@@ -58,39 +58,51 @@ async fn a_waiter_whose_lease_is_gone_is_not_granted() {
     assert!(outcome.is_err(), "a waiter with no lease was granted: {outcome:?}");
 }
 
+/// For each member in turn as the first candidate's: campaign, leader, proclaim, observe and
+/// resign, with the second candidate, the observer and the reader on the other members.
 #[tokio::test]
-async fn campaign_proclaim_observe_and_resign_across_members() {
+async fn campaign_proclaim_observe_and_resign_through_every_member() {
     use etcd_client::{ProclaimOptions, ResignOptions};
     let cluster = Cluster::start(&[]).await;
-    let mut watcher = cluster.members[2].client().await;
-    let mut observed = watcher.observe("pick").await.unwrap();
-    let mut a = cluster.members[0].client().await;
-    let mut b = cluster.members[1].client().await;
-    let la = a.lease_grant(30, None).await.unwrap().id();
-    let lb = b.lease_grant(30, None).await.unwrap().id();
-    let won = a.campaign("pick", "a1", la).await.unwrap();
-    let leader = won.leader().unwrap().clone();
-    let got = b.leader("pick").await.unwrap();
-    assert_eq!(got.kv().unwrap().value(), b"a1");
-    a.proclaim("a2", Some(ProclaimOptions::new().with_leader(leader.clone()))).await.unwrap();
-    let mut b2 = b.clone();
-    let second = tokio::spawn(async move { b2.campaign("pick", "b1", lb).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "two leaders at once");
-    a.resign(Some(ResignOptions::new().with_leader(leader.clone()))).await.unwrap();
-    let won_b = tokio::time::timeout(Duration::from_secs(5), second).await.expect("b leads").unwrap().unwrap();
-    assert!(won_b.leader().unwrap().rev() > leader.rev(), "leaderships are ordered");
-    // A stale leader's proclamation is refused.
-    let stale = a.proclaim("a3", Some(ProclaimOptions::new().with_leader(leader))).await.unwrap_err();
-    assert!(stale.to_string().contains("election: not leader"), "{stale}");
-    // The observer saw every leader value in order.
-    let mut values = Vec::new();
-    while values.len() < 3 {
-        let r =
-            tokio::time::timeout(Duration::from_secs(5), observed.message()).await.expect("observed").unwrap().unwrap();
-        values.push(r.kv().unwrap().value().to_vec());
+    for i in 0..3 {
+        let name = format!("pick{i}");
+        let (first, second, third) = (i, (i + 1) % 3, (i + 2) % 3);
+        let mut watcher = cluster.members[third].client().await;
+        let mut observed = watcher.observe(name.as_str()).await.unwrap();
+        let mut a = cluster.members[first].client().await;
+        let mut b = cluster.members[second].client().await;
+        let la = a.lease_grant(30, None).await.unwrap().id();
+        let lb = b.lease_grant(30, None).await.unwrap().id();
+        let won = a.campaign(name.as_str(), "a1", la).await.unwrap();
+        let leader = won.leader().unwrap().clone();
+        let got = b.leader(name.as_str()).await.unwrap();
+        assert_eq!(got.kv().unwrap().value(), b"a1", "member {second}");
+        a.proclaim("a2", Some(ProclaimOptions::new().with_leader(leader.clone()))).await.unwrap();
+        let mut b2 = b.clone();
+        let n = name.clone();
+        let second_campaign = tokio::spawn(async move { b2.campaign(n, "b1", lb).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second_campaign.is_finished(), "two leaders at once (member {first} first)");
+        a.resign(Some(ResignOptions::new().with_leader(leader.clone()))).await.unwrap();
+        let won_b =
+            tokio::time::timeout(Duration::from_secs(5), second_campaign).await.expect("b leads").unwrap().unwrap();
+        assert!(won_b.leader().unwrap().rev() > leader.rev(), "leaderships are ordered");
+        // A stale leader's proclamation is refused.
+        let stale = a.proclaim("a3", Some(ProclaimOptions::new().with_leader(leader))).await.unwrap_err();
+        assert!(stale.to_string().contains("election: not leader"), "{stale}");
+        // The observer saw every leader value in order.
+        let mut values = Vec::new();
+        while values.len() < 3 {
+            let r = tokio::time::timeout(Duration::from_secs(5), observed.message())
+                .await
+                .expect("observed")
+                .unwrap()
+                .unwrap();
+            values.push(r.kv().unwrap().value().to_vec());
+        }
+        assert_eq!(values, [b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()], "observed through member {third}");
+        b.resign(Some(ResignOptions::new().with_leader(won_b.leader().unwrap().clone()))).await.unwrap();
     }
-    assert_eq!(values, [b"a1".to_vec(), b"a2".to_vec(), b"b1".to_vec()]);
 }
 
 /// Observe is told of every leader and every proclamation, in order, however quickly they
