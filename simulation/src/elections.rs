@@ -19,8 +19,9 @@ use madsim::runtime::{Handle, NodeHandle};
 use madsim::time::{sleep, timeout, Instant};
 use tonic::transport::Channel;
 
+use crate::clients::{pick, run_clients, CLIENT_TIMEOUT};
 use crate::history::{Ev, Head, Heads};
-use crate::session::{pick, Session, CLIENT_TIMEOUT};
+use crate::session::Session;
 
 /// Candidates running at once, each on its own node.
 const CANDIDATES: u32 = 3;
@@ -132,34 +133,10 @@ impl Observers {
 
 /// Runs the candidates for `for_how_long` from `start`.
 pub async fn run(endpoints: &[String], for_how_long: Duration, start: Instant) -> Vec<Campaign> {
-    let h = Handle::current();
-    let mut tasks = Vec::new();
-    for cand in 0..CANDIDATES {
-        let endpoints = endpoints.to_vec();
-        let node = h
-            .create_node()
-            .name(format!("candidate{cand}"))
-            .ip(format!("10.0.6.{}", cand + 1).parse().unwrap())
-            .build();
-        tasks.push(node.spawn(async move {
-            let mut out = Vec::new();
-            let mut n = 0;
-            while start.elapsed() < for_how_long {
-                n += 1;
-                let lease = i64::from(cand + 21) * 1_000_000 + n;
-                match campaign(&endpoints, lease, start).await {
-                    Some(c) => out.push(c),
-                    None => sleep(Duration::from_millis(50)).await,
-                }
-            }
-            out
-        }));
-    }
-    let mut campaigns = Vec::new();
-    for t in tasks {
-        campaigns.extend(t.await.expect("candidate task"));
-    }
-    campaigns
+    run_clients("candidate", 6, CANDIDATES, endpoints, for_how_long, start, move |endpoints, cand, n| async move {
+        campaign(&endpoints, i64::from(cand + 21) * 1_000_000 + n, start).await
+    })
+    .await
 }
 
 /// One campaign, from its lease to the resignation; `None` when no lease was granted.

@@ -5,14 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::RangeRequest;
 use kv_client::{Client, Options, Watch};
-use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, timeout};
 
-/// A request's answer is awaited this long.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::clients::{kv_client, CLIENT_TIMEOUT};
 
 /// One change of a key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -32,8 +29,7 @@ pub async fn read(endpoints: &[String], prefix: &str) -> Vec<Ev> {
             sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let endpoint = endpoints[thread_rng().gen_range(0..endpoints.len())].clone();
-        let Ok(mut kv) = KvClient::connect(endpoint).await else { continue };
+        let Ok(mut kv) = kv_client(endpoints).await else { continue };
         let Ok(Ok(now)) =
             timeout(CLIENT_TIMEOUT, kv.range(RangeRequest { key: b"/".to_vec(), ..Default::default() })).await
         else {

@@ -12,14 +12,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kv_api::etcdserverpb::kv_client::KvClient;
-use kv_api::etcdserverpb::lease_client::LeaseClient;
 use kv_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, PutRequest, RangeRequest};
 use madsim::rand::{thread_rng, Rng};
-use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
-use tonic::transport::Channel;
 
+use crate::clients::{kv_client, lease_client, run_clients, since, CLIENT_TIMEOUT};
 use crate::cluster::SimCluster;
 
 /// Holders running at once, each on its own node.
@@ -32,8 +29,6 @@ const RENEW_EVERY: Duration = Duration::from_millis(600);
 const HOLD_AT_MOST: Duration = Duration::from_secs(4);
 /// How often an abandoned lease's key is read.
 const POLL_EVERY: Duration = Duration::from_millis(100);
-/// A request's answer is awaited this long; then its outcome is unknown.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long after the faults are healed every lease must be gone.
 pub const SETTLE: Duration = Duration::from_secs(15);
 
@@ -80,34 +75,10 @@ pub struct LeaseRun {
 
 /// Runs the holders for `for_how_long` from `start`; returns what each did.
 pub async fn run(c: &SimCluster, for_how_long: Duration, start: Instant) -> Vec<Held> {
-    let h = Handle::current();
-    let mut tasks = Vec::new();
-    for holder in 0..HOLDERS {
-        let endpoints = c.endpoints.clone();
-        let node = h
-            .create_node()
-            .name(format!("holder{holder}"))
-            .ip(format!("10.0.4.{}", holder + 1).parse().unwrap())
-            .build();
-        tasks.push(node.spawn(async move {
-            let mut out = Vec::new();
-            let mut n = 0;
-            while start.elapsed() < for_how_long {
-                n += 1;
-                out.push(hold(&endpoints, holder, n, start).await);
-            }
-            out
-        }));
-    }
-    let mut held = Vec::new();
-    for t in tasks {
-        held.extend(t.await.expect("holder task"));
-    }
-    held
-}
-
-fn since(start: Instant) -> i64 {
-    start.elapsed().as_nanos() as i64
+    run_clients("holder", 4, HOLDERS, &c.endpoints, for_how_long, start, move |endpoints, holder, n| async move {
+        Some(hold(&endpoints, holder, n, start).await)
+    })
+    .await
 }
 
 /// Sends `f` and times it; `None` when it failed or took too long.
@@ -115,18 +86,6 @@ async fn timed<T, F: std::future::Future<Output = Result<T, tonic::Status>>>(sta
     let sent = since(start);
     let got = timeout(CLIENT_TIMEOUT, f).await.ok().and_then(Result::ok);
     Timed { sent, answered: got.is_some().then(|| since(start)), what: got }
-}
-
-fn pick(endpoints: &[String]) -> String {
-    endpoints[thread_rng().gen_range(0..endpoints.len())].clone()
-}
-
-async fn lease_client(endpoints: &[String]) -> Result<LeaseClient<Channel>, tonic::Status> {
-    LeaseClient::connect(pick(endpoints)).await.map_err(|e| tonic::Status::unavailable(e.to_string()))
-}
-
-async fn kv_client(endpoints: &[String]) -> Result<KvClient<Channel>, tonic::Status> {
-    KvClient::connect(pick(endpoints)).await.map_err(|e| tonic::Status::unavailable(e.to_string()))
 }
 
 /// One lease from grant to the end of its key.

@@ -12,6 +12,7 @@
 //! - [`watch`]: watchers through kv-client's resuming watch, checked against the audit;
 //! - [`leases`]: lease holders that renew and abandon short leases, checked for keys that
 //!   vanish early, deletes that are not exactly once, and leases that outlive healing;
+//! - [`clients`]: clients on nodes of their own, and connections to a random member;
 //! - [`session`]: a lock or election client's lease, kept alive and sometimes abandoned;
 //! - [`locks`]: lockers writing a resource guarded by their fencing tokens, checked for grants
 //!   to anyone but the queue's head and for guarded writes that got through when stale;
@@ -26,6 +27,7 @@
 
 pub mod audit;
 pub mod checks;
+pub mod clients;
 pub mod cluster;
 pub mod elections;
 pub mod history;

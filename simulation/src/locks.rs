@@ -12,17 +12,17 @@
 use std::time::Duration;
 
 use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::request_op::Request as Op;
 use kv_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use kv_api::v3lockpb::lock_client::LockClient;
 use kv_api::v3lockpb::{LockRequest, UnlockRequest};
 use madsim::rand::{thread_rng, Rng};
-use madsim::runtime::{Handle, NodeHandle};
+use madsim::runtime::NodeHandle;
 use madsim::time::{sleep, timeout, Instant};
 
+use crate::clients::{kv_client, pick, run_clients, CLIENT_TIMEOUT};
 use crate::history::{Ev, Heads};
-use crate::session::{pick, Session, CLIENT_TIMEOUT};
+use crate::session::Session;
 
 /// Lockers running at once, each on its own node.
 const LOCKERS: u32 = 3;
@@ -74,40 +74,11 @@ pub struct LockRun {
 
 /// Runs the lockers for `for_how_long` from `start`.
 pub async fn run(endpoints: &[String], for_how_long: Duration, start: Instant) -> Vec<Attempt> {
-    let h = Handle::current();
-    let mut tasks = Vec::new();
-    for locker in 0..LOCKERS {
-        let endpoints = endpoints.to_vec();
-        let node = h
-            .create_node()
-            .name(format!("locker{locker}"))
-            .ip(format!("10.0.5.{}", locker + 1).parse().unwrap())
-            .build();
-        tasks.push(node.spawn(async move {
-            let mut out = Vec::new();
-            let mut n = 0;
-            while start.elapsed() < for_how_long {
-                n += 1;
-                // Lease ids of their own, apart from the lease workload's.
-                let lease = i64::from(locker + 11) * 1_000_000 + n;
-                if let Some(a) = attempt(&endpoints, lease, start).await {
-                    out.push(a);
-                } else {
-                    sleep(Duration::from_millis(50)).await;
-                }
-            }
-            out
-        }));
-    }
-    let mut attempts = Vec::new();
-    for t in tasks {
-        attempts.extend(t.await.expect("locker task"));
-    }
-    attempts
-}
-
-async fn kv(endpoints: &[String]) -> Result<KvClient<tonic::transport::Channel>, tonic::Status> {
-    KvClient::connect(pick(endpoints)).await.map_err(|e| tonic::Status::unavailable(e.to_string()))
+    run_clients("locker", 5, LOCKERS, endpoints, for_how_long, start, move |endpoints, locker, n| async move {
+        // Lease ids of their own, apart from the lease workload's.
+        attempt(&endpoints, i64::from(locker + 11) * 1_000_000 + n, start).await
+    })
+    .await
 }
 
 /// One attempt, from its lease to the unlock; `None` when no lease was granted.
@@ -125,7 +96,7 @@ async fn attempt(endpoints: &[String], lease: i64, start: Instant) -> Option<Att
         let resp = resp.into_inner();
         a.granted = Some(resp.header.map_or(0, |h| h.revision));
         let read = timeout(CLIENT_TIMEOUT, async {
-            kv(endpoints).await?.range(RangeRequest { key: key.clone().into(), ..Default::default() }).await
+            kv_client(endpoints).await?.range(RangeRequest { key: key.clone().into(), ..Default::default() }).await
         })
         .await;
         a.token = match read {
@@ -167,7 +138,7 @@ async fn guarded_write(endpoints: &[String], key: &str, token: i64, value: &str)
         success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
         failure: vec![],
     };
-    match timeout(CLIENT_TIMEOUT, async { kv(endpoints).await?.txn(txn).await }).await {
+    match timeout(CLIENT_TIMEOUT, async { kv_client(endpoints).await?.txn(txn).await }).await {
         Ok(Ok(r)) => {
             let r = r.into_inner();
             if r.succeeded {

@@ -7,36 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_api::etcdserverpb::lease_client::LeaseClient;
 use kv_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
 use madsim::rand::{thread_rng, Rng};
 use madsim::time::{sleep, timeout, Instant};
-use tonic::transport::Channel;
+
+use crate::clients::{lease_client, since, CLIENT_TIMEOUT};
 
 /// The TTL asked for (raised by the members to their minimum).
 const TTL_SECS: i64 = 2;
 /// How often the lease is renewed.
 const RENEW_EVERY: Duration = Duration::from_millis(600);
-/// A request's answer is awaited this long; then its outcome is unknown.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// One session in this many is abandoned.
 const ABANDON_ONE_IN: u32 = 3;
 /// An abandoned session is abandoned this long after its grant, at most.
 const ABANDON_WITHIN: Duration = Duration::from_millis(1500);
-
-/// Nanoseconds since `start`.
-pub fn since(start: Instant) -> i64 {
-    start.elapsed().as_nanos() as i64
-}
-
-/// A random member's endpoint.
-pub fn pick(endpoints: &[String]) -> String {
-    endpoints[thread_rng().gen_range(0..endpoints.len())].clone()
-}
-
-async fn lease_client(endpoints: &[String]) -> Result<LeaseClient<Channel>, tonic::Status> {
-    LeaseClient::connect(pick(endpoints)).await.map_err(|e| tonic::Status::unavailable(e.to_string()))
-}
 
 /// A granted lease, kept alive until [`Session::end`] or until abandoned.
 pub struct Session {
