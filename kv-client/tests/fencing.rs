@@ -8,6 +8,8 @@
 //! The holder is this test binary run again with `FENCING_HOLDER_ENDPOINT` set.
 #![cfg(not(madsim))]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -48,13 +50,7 @@ async fn a_holder_paused_past_its_lease_is_fenced_off() {
         return holder(endpoint).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = kv_server::ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen_client_urls: vec!["http://127.0.0.1:0".into()],
-        listen_peer_urls: vec!["http://127.0.0.1:0".into()],
-        ..kv_server::ServerConfig::default()
-    };
-    let srv = kv_server::start(cfg).await.expect("server starts");
+    let srv = common::one_member(&dir).await;
     let endpoint = srv.client_urls[0].clone();
     let mut paused = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "a_holder_paused_past_its_lease_is_fenced_off", "--nocapture", "-q"])

@@ -89,16 +89,10 @@ pub async fn enqueue<E: Engine>(
     Ok(Enqueued { mine, first: ranges.next().flatten(), revision })
 }
 
-/// The range end of every key with `prefix`.
+/// The range end of every key with `prefix` (etcd's rule: `"\0"`, every key from the prefix
+/// on, when no key is greater).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
+    raft_core::engine::prefix_end(prefix).unwrap_or_else(|| vec![0])
 }
 
 /// The read of the first key of the queue under `prefix`, by create revision.
