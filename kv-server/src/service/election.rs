@@ -24,7 +24,7 @@ use raft_core::{WriteRequest, WriteResponse};
 use tonic::{Request, Response, Status};
 
 use super::queue::Queue;
-use super::recipe::{enqueue, first, next_apply, queue_key, still_holds, wait_turn, write};
+use super::recipe::{enqueue, first, lease_or_implicit, next_apply, queue_key, still_holds, wait_turn, write};
 use super::Ctx;
 
 /// The Election service over a node.
@@ -79,17 +79,18 @@ impl<E: Engine> Election for ElectionService<E> {
         if req.name.is_empty() {
             return Err(EtcdError::KeyNotProvided.to_status());
         }
-        let (key, prefix) = queue_key(&req.name, req.lease);
-        let queued = enqueue(&self.ctx, &key, &prefix, &req.value, req.lease).await?;
+        let lease = lease_or_implicit(&self.ctx, req.lease).await?;
+        let (key, prefix) = queue_key(&req.name, lease);
+        let queued = enqueue(&self.ctx, &key, &prefix, &req.value, lease).await?;
         let mine = &queued.mine;
-        let leader = LeaderKey { name: req.name, key: key.clone(), rev: mine.create_revision, lease: req.lease };
+        let leader = LeaderKey { name: req.name, key: key.clone(), rev: mine.create_revision, lease };
         if mine.value == req.value && queued.is_first() {
             let header = Some(self.ctx.header(queued.revision, None));
             return Ok(Response::new(CampaignResponse { header, leader: Some(leader) }));
         }
         if mine.value != req.value {
             // Campaigning again with the same lease: the candidate's value is the new one.
-            let put = PutRequest { key, value: req.value, lease: req.lease, ..Default::default() };
+            let put = PutRequest { key, value: req.value, lease, ..Default::default() };
             self.as_leader(&leader, vec![RequestOp { request: Some(Op::RequestPut(put)) }]).await?;
         }
         wait_turn(&self.ctx, &prefix, mine).await?;

@@ -18,12 +18,8 @@ use raft_core::engine::Engine;
 use raft_core::{WriteRequest, WriteResponse};
 use tonic::{Request, Response, Status};
 
-use super::recipe::{enqueue, queue_key, still_holds, wait_turn, write};
+use super::recipe::{enqueue, lease_or_implicit, queue_key, still_holds, wait_turn, write};
 use super::Ctx;
-use crate::error;
-
-/// The TTL of the lease the server grants for a Lock that names none (etcd's).
-const IMPLICIT_LEASE_TTL: i64 = 60;
 
 /// The Lock service over a node.
 pub struct LockService<E: Engine> {
@@ -43,10 +39,7 @@ impl<E: Engine> Lock for LockService<E> {
         if req.name.is_empty() {
             return Err(EtcdError::KeyNotProvided.to_status());
         }
-        let lease = match req.lease {
-            0 => self.ctx.node.lease_grant(0, IMPLICIT_LEASE_TTL).await.map_err(error::node)?.id,
-            l => l,
-        };
+        let lease = lease_or_implicit(&self.ctx, req.lease).await?;
         let (key, prefix) = queue_key(&req.name, lease);
         let queued = enqueue(&self.ctx, &key, &prefix, b"", lease).await?;
         let revision = if queued.is_first() {

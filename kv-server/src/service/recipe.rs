@@ -20,6 +20,19 @@ pub async fn write<E: Engine>(ctx: &Ctx<E>, req: WriteRequest) -> Result<WriteRe
     ctx.node.write(req).await.map_err(error::node)
 }
 
+/// The TTL of the lease the server grants for a Lock or Campaign that names none (etcd's
+/// session default).
+const IMPLICIT_LEASE_TTL: i64 = 60;
+
+/// `lease`, or a new lease of [`IMPLICIT_LEASE_TTL`] when it is 0, as etcd's server does: a
+/// queue key without a lease would hold the lock or the leadership for ever.
+pub async fn lease_or_implicit<E: Engine>(ctx: &Ctx<E>, lease: i64) -> Result<i64, Status> {
+    match lease {
+        0 => Ok(ctx.node.lease_grant(0, IMPLICIT_LEASE_TTL).await.map_err(error::node)?.id),
+        l => Ok(l),
+    }
+}
+
 /// A linearizable read of `req`.
 pub async fn read<E: Engine>(ctx: &Ctx<E>, req: RangeRequest) -> Result<RangeResponse, Status> {
     ctx.node.read_barrier(ReadRequirement::level(Consistency::Linearizable)).await.map_err(error::node)?;

@@ -163,3 +163,28 @@ async fn observers_see_every_leader_of_a_burst_in_order() {
         assert_eq!(values, expected, "observer {m}");
     }
 }
+
+/// A Lock or Campaign that names no lease is held on a lease the server grants (60 s, as
+/// etcd's server does), so the lock or leadership ends if its holder vanishes, instead of
+/// lasting for ever.
+#[tokio::test]
+async fn a_lock_or_campaign_without_a_lease_gets_one() {
+    use etcd_client::ResignOptions;
+    let cluster = Cluster::start(&[]).await;
+    let mut c = cluster.members[1].client().await;
+    let held = c.lock("no-lease", None).await.unwrap();
+    let kv = c.get(held.key().to_vec(), None).await.unwrap().kvs()[0].clone();
+    assert_ne!(kv.lease(), 0, "the lock key has a lease");
+    let ttl = c.lease_time_to_live(kv.lease(), None).await.unwrap().ttl();
+    assert!((1..=60).contains(&ttl), "the lock's lease expires: TTL {ttl}");
+    c.unlock(held.key().to_vec()).await.unwrap();
+
+    let won = c.campaign("no-lease-election", "me", 0).await.unwrap();
+    let leader = won.leader().unwrap().clone();
+    assert_ne!(leader.lease(), 0, "the leader key names its lease");
+    let ttl = c.lease_time_to_live(leader.lease(), None).await.unwrap().ttl();
+    assert!((1..=60).contains(&ttl), "the leadership's lease expires: TTL {ttl}");
+    let kv = c.get(leader.key().to_vec(), None).await.unwrap().kvs()[0].clone();
+    assert_eq!(kv.lease(), leader.lease());
+    c.resign(Some(ResignOptions::new().with_leader(leader))).await.unwrap();
+}
