@@ -76,6 +76,7 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> +
 impl<E: Engine> Election for ElectionService<E> {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let req = req.into_inner();
+        self.ctx.check_size(&req)?;
         if req.name.is_empty() {
             return Err(EtcdError::KeyNotProvided.to_status());
         }
@@ -102,6 +103,7 @@ impl<E: Engine> Election for ElectionService<E> {
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
         let req = req.into_inner();
+        self.ctx.check_size(&req)?;
         let leader = req.leader.ok_or_else(leader_required)?;
         let put = PutRequest { key: leader.key.clone(), value: req.value, lease: leader.lease, ..Default::default() };
         let mut header = self.as_leader(&leader, vec![RequestOp { request: Some(Op::RequestPut(put)) }]).await?;

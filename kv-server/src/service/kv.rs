@@ -10,7 +10,6 @@ use kv_api::etcdserverpb::{
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use kv_api::{Consistency, EtcdError};
-use prost::Message;
 use raft_core::engine::Engine;
 use raft_core::mvcc::validate;
 use raft_core::state_machine::txn_is_read_only;
@@ -28,10 +27,6 @@ pub struct KvService<E: Engine> {
 impl<E: Engine> KvService<E> {
     pub fn new(ctx: Arc<Ctx<E>>) -> Self {
         KvService { ctx }
-    }
-
-    fn check_size(&self, m: &impl Message) -> Result<(), Status> {
-        validate::size(m.encoded_len(), &self.ctx.limits).map_err(error::invalid)
     }
 
     async fn propose(&self, req: WriteRequest) -> Result<WriteResponse, Status> {
@@ -107,7 +102,7 @@ fn txn_requirement(t: &TxnRequest) -> Result<ReadRequirement, EtcdError> {
 impl<E: Engine> Kv for KvService<E> {
     async fn range(&self, request: Rpc<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
-        self.check_size(&req)?;
+        self.ctx.check_size(&req)?;
         validate::range(&req).map_err(error::invalid)?;
         let need = requirement(&req).map_err(error::invalid)?;
         let served = self.ctx.node.read_barrier(need).await.map_err(error::node)?;
@@ -118,7 +113,7 @@ impl<E: Engine> Kv for KvService<E> {
 
     async fn put(&self, request: Rpc<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
-        self.check_size(&req)?;
+        self.ctx.check_size(&req)?;
         validate::put(&req).map_err(error::invalid)?;
         match self.propose(WriteRequest::Put(req)).await? {
             WriteResponse::Put(mut resp) => {
@@ -131,7 +126,7 @@ impl<E: Engine> Kv for KvService<E> {
 
     async fn delete_range(&self, request: Rpc<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
-        self.check_size(&req)?;
+        self.ctx.check_size(&req)?;
         validate::delete_range(&req).map_err(error::invalid)?;
         match self.propose(WriteRequest::DeleteRange(req)).await? {
             WriteResponse::DeleteRange(mut resp) => {
@@ -144,7 +139,7 @@ impl<E: Engine> Kv for KvService<E> {
 
     async fn txn(&self, request: Rpc<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
-        self.check_size(&req)?;
+        self.ctx.check_size(&req)?;
         validate::txn(&req, &self.ctx.limits).map_err(error::invalid)?;
         if txn_is_read_only(&req) {
             let need = txn_requirement(&req).map_err(error::invalid)?;

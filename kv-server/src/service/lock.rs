@@ -36,6 +36,7 @@ impl<E: Engine> LockService<E> {
 impl<E: Engine> Lock for LockService<E> {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let req = req.into_inner();
+        self.ctx.check_size(&req)?;
         if req.name.is_empty() {
             return Err(EtcdError::KeyNotProvided.to_status());
         }
@@ -53,7 +54,12 @@ impl<E: Engine> Lock for LockService<E> {
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let key = req.into_inner().key;
+        let req = req.into_inner();
+        self.ctx.check_size(&req)?;
+        if req.key.is_empty() {
+            return Err(EtcdError::KeyNotProvided.to_status());
+        }
+        let key = req.key;
         let delete = WriteRequest::DeleteRange(DeleteRangeRequest { key, ..Default::default() });
         let WriteResponse::DeleteRange(mut resp) = write(&self.ctx, delete).await? else {
             return Err(Status::internal("raftkv: an unlock was answered with something else"));

@@ -31,6 +31,12 @@ pub struct Ctx<E: Engine> {
 }
 
 impl<E: Engine> Ctx<E> {
+    /// etcd's "request is too large" for a request over `--max-request-bytes`, checked before
+    /// anything is proposed (a write's request becomes part of a Raft entry).
+    pub fn check_size(&self, m: &impl prost::Message) -> Result<(), tonic::Status> {
+        raft_core::mvcc::validate::size(m.encoded_len(), &self.limits).map_err(crate::error::invalid)
+    }
+
     /// A header as etcd fills it: this member's identity and term, and `revision` (0 = current).
     pub fn header(&self, revision: i64, served: Option<Consistency>) -> ResponseHeader {
         let term = self.node.raft().metrics().borrow().current_term;

@@ -188,3 +188,27 @@ async fn a_lock_or_campaign_without_a_lease_gets_one() {
     assert_eq!(kv.lease(), leader.lease());
     c.resign(Some(ResignOptions::new().with_leader(leader))).await.unwrap();
 }
+
+/// Bad input to the lock and election services is refused with etcd's errors, nothing is
+/// queued, and the member keeps serving.
+#[tokio::test]
+async fn bad_lock_and_election_requests_are_refused() {
+    let cluster = Cluster::start(&[]).await;
+    let mut c = cluster.members[0].client().await;
+    // Over --max-request-bytes (1.5 MiB by default), under the gRPC message limit (2 MiB).
+    let huge = vec![b'n'; 1_700_000];
+    let e = c.lock(huge.clone(), None).await.unwrap_err().to_string();
+    assert!(e.contains("etcdserver: request is too large"), "{e}");
+    let e = c.campaign(huge, "v", 0).await.unwrap_err().to_string();
+    assert!(e.contains("etcdserver: request is too large"), "{e}");
+    let e = c.unlock(Vec::<u8>::new()).await.unwrap_err().to_string();
+    assert!(e.contains("etcdserver: key is not provided"), "{e}");
+    let e = c.lock(Vec::<u8>::new(), None).await.unwrap_err().to_string();
+    assert!(e.contains("etcdserver: key is not provided"), "{e}");
+    let e = c.proclaim("v", None).await.unwrap_err().to_string();
+    assert!(e.contains("leader") && e.contains("field must be provided"), "{e}");
+    // Nothing was queued, and the member still grants locks.
+    assert_eq!(c.get("", Some(etcd_client::GetOptions::new().with_all_keys())).await.unwrap().count(), 0);
+    let held = c.lock("after", None).await.unwrap();
+    c.unlock(held.key().to_vec()).await.unwrap();
+}
