@@ -18,5 +18,6 @@ mod t94_lock;
 mod t95_client;
 mod t96_etcdctl;
 mod t97_watch;
+mod t97_watch_stream;
 mod t98_watch_failover;
 mod t99_slow_watcher;

@@ -15,8 +15,8 @@ use etcd_client::Client;
 use crate::harness::{Cluster, CALM};
 
 /// One etcdctl binary and the minor version (`3.4`) it must report.
-struct Etcdctl {
-    path: PathBuf,
+pub(crate) struct Etcdctl {
+    pub(crate) path: PathBuf,
     version: &'static str,
 }
 
@@ -83,11 +83,11 @@ impl Etcdctl {
     }
 }
 
-fn etcdctl_34() -> Etcdctl {
+pub(crate) fn etcdctl_34() -> Etcdctl {
     Etcdctl::find("RAFTKV_ETCDCTL_34", "/usr/bin/etcdctl".into(), "3.4")
 }
 
-fn etcdctl_35() -> Etcdctl {
+pub(crate) fn etcdctl_35() -> Etcdctl {
     let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/etcd-3.5/etcdctl");
     Etcdctl::find("RAFTKV_ETCDCTL_35", default, "3.5")
 }

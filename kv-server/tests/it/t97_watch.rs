@@ -1,16 +1,18 @@
 //! The Watch service through every member of a 3-member cluster, driven by the `etcd-client`
 //! crate: a key, a prefix, replay from a start revision, prev_kv, filters, a transaction's
 //! events in one response, progress requests and notifications, cancel, and a start in
-//! compacted history; stock etcdctl's `watch` with an `http://` endpoint; and a member with a
-//! watch open still shuts down cleanly.
+//! compacted history; stock etcdctl's `watch` (3.4 and 3.5) with an `http://` endpoint; and
+//! a member with a watch open still shuts down cleanly.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 
 use crate::harness::{Cluster, CALM};
+use crate::t96_etcdctl::{etcdctl_34, etcdctl_35};
 
 /// Longest wait for one watch response; a response that does not come fails the test.
 const WAIT: Duration = Duration::from_secs(20);
@@ -172,7 +174,9 @@ async fn watches_through_every_member() {
         assert!(r.canceled(), "{r:?}");
         assert_eq!(r.compact_revision(), now);
     }
-    etcdctl_watch(&cluster, &mut writer).await;
+    for etcdctl in [etcdctl_34(), etcdctl_35()] {
+        etcdctl_watch(&cluster, &mut writer, &etcdctl.path).await;
+    }
 
     // SIGTERM drains and exits even with a watch open: the stream ends, and the client would
     // resume elsewhere.
@@ -183,17 +187,16 @@ async fn watches_through_every_member() {
     assert!(!matches!(ended, Ok(Some(_))), "no more responses after shutdown: {ended:?}");
 }
 
-/// etcdctl 3.4's `watch` with an `http://` endpoint prints a put made elsewhere.
-async fn etcdctl_watch(cluster: &Cluster, writer: &mut Client) {
-    let etcdctl = std::env::var("RAFTKV_ETCDCTL_34").unwrap_or_else(|_| "/usr/bin/etcdctl".into());
+/// Stock etcdctl's `watch` with an `http://` endpoint prints a put made elsewhere.
+async fn etcdctl_watch(cluster: &Cluster, writer: &mut Client, etcdctl: &Path) {
     let endpoint = cluster.members[1].endpoint.clone();
-    let mut child = Command::new(&etcdctl)
+    let mut child = Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &endpoint, "watch", "from-etcdctl"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {etcdctl}: {e}"));
+        .unwrap_or_else(|e| panic!("starting {}: {e}", etcdctl.display()));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

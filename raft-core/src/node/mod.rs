@@ -270,6 +270,24 @@ impl<E: Engine> Node<E> {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Whether this member is in touch with a leader that a quorum follows: a follower that
+    /// knows its leader, or a leader that a quorum acknowledged within two election timeouts.
+    /// openraft keeps an isolated leader leading; etcd's leader steps down after an election
+    /// timeout without a quorum (CheckQuorum), and clients that require a leader
+    /// (`WithRequireLeader`) rely on hearing that, to move to a member that can serve them.
+    pub fn has_leader(&self) -> bool {
+        let (leader, term) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow();
+            (m.current_leader, m.current_term)
+        };
+        match leader {
+            None => false,
+            Some(l) if l != self.id => true,
+            Some(_) => self.peers.confirmed_at(term).is_some_and(|t| t.elapsed() <= 2 * self.election_timeout),
+        }
+    }
+
     /// The committed log index (etcd Status.raftIndex).
     pub async fn committed_index(&self) -> u64 {
         self.raft.with_raft_state(|s| s.committed.map_or(0, |c| c.index)).await.unwrap_or(0)

@@ -81,6 +81,8 @@ pub struct WatchStream<E: Engine> {
     /// The client took nothing for [`LIVE_WAIT`]: the stream leaves the seam until it has
     /// caught up from storage.
     stalled: bool,
+    /// The last leader check found no leader.
+    leaderless: bool,
 }
 
 impl<E: Engine> WatchStream<E> {
@@ -95,6 +97,7 @@ impl<E: Engine> WatchStream<E> {
             seen: 0,
             progress_pending: false,
             stalled: false,
+            leaderless: false,
         }
     }
 
@@ -388,9 +391,15 @@ impl<E: Engine> WatchStream<E> {
         Ok(())
     }
 
-    /// Ends the stream when the member has no leader and the client asked for one.
+    /// Ends the stream when the member has had no leader at two checks in a row and the client
+    /// asked for one (a leader just elected is confirmed by a quorum within a heartbeat; one
+    /// check may fall before that).
     async fn check_leader(&mut self) -> Step {
-        if self.ctx.node.metrics().current_leader.is_some() {
+        if self.ctx.node.has_leader() {
+            self.leaderless = false;
+            return Ok(());
+        }
+        if !std::mem::replace(&mut self.leaderless, true) {
             return Ok(());
         }
         self.fail(EtcdError::NoLeader.to_status()).await
