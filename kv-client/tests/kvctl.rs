@@ -157,3 +157,48 @@ async fn elect_campaigns_and_listen_sees_the_leader() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("a proposal is needed"));
     srv.stop().await.unwrap();
 }
+
+/// `kvctl watch k | head -1`: once the reader closes kvctl's stdout, the next print ends kvctl
+/// quietly by SIGPIPE, as it ends other Unix tools, rather than with a panic and a backtrace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_kvctl_quietly() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(&dir).await;
+    let ep = srv.client_urls[0].clone();
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_kvctl"))
+        .arg("--endpoints")
+        .arg(&ep)
+        .args(["watch", "k"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kvctl");
+    let mut lines = std::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || {
+        let line = lines.next();
+        drop(lines); // the reader goes away, as head does
+        line
+    });
+    // The watch is created when kvctl connects; write until it has printed something.
+    while !first.is_finished() {
+        stdout(&kvctl(&ep, &["put", "k", "v"]).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(first.await.unwrap().unwrap().unwrap(), "PUT");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "kvctl still runs with its stdout closed");
+        stdout(&kvctl(&ep, &["put", "k", "again"]).await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    watch.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.signal(), Some(13), "ended by SIGPIPE: {status:?}");
+    srv.stop().await.unwrap();
+}

@@ -35,6 +35,9 @@ pub struct Cli {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // A closed stdout ends kvctl quietly, as it ends other Unix tools (`kvctl watch k | head
+    // -1`); Rust ignores SIGPIPE, so the next print would panic instead.
+    sigpipe::reset();
     let cli = Cli::parse();
     match command::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
