@@ -98,6 +98,15 @@ impl Member {
         walk(&self.data_dir)
     }
 
+    /// Bytes this member's process has caused to be written to storage (`write_bytes` of
+    /// `/proc/<pid>/io`): every file it writes, a log preallocated in segments (etcd's WAL)
+    /// included, and every page it rewrites. 0 when it is not running or Linux does not say.
+    pub fn written_bytes(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) else { return 0 };
+        io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
+
     /// SIGKILL, then reap: the member loses whatever it had not flushed, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

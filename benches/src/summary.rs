@@ -20,6 +20,11 @@ pub fn write(c: &Comparison, dir: &Path) -> Result<(), BenchError> {
     plot::draw(&c.rows, Metric::P99, &dir.join("latency.svg"))
 }
 
+/// Per-member bytes per key, whole bytes.
+fn per_key(v: &[f64]) -> String {
+    v.iter().map(|b| format!("{b:.0}")).collect::<Vec<_>>().join(", ")
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.0}", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -108,27 +113,30 @@ fn kv_sections(out: &mut String, c: &Comparison) {
     let _ = writeln!(out, "### Memory and disk per member\n");
     let _ = writeln!(
         out,
-        "| system | peak RSS MiB (m1, m2, m3) | data dir MiB: empty → loaded → end | disk bytes per key (m1, m2, m3) |"
+        "| system | peak RSS MiB (m1, m2, m3) | data dir MiB: empty → loaded → end | disk bytes per key (m1, m2, m3) | bytes written per key (m1, m2, m3) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|");
     for (system, f) in &c.footprint {
         let list = |v: &[u64]| v.iter().map(|b| mib(*b)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             out,
-            "| {system} | {} | {} → {} → {} | {} |",
+            "| {system} | {} | {} → {} → {} | {} | {} |",
             list(&f.peak_rss_bytes),
             list(&f.disk_empty_bytes),
             list(&f.disk_loaded_bytes),
             list(&f.disk_end_bytes),
-            f.disk_bytes_per_key.iter().map(|b| format!("{b:.0}")).collect::<Vec<_>>().join(", ")
+            per_key(&f.disk_bytes_per_key),
+            per_key(&f.written_bytes_per_key)
         );
     }
     let _ = writeln!(
         out,
         "\nPeak RSS is sampled every 200 ms during the {}-client runs. Disk bytes per key is the \
          growth of each data directory (file lengths) while the key space was loaded, divided by \
-         the number of keys; etcd preallocates its WAL in 64 MiB segments, so its figure counts \
-         the bbolt file's growth but not the WAL's. \"End\" is after every run, history included.\n",
+         the number of keys; etcd preallocates its WAL in 64 MiB segments, so that figure counts \
+         the bbolt file's growth but not the WAL's. Bytes written per key counts every byte each \
+         member wrote to storage meanwhile (`write_bytes` of /proc/PID/io): both logs, etcd's WAL \
+         included, and pages rewritten. \"End\" is after every run, history included.\n",
         crate::compare::rss_clients(s)
     );
 
@@ -399,6 +407,7 @@ mod tests {
                     disk_loaded_bytes: vec![1 << 20; 3],
                     disk_end_bytes: vec![2 << 20; 3],
                     disk_bytes_per_key: vec![1048.6; 3],
+                    written_bytes_per_key: vec![2097.2; 3],
                 },
             );
         }

@@ -10,7 +10,10 @@
 //!   release mode in `target/sim`; `RAFTKV_SIM_*` variables override the members' settings
 //!   (docs/testing.md);
 //! - `bench [kvbench compare args]`: builds kv-server and kvbench in release mode and runs the
-//!   side-by-side comparison with etcd (docs/benchmarks.md), writing `target/bench-report/`.
+//!   side-by-side comparison (docs/benchmarks.md) against etcd 3.5 and then 3.4 (3.4 installed
+//!   from Debian and 3.5 fetched from its next release if missing), writing
+//!   `target/bench-report/etcd-3.5/`, `etcd-3.4/` and a README.md linking both; with `--etcd`,
+//!   one comparison against that binary.
 //!
 //! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
 //! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
@@ -124,18 +127,28 @@ fn task() -> Result<()> {
         }
         "bench" => {
             cargo(&["build", "--release", "--bin", "kv-server", "--bin", "kvbench"], &[], &[])?;
-            let root = workspace_root()?;
             let kvbench = target_dir()?.join("release").join("kvbench");
-            eprintln!("xtask: {} compare {}", kvbench.display(), rest.join(" "));
-            let status = Command::new(&kvbench)
-                .arg("compare")
-                .args(&rest)
-                .current_dir(root)
-                .status()
-                .with_context(|| format!("running {}", kvbench.display()))?;
-            if !status.success() {
-                bail!("kvbench compare failed: {status}");
+            // An explicit --etcd (or --help) is one comparison as asked; otherwise one against
+            // each of etcd 3.4 and 3.5, both fetched here if missing.
+            if rest.iter().any(|a| a == "--etcd" || a.starts_with("--etcd=") || a == "--help" || a == "-h") {
+                return compare(&kvbench, &rest);
             }
+            let etcd = tools::ensure_etcd(&target_dir()?)?;
+            let reports = target_dir()?.join("bench-report");
+            for (version, binary) in [("3.5", &etcd.v35), ("3.4", &etcd.v34)] {
+                let out = reports.join(format!("etcd-{version}"));
+                let mut args: Vec<String> = rest.clone();
+                args.extend(["--etcd".into(), binary.display().to_string(), "--out".into(), out.display().to_string()]);
+                compare(&kvbench, &args)?;
+            }
+            let index = reports.join("README.md");
+            std::fs::write(
+                &index,
+                "# raftkv against etcd 3.5 and 3.4\n\nOne comparison per etcd version, each interleaving \
+                 raftkv and that etcd round by round:\n\n- [etcd 3.5](etcd-3.5/report.md)\n- [etcd 3.4](etcd-3.4/report.md)\n",
+            )
+            .with_context(|| format!("writing {}", index.display()))?;
+            eprintln!("xtask: reports in {}", index.display());
             Ok(())
         }
         _ => {
@@ -145,6 +158,21 @@ fn task() -> Result<()> {
             )
         }
     }
+}
+
+/// Runs `kvbench compare` with `args` from the workspace root.
+fn compare(kvbench: &std::path::Path, args: &[String]) -> Result<()> {
+    eprintln!("xtask: {} compare {}", kvbench.display(), args.join(" "));
+    let status = Command::new(kvbench)
+        .arg("compare")
+        .args(args)
+        .current_dir(workspace_root()?)
+        .status()
+        .with_context(|| format!("running {}", kvbench.display()))?;
+    if !status.success() {
+        bail!("kvbench compare failed: {status}");
+    }
+    Ok(())
 }
 
 fn workspace_root() -> Result<&'static std::path::Path> {

@@ -1,8 +1,8 @@
-//! The stock etcd tools the compatibility tests drive: Debian's etcdctl 3.4 (package
-//! `etcd-client`, installed system-wide when missing) and etcdctl 3.5, extracted from the
-//! next Debian release's package into a cache under the target directory without installing
-//! it. Both come through apt from the mirror the machine already uses, so CI on a fresh
-//! Debian machine needs nothing else.
+//! The stock etcd binaries the compatibility tests and the benchmark drive: Debian's 3.4
+//! (packages `etcd-client` and `etcd-server`, installed system-wide when missing) and 3.5,
+//! extracted from the next Debian release's packages into a cache under the target directory
+//! without installing them. All come through apt from the mirror the machine already uses, so
+//! a fresh Debian machine needs nothing else.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 
 /// Where Debian's etcd-client puts etcdctl.
 const SYSTEM_ETCDCTL: &str = "/usr/bin/etcdctl";
+/// Where Debian's etcd-server puts etcd.
+const SYSTEM_ETCD: &str = "/usr/bin/etcd";
 /// The Debian release whose etcd-client is 3.5 (fixed at 3.5.16).
 const SUITE_35: &str = "trixie";
 
@@ -20,28 +22,49 @@ pub struct Etcdctl {
     pub v35: PathBuf,
 }
 
-/// Makes sure both etcdctl versions are present; `target` is the cargo target directory.
-pub fn ensure_etcdctl(target: &Path) -> Result<Etcdctl> {
-    let v34 = PathBuf::from(SYSTEM_ETCDCTL);
-    if !v34.exists() {
-        eprintln!("xtask: {SYSTEM_ETCDCTL} missing: installing Debian's etcd-client");
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "etcd-client"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    let cache = target.join("tools").join("etcd-3.5");
-    let v35 = cache.join("etcdctl");
-    if !v35.exists() {
-        eprintln!("xtask: fetching etcdctl 3.5 from Debian {SUITE_35} into {}", cache.display());
-        fetch_35(&cache).context("fetching etcdctl 3.5")?;
-    }
-    Ok(Etcdctl { v34, v35 })
+/// The etcd servers the benchmark compares raftkv with, found or fetched.
+pub struct EtcdServers {
+    pub v34: PathBuf,
+    pub v35: PathBuf,
 }
 
-/// Downloads the suite's etcd-client package with a private apt state (nothing under /etc or
-/// /var changes) and keeps only its etcdctl.
-fn fetch_35(cache: &Path) -> Result<()> {
+/// Makes sure both etcdctl versions are present; `target` is the cargo target directory.
+pub fn ensure_etcdctl(target: &Path) -> Result<Etcdctl> {
+    Ok(Etcdctl {
+        v34: ensure_system(SYSTEM_ETCDCTL, "etcd-client")?,
+        v35: ensure_35(target, "etcd-client", "etcdctl")?,
+    })
+}
+
+/// Makes sure both etcd server versions are present; `target` is the cargo target directory.
+pub fn ensure_etcd(target: &Path) -> Result<EtcdServers> {
+    Ok(EtcdServers { v34: ensure_system(SYSTEM_ETCD, "etcd-server")?, v35: ensure_35(target, "etcd-server", "etcd")? })
+}
+
+/// `path`, installing Debian's `package` (which provides it) if it is missing.
+fn ensure_system(path: &str, package: &str) -> Result<PathBuf> {
+    if !Path::new(path).exists() {
+        eprintln!("xtask: {path} missing: installing Debian's {package}");
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", package]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// The 3.5 `binary` of `package`, fetched into the cache under `target` if it is not there.
+fn ensure_35(target: &Path, package: &str, binary: &str) -> Result<PathBuf> {
+    let cache = target.join("tools").join("etcd-3.5");
+    let path = cache.join(binary);
+    if !path.exists() {
+        eprintln!("xtask: fetching {binary} 3.5 from Debian {SUITE_35} into {}", cache.display());
+        fetch_35(&cache, package, binary).with_context(|| format!("fetching {binary} 3.5"))?;
+    }
+    Ok(path)
+}
+
+/// Downloads the suite's `package` with a private apt state (nothing under /etc or /var
+/// changes) and keeps only its `usr/bin/<binary>`.
+fn fetch_35(cache: &Path, package: &str, binary: &str) -> Result<()> {
     let mirror = debian_mirror()?;
     let work = cache.with_extension("work");
     let _ = std::fs::remove_dir_all(&work);
@@ -64,7 +87,7 @@ fn fetch_35(cache: &Path) -> Result<()> {
     .flat_map(|o| ["-o".to_string(), o])
     .collect();
     run(Command::new("apt-get").args(&opts).args(["-qq", "update"]))?;
-    run(Command::new("apt-get").args(&opts).args(["-qq", "download", "etcd-client"]).current_dir(work.join("debs")))?;
+    run(Command::new("apt-get").args(&opts).args(["-qq", "download", package]).current_dir(work.join("debs")))?;
     let deb = std::fs::read_dir(work.join("debs"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -72,9 +95,10 @@ fn fetch_35(cache: &Path) -> Result<()> {
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(work.join("root")))?;
     std::fs::create_dir_all(cache)?;
     // Copy then rename, so an interrupted fetch never leaves a truncated binary behind.
-    let partial = cache.join("etcdctl.partial");
-    std::fs::copy(work.join("root/usr/bin/etcdctl"), &partial).context("the package holds no usr/bin/etcdctl")?;
-    std::fs::rename(&partial, cache.join("etcdctl"))?;
+    let partial = cache.join(format!("{binary}.partial"));
+    std::fs::copy(work.join("root/usr/bin").join(binary), &partial)
+        .with_context(|| format!("the package {package} holds no usr/bin/{binary}"))?;
+    std::fs::rename(&partial, cache.join(binary))?;
     std::fs::remove_dir_all(&work)?;
     Ok(())
 }
