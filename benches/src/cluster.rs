@@ -98,15 +98,6 @@ impl Member {
         walk(&self.data_dir)
     }
 
-    /// Bytes this member's process has caused to be written to storage (`write_bytes` of
-    /// `/proc/<pid>/io`): every file it writes, a log preallocated in segments (etcd's WAL)
-    /// included, and every page it rewrites. 0 when it is not running or Linux does not say.
-    pub fn written_bytes(&self) -> u64 {
-        let Some(pid) = self.pid() else { return 0 };
-        let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) else { return 0 };
-        io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-    }
-
     /// SIGKILL, then reap: the member loses whatever it had not flushed, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -333,4 +324,16 @@ pub fn version_of(program: &Path) -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Bytes written so far to the block device that holds `path` (the sectors-written count of
+/// `/sys/dev/block/MAJOR:MINOR/stat`, in 512-byte sectors): what reached the disk, whichever
+/// process or file caused it, the file system's journal included. None where Linux does not
+/// say (a file system with no block device, such as tmpfs).
+pub fn device_written_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = ((dev >> 8) & 0xfff | (dev >> 32) & !0xfff, dev & 0xff | (dev >> 12) & !0xff);
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    stat.split_whitespace().nth(6)?.parse::<u64>().ok().map(|sectors| sectors * 512)
 }

@@ -134,10 +134,11 @@ pub struct Footprint {
     pub disk_end_bytes: Vec<u64>,
     /// (loaded − empty) / keys, per member.
     pub disk_bytes_per_key: Vec<f64>,
-    /// Bytes written to storage while the key space was loaded, / keys, per member: unlike the
-    /// data directory's growth, this counts a log written into preallocated segments (etcd's
-    /// WAL), and rewrites as well.
-    pub written_bytes_per_key: Vec<f64>,
+    /// Bytes the disk holding the data directories received while the key space was loaded
+    /// into this system (the other one idle), / keys, for the whole cluster: unlike the data
+    /// directories' growth, this counts a log written into preallocated segments (etcd's WAL),
+    /// pages written again, and the file system's journal. None where the disk cannot be read.
+    pub written_bytes_per_key: Option<f64>,
 }
 
 /// Everything a comparison measured.
@@ -238,16 +239,13 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let f = footprint.entry(*s).or_default();
         f.disk_empty_bytes = c.members.iter().map(|m| m.disk_bytes()).collect();
-        let written: Vec<u64> = c.members.iter().map(|m| m.written_bytes()).collect();
+        let written = crate::cluster::device_written_bytes(&spec.work_dir);
         load(&c.endpoints(), spec.key_space, spec.value_size).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         f.disk_loaded_bytes = c.members.iter().map(|m| m.disk_bytes()).collect();
-        f.written_bytes_per_key = c
-            .members
-            .iter()
-            .zip(&written)
-            .map(|(m, before)| m.written_bytes().saturating_sub(*before) as f64 / spec.key_space as f64)
-            .collect();
+        f.written_bytes_per_key = written
+            .zip(crate::cluster::device_written_bytes(&spec.work_dir))
+            .map(|(before, after)| after.saturating_sub(before) as f64 / spec.key_space as f64);
         f.disk_bytes_per_key = f
             .disk_loaded_bytes
             .iter()

@@ -113,7 +113,7 @@ fn kv_sections(out: &mut String, c: &Comparison) {
     let _ = writeln!(out, "### Memory and disk per member\n");
     let _ = writeln!(
         out,
-        "| system | peak RSS MiB (m1, m2, m3) | data dir MiB: empty → loaded → end | disk bytes per key (m1, m2, m3) | bytes written per key (m1, m2, m3) |"
+        "| system | peak RSS MiB (m1, m2, m3) | data dir MiB: empty → loaded → end | disk bytes per key (m1, m2, m3) | bytes written to disk per key (cluster) |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|");
     for (system, f) in &c.footprint {
@@ -126,7 +126,7 @@ fn kv_sections(out: &mut String, c: &Comparison) {
             list(&f.disk_loaded_bytes),
             list(&f.disk_end_bytes),
             per_key(&f.disk_bytes_per_key),
-            per_key(&f.written_bytes_per_key)
+            f.written_bytes_per_key.map_or_else(|| "—".into(), |b| format!("{b:.0}"))
         );
     }
     let _ = writeln!(
@@ -134,9 +134,10 @@ fn kv_sections(out: &mut String, c: &Comparison) {
         "\nPeak RSS is sampled every 200 ms during the {}-client runs. Disk bytes per key is the \
          growth of each data directory (file lengths) while the key space was loaded, divided by \
          the number of keys; etcd preallocates its WAL in 64 MiB segments, so that figure counts \
-         the bbolt file's growth but not the WAL's. Bytes written per key counts every byte each \
-         member wrote to storage meanwhile (`write_bytes` of /proc/PID/io): both logs, etcd's WAL \
-         included, and pages rewritten. \"End\" is after every run, history included.\n",
+         the bbolt file's growth but not the WAL's. Bytes written to disk per key is what the disk \
+         holding the data directories received while the key space was loaded into that system \
+         (the other idle), divided by the number of keys: all three members, both logs (etcd's \
+         WAL included), pages written again and the file system's journal. \"End\" is after every run, history included.\n",
         crate::compare::rss_clients(s)
     );
 
@@ -407,7 +408,7 @@ mod tests {
                     disk_loaded_bytes: vec![1 << 20; 3],
                     disk_end_bytes: vec![2 << 20; 3],
                     disk_bytes_per_key: vec![1048.6; 3],
-                    written_bytes_per_key: vec![2097.2; 3],
+                    written_bytes_per_key: Some(6291.5),
                 },
             );
         }
