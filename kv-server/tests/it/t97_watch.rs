@@ -15,9 +15,9 @@ use crate::harness::{Cluster, CALM};
 use crate::t96_etcdctl::{etcdctl_34, etcdctl_35};
 
 /// Longest wait for one watch response; a response that does not come fails the test.
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-async fn next(stream: &mut WatchStream) -> WatchResponse {
+pub(crate) async fn next(stream: &mut WatchStream) -> WatchResponse {
     tokio::time::timeout(WAIT, stream.message())
         .await
         .expect("a watch response within the wait")

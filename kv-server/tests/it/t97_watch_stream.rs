@@ -6,20 +6,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, DeleteOptions, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{Client, ConnectOptions, DeleteOptions, WatchOptions, WatchResponse};
 
 use crate::harness::{Cluster, Server, CALM};
-
-/// Longest wait for one watch response; a response that does not come fails the test.
-const WAIT: Duration = Duration::from_secs(20);
-
-async fn next(stream: &mut WatchStream) -> WatchResponse {
-    tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("a watch response within the wait")
-        .expect("the watch stream works")
-        .expect("the watch stream stays open")
-}
+use crate::t97_watch::{next, WAIT};
 
 fn is_progress(r: &WatchResponse) -> bool {
     r.watch_id() == -1 && r.events().is_empty() && !r.created() && !r.canceled()
