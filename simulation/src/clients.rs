@@ -54,8 +54,7 @@ where
     let mut tasks = Vec::new();
     for i in 0..count {
         let (endpoints, step) = (endpoints.to_vec(), step.clone());
-        let node =
-            h.create_node().name(format!("{name}{i}")).ip(format!("10.0.{subnet}.{}", i + 1).parse().unwrap()).build();
+        let node = client_node(&h, name, subnet, i as usize);
         tasks.push(node.spawn(async move {
             let mut out = Vec::new();
             let mut n = 0;
@@ -74,4 +73,10 @@ where
         all.extend(t.await.unwrap_or_else(|e| panic!("{name} task: {e}")));
     }
     all
+}
+
+/// The simulated machine of client `i` of a kind: named `{name}{i}`, at 10.0.`subnet`.`i + 1`
+/// (each kind of client on a subnet of its own).
+pub fn client_node(h: &Handle, name: &str, subnet: u8, i: usize) -> madsim::runtime::NodeHandle {
+    h.create_node().name(format!("{name}{i}")).ip(format!("10.0.{subnet}.{}", i + 1).parse().unwrap()).build()
 }

@@ -86,8 +86,7 @@ pub fn observe(endpoints: &[String]) -> Observers {
     let mut tasks = Vec::new();
     for o in 0..OBSERVERS {
         let (endpoints, streams) = (endpoints.to_vec(), streams.clone());
-        let node =
-            h.create_node().name(format!("observer{o}")).ip(format!("10.0.7.{}", o + 1).parse().unwrap()).build();
+        let node = crate::clients::client_node(&h, "observer", 7, o as usize);
         tasks.push(node.spawn(async move {
             loop {
                 let opened = timeout(CLIENT_TIMEOUT, async {

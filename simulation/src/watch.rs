@@ -51,7 +51,7 @@ pub fn start(c: &SimCluster) -> Watchers {
     for (i, asked) in STARTS.into_iter().enumerate() {
         let log = Arc::new(Mutex::new(Delivered { asked, ..Delivered::default() }));
         let endpoints = c.endpoints.clone();
-        let node = h.create_node().name(format!("watcher{i}")).ip(format!("10.0.2.{}", i + 1).parse().unwrap()).build();
+        let node = crate::clients::client_node(&h, "watcher", 2, i);
         let out = log.clone();
         tasks.push(node.spawn(async move { watch(endpoints, asked, out).await }));
         seen.push(log);

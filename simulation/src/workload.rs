@@ -92,11 +92,7 @@ pub async fn run(c: &SimCluster, for_how_long: Duration) -> Vec<Record> {
     let mut tasks = Vec::new();
     for (client, level) in CLIENT_LEVELS.into_iter().enumerate() {
         let endpoints = c.endpoints.clone();
-        let node = h
-            .create_node()
-            .name(format!("client{client}"))
-            .ip(format!("10.0.1.{}", client + 1).parse().unwrap())
-            .build();
+        let node = crate::clients::client_node(&h, "client", 1, client);
         tasks.push(node.spawn(async move {
             let mut client = Client::new(client as u32, level, endpoints);
             while start.elapsed() < for_how_long {
