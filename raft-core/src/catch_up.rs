@@ -20,6 +20,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::engine::Engine;
 use crate::typ::Raft;
 
 struct State {
@@ -36,8 +37,8 @@ struct State {
 }
 
 /// The member's switch (one per node); see the module doc.
-pub struct CatchUp {
-    raft: Raft,
+pub struct CatchUp<E: Engine> {
+    raft: Raft<E>,
     /// How long after the last snapshot RPC without hearing the leader before elections are
     /// on again.
     quiet: Duration,
@@ -47,15 +48,15 @@ pub struct CatchUp {
 }
 
 /// Held while one snapshot RPC is served.
-pub struct Receiving {
-    catch_up: Arc<CatchUp>,
+pub struct Receiving<E: Engine> {
+    catch_up: Arc<CatchUp<E>>,
 }
 
-impl CatchUp {
+impl<E: Engine> CatchUp<E> {
     /// The switch of `raft`: elections are on again at the leader's next AppendEntries after the
     /// last snapshot RPC, or `quiet` after it without one. Runs a task that checks every
     /// `every`, which stops when the switch is dropped.
-    pub fn start(raft: Raft, quiet: Duration, every: Duration) -> Arc<CatchUp> {
+    pub fn start(raft: Raft<E>, quiet: Duration, every: Duration) -> Arc<CatchUp<E>> {
         let now = Instant::now();
         let state = State { in_flight: 0, last_end: now, last_heard: now, paused: false, paused_at: now };
         let catch_up = Arc::new(CatchUp {
@@ -77,7 +78,7 @@ impl CatchUp {
 
     /// Marks a snapshot RPC being served: elections are off until it ends and the quiet period
     /// after it has passed.
-    pub fn receiving(self: &Arc<Self>) -> Receiving {
+    pub fn receiving(self: &Arc<Self>) -> Receiving<E> {
         let mut st = self.state.lock();
         st.in_flight += 1;
         #[cfg(feature = "planted-bugs")]
@@ -125,7 +126,7 @@ impl CatchUp {
     }
 }
 
-impl Drop for Receiving {
+impl<E: Engine> Drop for Receiving<E> {
     fn drop(&mut self) {
         let mut st = self.catch_up.state.lock();
         st.in_flight -= 1;
@@ -133,7 +134,7 @@ impl Drop for Receiving {
     }
 }
 
-async fn resume_when_quiet(catch_up: Weak<CatchUp>, every: Duration) {
+async fn resume_when_quiet<E: Engine>(catch_up: Weak<CatchUp<E>>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         match catch_up.upgrade() {

@@ -3,19 +3,26 @@
 //!
 //! Every append, vote, truncation and purge is durable before openraft hears it is done: an
 //! entry acknowledged to the leader (and so counted towards a quorum) survives power loss.
-//! One append is one sync of the log alone, so a batched entry costs one fsync for all its
-//! requests, and nothing the state machine wrote meanwhile is written with it.
+//!
+//! An append returns as soon as its entries are written (readable, not yet durable); the
+//! [`Flusher`] task syncs the log and then tells openraft, in order. Meanwhile openraft 0.10
+//! already sends the entries to the followers, and counts the leader's own copy only once the
+//! flusher reports it durable: the leader's fsync overlaps the followers'. Appends that arrive
+//! while a sync runs share the next one, and nothing the state machine wrote is synced with
+//! the log.
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use openraft::storage::{LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{OptionalSend, RaftLogReader};
+use tokio::sync::mpsc;
 
 use crate::engine::{Batch, Engine, EngineExt, Tree};
 use crate::state_machine::StoredSnapshot;
-use crate::typ::{Entry, LogFlushed, LogId, StorageError, TypeConfig, Vote};
+use crate::typ::{Entry, IOFlushed, LogId, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
 const LAST_PURGED: &[u8] = b"last_purged";
@@ -77,6 +84,8 @@ pub struct LogStore<E: Engine> {
     /// Where the stored snapshot ends, if purges must wait for it
     /// ([`LogStore::with_snapshot_position`]).
     snapshot: Option<tokio::sync::watch::Receiver<StoredSnapshot>>,
+    /// Syncs appended entries and reports them durable, started by the first append.
+    flusher: Arc<OnceLock<Flusher>>,
     #[cfg(feature = "planted-bugs")]
     ack_before_flush: bool,
 }
@@ -87,18 +96,48 @@ impl<E: Engine> Clone for LogStore<E> {
             engine: self.engine.clone(),
             append_budget: self.append_budget,
             snapshot: self.snapshot.clone(),
+            flusher: self.flusher.clone(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
         }
     }
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(&e).into()
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_logs(&e).into()
+/// The task that makes appended entries durable: it takes every append waiting, syncs the log
+/// once for all of them, and reports each done in the order they were appended (openraft reads
+/// a report as "everything up to here is durable"). A failed sync is reported to every append
+/// it covered, and to every later one: the log's tail is then unknown, and openraft stops.
+struct Flusher {
+    tx: mpsc::UnboundedSender<IOFlushed>,
+}
+
+impl Flusher {
+    fn start<E: Engine>(engine: Arc<E>) -> Flusher {
+        let (tx, mut rx) = mpsc::unbounded_channel::<IOFlushed>();
+        tokio::spawn(async move {
+            let mut failed: Option<String> = None;
+            while let Some(first) = rx.recv().await {
+                let mut waiting = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    waiting.push(more);
+                }
+                if failed.is_none() {
+                    failed = crate::rt::blocking(|| engine.log_sync()).err().map(|e| e.to_string());
+                }
+                for callback in waiting {
+                    callback.io_completed(match &failed {
+                        None => Ok(()),
+                        Some(why) => Err(io::Error::other(format!("syncing the Raft log: {why}"))),
+                    });
+                }
+            }
+        });
+        Flusher { tx }
+    }
 }
 
 impl<E: Engine> LogStore<E> {
@@ -108,6 +147,7 @@ impl<E: Engine> LogStore<E> {
             engine,
             append_budget: MAX_APPEND_BYTES,
             snapshot: None,
+            flusher: Arc::default(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
         }
@@ -175,32 +215,32 @@ impl<E: Engine> LogStore<E> {
         self.write_durably(batch).map_err(|e| storage(&e))
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.engine.get(Tree::RaftMeta, key).map_err(read_err)? {
-            Some(v) => Ok(Some(crate::codec::decode(&v).map_err(|e| read_err(*e))?)),
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.engine.get(Tree::RaftMeta, key).map_err(io_err)? {
+            Some(v) => Ok(Some(crate::codec::decode(&v).map_err(io_err)?)),
             None => Ok(None),
         }
     }
 
     /// Writes a batch and makes it durable.
-    fn write_durably(&self, batch: Batch) -> Result<(), StorageError> {
-        self.engine.write(batch).map_err(write_err)?;
-        self.engine.flush().map_err(write_err)
+    fn write_durably(&self, batch: Batch) -> io::Result<()> {
+        self.engine.write(batch).map_err(io_err)?;
+        self.engine.flush().map_err(io_err)
     }
 }
 
 impl<E: Engine> LogStore<E> {
     /// The lowest index still in the log: entries below it are purged, even while the engine
     /// still stores some of them.
-    fn first_index(&self) -> Result<u64, StorageError> {
+    fn first_index(&self) -> io::Result<u64> {
         Ok(self.meta::<LogId>(LAST_PURGED)?.map_or(0, |l| l.index + 1))
     }
 
     /// Entries `[start, end)` in order, stopping after the first whose stored bytes reach
     /// `budget` (always at least one entry when the range is not empty).
-    fn entries_within(&self, start: u64, end: u64, budget: usize) -> Result<Vec<Entry>, StorageError> {
-        let stored = self.engine.log_read(start.max(self.first_index()?), end, budget).map_err(read_err)?;
-        stored.iter().map(|v| crate::codec::decode(v).map_err(|e| read_err(*e))).collect()
+    fn entries_within(&self, start: u64, end: u64, budget: usize) -> io::Result<Vec<Entry>> {
+        let stored = self.engine.log_read(start.max(self.first_index()?), end, budget).map_err(io_err)?;
+        stored.iter().map(|v| crate::codec::decode(v).map_err(io_err)).collect()
     }
 }
 
@@ -209,16 +249,20 @@ impl<E: Engine> RaftLogReader<TypeConfig> for LogStore<E> {
     /// and including the one whose stored bytes reach the append budget ([`MAX_APPEND_BYTES`]
     /// by default), however many openraft asks for (its `max_payload_entries` counts entries
     /// only). The whole AppendEntries, the follower's append and fsync included, must finish
-    /// within openraft 0.9's AppendEntries timeout, which is the heartbeat interval: a
-    /// catching-up follower sent 300 full batches never did, and the leader resent it for ever.
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+    /// within openraft's AppendEntries timeout, which is the heartbeat interval: a catching-up
+    /// follower sent 300 full batches never did, and the leader resent it for ever.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
         self.entries_within(start, end, self.append_budget)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.meta(VOTE)
     }
 
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> io::Result<Vec<Entry>> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -239,17 +283,17 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
     /// Also finishes a purge that a crash cut short after recording its position but before
     /// the entries went, when every stored entry is at or below it: the next append follows the
     /// purge position, which the stored entries would refuse.
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
-        let mut stored = self.engine.log_last().map_err(read_err)?;
+        let mut stored = self.engine.log_last().map_err(io_err)?;
         if let (Some(purged), Some((last, _))) = (last_purged_log_id, &stored) {
             if *last <= purged.index {
-                self.engine.log_purge(purged.index).map_err(write_err)?;
-                self.engine.log_sync().map_err(write_err)?;
+                self.engine.log_purge(purged.index).map_err(io_err)?;
+                self.engine.log_sync().map_err(io_err)?;
                 stored = None;
             }
         }
-        let last = stored.map(|(_, v)| crate::codec::decode::<Entry>(&v).map_err(|e| read_err(*e))).transpose()?;
+        let last = stored.map(|(_, v)| crate::codec::decode::<Entry>(&v).map_err(io_err)).transpose()?;
         // After a purge of every entry the purge position is the last log id; entries below it
         // that the engine still stores are not the log any more.
         let last = last.map(|e| e.log_id).max(last_purged_log_id);
@@ -260,59 +304,50 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let mut b = Batch::default();
-        b.put(Tree::RaftMeta, VOTE, bincode::serialize(vote).map_err(|e| StorageIOError::write_vote(&*e))?);
-        self.engine.write(b).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.engine.flush().map_err(|e| StorageIOError::write_vote(&e).into())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.meta(VOTE)
+        b.put(Tree::RaftMeta, VOTE, bincode::serialize(vote).map_err(io_err)?);
+        self.write_durably(b)
     }
 
     /// Recorded so a restart re-applies committed entries the state machine had not yet made
     /// durable. Not flushed on its own: losing it only means re-applying later.
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         let mut b = Batch::default();
-        b.put(Tree::RaftMeta, COMMITTED, bincode::serialize(&committed).map_err(|e| write_err(*e))?);
-        self.engine.write(b).map_err(write_err)
+        b.put(Tree::RaftMeta, COMMITTED, bincode::serialize(&committed).map_err(io_err)?);
+        self.engine.write(b).map_err(io_err)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
         Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed) -> Result<(), StorageError>
+    /// Writes the entries (readable from now on) and returns; the [`Flusher`] reports them
+    /// durable once the log is synced. That report is what lets openraft count this member's
+    /// copy towards a quorum.
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut stored = Vec::new();
         for e in entries {
-            stored.push((e.log_id.index, bincode::serialize(&e).map_err(|e| write_err(*e))?));
+            stored.push((e.log_id.index, bincode::serialize(&e).map_err(io_err)?));
         }
-        self.engine.log_append(stored).map_err(write_err)?;
+        self.engine.log_append(stored).map_err(io_err)?;
         #[cfg(feature = "planted-bugs")]
         if self.ack_before_flush {
-            // Planted bug: the entry only sits in unflushed writes until something else flushes.
-            callback.log_io_completed(Ok(()));
+            // Planted bug: the entry only sits in unsynced writes until something else syncs.
+            callback.io_completed(Ok(()));
             return Ok(());
         }
-        // The ack below is what lets openraft count this entry towards a quorum: only after fsync.
-        // Only the log is synced: what apply wrote to the trees is not needed to recover (the
-        // entries are re-applied after a crash) and is flushed before any entry is purged.
-        let flushed = self.engine.log_sync().map_err(std::io::Error::other);
-        let failed = flushed.as_ref().err().map(|e| write_err(std::io::Error::other(e.to_string())));
-        callback.log_io_completed(flushed);
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        let flusher = self.flusher.get_or_init(|| Flusher::start(self.engine.clone()));
+        flusher.tx.send(callback).map_err(|_| io::Error::other("the Raft log's flusher has stopped"))
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.engine.log_truncate(log_id.index).map_err(write_err)
+    /// Drops every entry after `last` (all of them when `None`): conflict resolution.
+    async fn truncate_after(&mut self, last: Option<LogId>) -> io::Result<()> {
+        self.engine.log_truncate(last.map_or(0, |l| l.index + 1)).map_err(io_err)
     }
 
     /// Records the purge position durably, then drops the entries. Only entries a stored
@@ -320,18 +355,18 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
     /// a member that crashes goes back to that snapshot at worst, and applies the log after it.
     /// A crash between the two steps leaves entries below the position, which nothing reads and
     /// the next purge, or the next start, drops.
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         if let Some(stored) = &mut self.snapshot {
             let covered = |s: &StoredSnapshot| s.last.is_some_and(|l| l.index >= log_id.index);
             let outcome = stored.wait_for(|s| s.install_failed || covered(s)).await.map(|s| *s);
             if !outcome.is_ok_and(|s| covered(&s)) {
                 let why = format!("no stored snapshot covers entry {}, so it is not purged", log_id.index);
-                return Err(write_err(std::io::Error::other(why)));
+                return Err(io::Error::other(why));
             }
         }
         let mut b = Batch::default();
-        b.put(Tree::RaftMeta, LAST_PURGED, bincode::serialize(&log_id).map_err(|e| write_err(*e))?);
+        b.put(Tree::RaftMeta, LAST_PURGED, bincode::serialize(&log_id).map_err(io_err)?);
         self.write_durably(b)?;
-        self.engine.log_purge(log_id.index).map_err(write_err)
+        self.engine.log_purge(log_id.index).map_err(io_err)
     }
 }

@@ -149,6 +149,13 @@ impl std::fmt::Debug for RequestBatch {
     }
 }
 
+/// openraft's log lines name an entry's payload by this.
+impl std::fmt::Display for RequestBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// The Raft response `R`: one result per request of the entry's batch (empty for blank and
 /// membership entries).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

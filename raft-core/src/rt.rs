@@ -3,7 +3,7 @@
 //! `TokioRuntime` would use real tokio and break determinism).
 
 #[cfg(not(madsim))]
-pub type Runtime = openraft::TokioRuntime;
+pub type Runtime = openraft_rt_tokio::TokioRuntime;
 
 #[cfg(madsim)]
 pub use sim::SimRuntime as Runtime;
@@ -17,8 +17,9 @@ mod sim {
     use std::task::{Context, Poll};
     use std::time::Duration;
 
-    use openraft::async_runtime::TokioOneShotSender;
     use openraft::{AsyncRuntime, OptionalSend};
+    use openraft_rt_tokio::{TokioMpsc, TokioMutex, TokioOneshot, TokioWatch};
+    use rand010::SeedableRng;
 
     /// madsim virtualises `std::time::Instant`; openraft wants its own `Instant` trait on it.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,11 +101,14 @@ mod sim {
         type Instant = SimInstant;
         type TimeoutError = Elapsed;
         type Timeout<R, T: Future<Output = R> + OptionalSend> = SimTimeout<T>;
-        type ThreadLocalRng = madsim::rand::GlobalRng;
-        // tokio::sync channels do not depend on the runtime, so openraft's wrapper serves.
-        type OneshotSender<T: OptionalSend> = TokioOneShotSender<T>;
-        type OneshotReceiver<T: OptionalSend> = tokio::sync::oneshot::Receiver<T>;
-        type OneshotReceiverError = tokio::sync::oneshot::error::RecvError;
+        /// Seeded from madsim's RNG at each call, so a seed replays the same election timeouts.
+        type ThreadLocalRng = rand010::rngs::SmallRng;
+        // tokio::sync's channels and mutex do not depend on the runtime, so openraft's tokio
+        // wrappers serve under madsim too.
+        type Mpsc = TokioMpsc;
+        type Watch = TokioWatch;
+        type Oneshot = TokioOneshot;
+        type Mutex<T: OptionalSend + 'static> = TokioMutex<T>;
 
         fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
         where
@@ -135,12 +139,21 @@ mod sim {
         }
 
         fn thread_rng() -> Self::ThreadLocalRng {
-            madsim::rand::thread_rng()
+            use madsim::rand::Rng;
+            rand010::rngs::SmallRng::seed_from_u64(madsim::rand::thread_rng().gen())
         }
 
-        fn oneshot<T: OptionalSend>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>) {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            (TokioOneShotSender(tx), rx)
+        fn new(_threads: usize) -> Self {
+            SimRuntime
+        }
+
+        /// Only openraft's own runtime tests call this; inside a simulation a future is awaited,
+        /// never blocked on, so this polls it on the calling thread.
+        fn block_on<F, T>(&mut self, future: F) -> T
+        where
+            F: Future<Output = T>,
+        {
+            futures::executor::block_on(future)
         }
     }
 }

@@ -23,19 +23,27 @@ openraft::declare_raft_types!(
         R = ResponseBatch,
         NodeId = u64,
         Node = PeerNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = crate::rt::Runtime,
 );
 
+use openraft::type_config::alias;
+
 pub type NodeId = u64;
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, PeerNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, PeerNode>;
-pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, PeerNode>;
-pub type LogFlushed = openraft::storage::LogFlushed<TypeConfig>;
+/// openraft's handle, over the state machine of an engine `E`.
+pub type Raft<E> = openraft::Raft<TypeConfig, crate::state_machine::KvStore<E>>;
+pub type Entry = alias::EntryOf<TypeConfig>;
+pub type LogId = alias::LogIdOf<TypeConfig>;
+pub type Vote = alias::VoteOf<TypeConfig>;
+pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = alias::SnapshotOf<TypeConfig, crate::snapshot_data::SnapshotData>;
+pub type StorageError = openraft::StorageError<TypeConfig>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+pub type IOFlushed = openraft::storage::IOFlushed<TypeConfig>;
+/// A watch of openraft's metrics (the runtime's watch type).
+pub type MetricsWatch = alias::WatchReceiverOf<TypeConfig, RaftMetrics>;
+
+/// The source of a [`StorageError`], made from any error.
+pub fn err_source(e: &(impl std::error::Error + 'static)) -> alias::ErrorSourceOf<TypeConfig> {
+    openraft::errors::ErrorSource::from_error(e)
+}

@@ -18,16 +18,17 @@ use std::time::Duration;
 
 use kv_api::raftkvpb::peer_client::PeerClient;
 use kv_api::raftkvpb::PeerRequest;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{
-    Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Timeout, Unreachable,
+    NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, RPCTypes, StorageIOError};
+use openraft::{OptionalSend, RPCTypes};
+use openraft_legacy::network_v1::{InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,18 +36,14 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::node::lease::RestartFloor;
-use crate::typ::{LogId, NodeId, PeerNode, RaftMetrics, Snapshot, TypeConfig, Vote};
+use crate::snapshot_data::SnapshotData;
+use crate::typ::{LogId, MetricsWatch, NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use tokio::time::Instant;
 
 /// Largest peer message either side sends or accepts. Write batches are capped far below it
-/// (`BatchConfig::max_bytes`), and an AppendEntries larger than [`MAX_APPEND_SPLIT_BYTES`] is
-/// split.
+/// (`BatchConfig::max_bytes`), and the log reader stops an AppendEntries at the node's
+/// `max_append_bytes` of stored entries (one batch at least).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
-
-/// An AppendEntries whose encoding exceeds this is sent again with fewer entries. The log
-/// reader already stops at the node's `max_append_bytes`; this catches the rest (a payload
-/// whose encoding grew).
-pub const MAX_APPEND_SPLIT_BYTES: usize = 16 << 20;
 
 /// How long a replication stream waits before retrying a peer it could not reach. openraft's
 /// default (500 ms) would delay a restarted member's catch-up for no benefit on a LAN.
@@ -104,6 +101,8 @@ const MAX_STAMPS: usize = 64;
 pub enum Rpc {
     AppendEntries,
     Vote,
+    PreVote,
+    TransferLeader,
     InstallSnapshot,
     Forward,
     ReadIndex,
@@ -141,7 +140,7 @@ struct Inner {
     /// As leader: each peer's recent receipt stamps (see `echo_us` in peer.proto).
     receipts: Mutex<HashMap<NodeId, PeerStamps>>,
     /// This member's Raft metrics (for the voter set), once Raft runs.
-    metrics: Mutex<Option<tokio::sync::watch::Receiver<RaftMetrics>>>,
+    metrics: Mutex<Option<MetricsWatch>>,
     /// What this member's state machine has applied, read at the moment of asking.
     applied: Mutex<Option<AppliedFn>>,
     /// What this member must apply before it serves reads as a leader restored at startup; set
@@ -174,7 +173,7 @@ impl Peers {
     }
 
     /// Lets [`Peers::confirmed_at`] see the voter set, and echoes carry the applied index.
-    pub fn watch_metrics(&self, metrics: tokio::sync::watch::Receiver<RaftMetrics>, applied: AppliedFn) {
+    pub fn watch_metrics(&self, metrics: MetricsWatch, applied: AppliedFn) {
         *self.inner.metrics.lock() = Some(metrics);
         *self.inner.applied.lock() = Some(applied);
     }
@@ -196,7 +195,7 @@ impl Peers {
     fn quorum_sent_at(&self, term: u64, also: Option<NodeId>) -> Option<Instant> {
         let voters: Vec<NodeId> = {
             let metrics = self.inner.metrics.lock();
-            let m = metrics.as_ref()?.borrow();
+            let m = metrics.as_ref()?.borrow_watched();
             m.membership_config.membership().voter_ids().collect()
         };
         let me = self.inner.me;
@@ -318,6 +317,8 @@ impl Peers {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(req).await,
                 Rpc::Vote => client.vote(req).await,
+                Rpc::PreVote => client.pre_vote(req).await,
+                Rpc::TransferLeader => client.transfer_leader(req).await,
                 Rpc::InstallSnapshot => client.install_snapshot(req).await,
                 Rpc::Forward => client.forward(req).await,
                 Rpc::ReadIndex => client.read_index(req).await,
@@ -369,7 +370,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 }
 
 impl PeerClientHandle {
-    /// One openraft RPC: the reply is the remote `Result`, relayed as `RemoteError` on error.
+    /// One openraft RPC: the reply is the remote `Result`. A remote API error is relayed as
+    /// `RemoteError`; a remote fatal error (the peer's Raft stopped) as a network failure, which
+    /// openraft retries after its backoff.
     async fn rpc<Resp, E>(
         &self,
         rpc: Rpc,
@@ -377,13 +380,13 @@ impl PeerClientHandle {
         payload: Vec<u8>,
         echo: Option<Echo>,
         option: &RPCOption,
-    ) -> Result<(Resp, Option<Stamp>), RPCError<NodeId, PeerNode, RaftError<NodeId, E>>>
+    ) -> Result<(Resp, Option<Stamp>), RPCError<TypeConfig, E>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl();
-        let (reply, receipt_us): (Result<Resp, RaftError<NodeId, E>>, _) =
+        let (reply, receipt_us): (Result<Resp, RaftError<TypeConfig, E>>, _) =
             self.peers.call_raw(self.target, &self.node, rpc, payload, echo, timeout).await.map_err(|e| match e {
                 PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
                     RPCError::Unreachable(Unreachable::new(&e))
@@ -395,7 +398,10 @@ impl PeerClientHandle {
             })?;
         match reply {
             Ok(r) => Ok((r, receipt_us)),
-            Err(e) => Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e))),
+            Err(RaftError::APIError(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+            }
+            Err(RaftError::Fatal(f)) => Err(RPCError::Network(NetworkError::new(&f))),
         }
     }
 }
@@ -404,20 +410,16 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).expect("in-memory serialization of openraft types cannot fail")
 }
 
-impl RaftNetwork<TypeConfig> for PeerClientHandle {
+impl RaftNetworkV2<TypeConfig> for PeerClientHandle {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(&rpc);
-        if payload.len() > MAX_APPEND_SPLIT_BYTES && rpc.entries.len() > 1 {
-            // Ask openraft to resend with proportionally fewer entries.
-            let n = rpc.entries.len() as u64;
-            let hint = (n * MAX_APPEND_SPLIT_BYTES as u64 / payload.len() as u64).clamp(1, n - 1);
-            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(hint)));
-        }
-        let term = rpc.vote.leader_id().get_term();
+        let term = rpc.vote.leader_id().term;
         let leading = rpc.vote.is_committed();
         let sent = Instant::now();
         let echo = if leading { self.peers.echo_for(self.target, term) } else { None };
@@ -429,22 +431,33 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         Ok(resp)
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
-        self.install_chunk(rpc, option.hard_ttl()).await
-    }
-
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(&rpc);
         Ok(self.rpc(Rpc::Vote, RPCTypes::Vote, payload, None, &option).await?.0)
+    }
+
+    /// Asks whether the peer would vote, without it changing its vote or term: a member cut off
+    /// from the others cannot force an election on its return.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc);
+        Ok(self.rpc(Rpc::PreVote, RPCTypes::Vote, payload, None, &option).await?.0)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&req);
+        Ok(self.rpc(Rpc::TransferLeader, RPCTypes::TransferLeader, payload, None, &option).await?.0)
     }
 
     /// Sends the snapshot in chunks read from its file as they go. Each chunk must arrive within
@@ -458,11 +471,13 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         mut snapshot: Snapshot,
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let meta = snapshot.meta.clone();
-        let storage = |e: std::io::Error| -> StreamingError<TypeConfig, Fatal<NodeId>> {
-            openraft::StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)).into()
+        let storage = |e: std::io::Error| -> StreamingError<TypeConfig> {
+            crate::typ::StorageError::read_snapshot(Some(meta.signature()), crate::typ::err_source(&e)).into()
         };
+        // Each transfer its own id: the receiver starts over when a new one arrives.
+        let transfer = openraft_legacy::network_v1::SnapshotMeta::new(meta.clone(), next_transfer_id());
         let chunk = option.snapshot_chunk_size().unwrap_or(SNAPSHOT_CHUNK);
         let size = snapshot.snapshot.len().map_err(storage)?;
         let started = Instant::now();
@@ -472,7 +487,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
             let data = snapshot.snapshot.read_chunk(offset, chunk).map_err(storage)?;
             let n = data.len() as u64;
             let done = offset + n >= size;
-            let req = InstallSnapshotRequest { vote, meta: meta.clone(), offset, data, done };
+            let req = InstallSnapshotRequest { vote, meta: transfer.clone(), offset, data, done };
             let timeout = if done { install_allowance(size) } else { option.hard_ttl() };
             let sent = tokio::select! {
                 closed = &mut cancel => return Err(closed.into()),
@@ -483,7 +498,7 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
                 Ok(resp) if done => {
                     tracing::info!(
                         target = format_args!("{:x}", self.target),
-                        snapshot = %meta.snapshot_id,
+                        snapshot = %transfer.snapshot_id,
                         bytes = size,
                         "snapshot sent and installed in {:?}",
                         started.elapsed()
@@ -495,16 +510,12 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
                     failures = 0;
                 }
                 Err(RPCError::RemoteError(RemoteError {
-                    source: RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)),
-                    ..
+                    source: InstallSnapshotError::SnapshotMismatch(m), ..
                 })) => {
                     // The receiver lost what it had (it restarted, or took the last chunk
                     // already): from the start.
                     tracing::warn!(%m, "snapshot transfer out of step with the receiver; sending it again");
                     (offset, failures) = (0, 0);
-                }
-                Err(RPCError::RemoteError(RemoteError { target, target_node, source: RaftError::Fatal(f) })) => {
-                    return Err(RemoteError { target, target_node, source: f }.into());
                 }
                 // Down: openraft's replication backs off and starts again.
                 Err(RPCError::Unreachable(e)) => return Err(e.into()),
@@ -524,9 +535,17 @@ impl RaftNetwork<TypeConfig> for PeerClientHandle {
         }
     }
 
-    fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF)))
     }
+}
+
+/// A fresh id for one snapshot transfer from this process.
+fn next_transfer_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{at:x}-{n}")
 }
 
 impl PeerClientHandle {
@@ -535,8 +554,7 @@ impl PeerClientHandle {
         &self,
         req: InstallSnapshotRequest<TypeConfig>,
         timeout: Duration,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, PeerNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<InstallSnapshotResponse<TypeConfig>, RPCError<TypeConfig, InstallSnapshotError>> {
         let payload = encode(&req);
         let option = RPCOption::new(timeout);
         Ok(self.rpc(Rpc::InstallSnapshot, RPCTypes::InstallSnapshot, payload, None, &option).await?.0)

@@ -11,7 +11,7 @@ use crate::engine::Engine;
 use crate::network::Stamp;
 use crate::node::{IndexKind, LeaseAsk};
 use crate::request::WriteRequest;
-use crate::typ::{NodeId, TypeConfig};
+use crate::typ::TypeConfig;
 use crate::Node;
 
 /// The `raftkvpb.Peer` service of one member.
@@ -60,7 +60,7 @@ impl<E: Engine> Peer for PeerService<E> {
             _ => None,
         };
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
-        let term = rpc.vote.leader_id().get_term();
+        let term = rpc.vote.leader_id().term;
         let committed_vote = rpc.vote.is_committed();
         let receipt = self.node.clock_stamp();
         let resp = self.node.raft().append_entries(rpc).await;
@@ -85,7 +85,7 @@ impl<E: Engine> Peer for PeerService<E> {
     }
 
     async fn vote(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let rpc: openraft::raft::VoteRequest<NodeId> = self.open(req)?;
+        let rpc: openraft::raft::VoteRequest<TypeConfig> = self.open(req)?;
         if self.node.refusing_votes() {
             // No answer counts as no vote: see `Node::refusing_votes`.
             return Err(Status::unavailable(
@@ -95,8 +95,26 @@ impl<E: Engine> Peer for PeerService<E> {
         reply(&self.node.raft().vote(rpc).await)
     }
 
+    async fn pre_vote(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc: openraft::raft::VoteRequest<TypeConfig> = self.open(req)?;
+        if self.node.refusing_votes() {
+            return Err(Status::unavailable(
+                "raftkv: member started less than 2 election timeouts ago; not voting yet",
+            ));
+        }
+        reply(&self.node.raft().pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> = self.open(req)?;
+        let answered =
+            self.node.raft().handle_transfer_leader(rpc).await.map_err(openraft::error::RaftError::<TypeConfig>::Fatal);
+        reply(&answered)
+    }
+
     async fn install_snapshot(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = self.open(req)?;
+        use openraft_legacy::network_v1::ChunkedSnapshotReceiver;
+        let rpc: openraft_legacy::network_v1::InstallSnapshotRequest<TypeConfig> = self.open(req)?;
         // No election while the leader streams it, nor while the last chunk installs it.
         let _receiving = self.node.receiving_snapshot();
         reply(&self.node.raft().install_snapshot(rpc).await)

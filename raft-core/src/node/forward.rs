@@ -14,7 +14,8 @@ use super::lease::IndexKind;
 use super::{BatchConfig, Refusal};
 use crate::network::{PeerError, Peers, Rpc};
 use crate::request::{WriteRequest, WriteResponse};
-use crate::typ::{NodeId, PeerNode, RaftMetrics};
+use crate::typ::{MetricsWatch, NodeId, PeerNode};
+use openraft::async_runtime::WatchReceiver;
 
 /// A follower's request queued for the leader, to share one RPC with others of its kind.
 pub(super) struct ToLeader<T, A> {
@@ -98,11 +99,11 @@ pub(super) async fn ask_read_index(
 struct Slots {
     per_leader: usize,
     pools: HashMap<NodeId, Arc<tokio::sync::Semaphore>>,
-    metrics: tokio::sync::watch::Receiver<RaftMetrics>,
+    metrics: MetricsWatch,
 }
 
 impl Slots {
-    fn new(per_leader: usize, metrics: tokio::sync::watch::Receiver<RaftMetrics>) -> Slots {
+    fn new(per_leader: usize, metrics: MetricsWatch) -> Slots {
         Slots { per_leader, pools: HashMap::new(), metrics }
     }
 
@@ -130,7 +131,7 @@ impl Slots {
                 permit = pool.clone().acquire_owned() => {
                     return Some((first, permit.expect("the semaphore is never closed")));
                 }
-                _ = metrics.wait_for(|m| m.current_leader != Some(leader)) => first.refuse(),
+                _ = metrics.wait_until(|m| m.current_leader != Some(leader)) => first.refuse(),
             }
         }
     }
@@ -177,11 +178,7 @@ async fn all_abandoned<T>(replies: &mut [oneshot::Sender<T>]) {
 /// RPC arrives, so after every one of those reads arrived. A read arriving while an RPC is in
 /// flight waits for a later one. One RPC per read made each linearizable read on a follower
 /// cost the leader a peer request.
-pub(super) async fn index_asker(
-    peers: Peers,
-    mut rx: mpsc::Receiver<IndexAsk>,
-    metrics: tokio::sync::watch::Receiver<RaftMetrics>,
-) {
+pub(super) async fn index_asker(peers: Peers, mut rx: mpsc::Receiver<IndexAsk>, metrics: MetricsWatch) {
     let mut slots = Slots::new(INDEX_ASKS_IN_FLIGHT, metrics);
     let mut carry: Option<IndexAsk> = None;
     while let Some((first, permit)) = slots.next(&mut carry, &mut rx).await {
@@ -207,12 +204,7 @@ pub(super) async fn index_asker(
 /// Raft entry, and only writes with small answers together), with up to [`FORWARDS_IN_FLIGHT`]
 /// RPCs at once to each leader. One RPC per write made forwarding the largest CPU cost of a put
 /// that arrives at a follower.
-pub(super) async fn forwarder(
-    peers: Peers,
-    mut rx: mpsc::Receiver<Forward>,
-    cfg: BatchConfig,
-    metrics: tokio::sync::watch::Receiver<RaftMetrics>,
-) {
+pub(super) async fn forwarder(peers: Peers, mut rx: mpsc::Receiver<Forward>, cfg: BatchConfig, metrics: MetricsWatch) {
     let mut slots = Slots::new(FORWARDS_IN_FLIGHT, metrics);
     let mut carry: Option<Forward> = None;
     while let Some((first, permit)) = slots.next(&mut carry, &mut rx).await {

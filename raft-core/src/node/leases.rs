@@ -15,6 +15,7 @@
 //! `lease_checkpoint_interval` while leases exist. It stops the lessor when leadership ends. A
 //! leader that cannot commit revokes nothing: its proposals fail.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,7 +189,7 @@ impl<E: Engine> Node<E> {
     pub async fn answer_lease(&self, ask: LeaseAsk) -> Result<LeaseAnswer, Refusal> {
         let term = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             if m.state != ServerState::Leader {
                 return Err(Refusal::NotLeader);
             }
@@ -241,7 +242,7 @@ fn unexpected(r: WriteResponse) -> NodeError {
 /// What the clock task works with: the parts of the node it needs, not the node (which would
 /// then never be dropped).
 pub(super) struct LeaseClock<E: Engine> {
-    pub(super) raft: Raft,
+    pub(super) raft: Raft<E>,
     pub(super) store: KvStore<E>,
     pub(super) lessor: Arc<parking_lot::Mutex<Lessor>>,
     pub(super) writes: mpsc::Sender<(WriteRequest, Reply)>,
@@ -287,7 +288,7 @@ impl<E: Engine> LeaseClock<E> {
         loop {
             let (leads, term) = {
                 let m = self.raft.metrics();
-                let m = m.borrow();
+                let m = m.borrow_watched();
                 if m.running_state.is_err() {
                     return;
                 }

@@ -26,6 +26,7 @@ pub mod lessor;
 mod read;
 mod write;
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -78,7 +79,7 @@ impl<E: Engine> std::ops::Deref for Node<E> {
 /// What a [`Node`] and its clones share. Its fields are the node's own.
 pub struct Inner<E: Engine> {
     id: NodeId,
-    raft: Raft,
+    raft: Raft<E>,
     store: KvStore<E>,
     peers: Peers,
     writes: mpsc::Sender<(WriteRequest, Reply)>,
@@ -103,7 +104,7 @@ pub struct Inner<E: Engine> {
     election_timeout: Duration,
     request_timeout: Duration,
     /// Holds elections off while this member receives or installs a snapshot.
-    catch_up: Arc<CatchUp>,
+    catch_up: Arc<CatchUp<E>>,
     /// The leader's lease clock (empty while this member follows).
     lessor: Arc<parking_lot::Mutex<lessor::Lessor>>,
     /// The next lease id this member picks for a grant that names none.
@@ -262,12 +263,12 @@ impl<E: Engine> Node<E> {
         &self.store
     }
 
-    pub fn raft(&self) -> &Raft {
+    pub fn raft(&self) -> &Raft<E> {
         &self.raft
     }
 
     pub fn metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow().clone()
+        self.raft.metrics().borrow_watched().clone()
     }
 
     /// Whether this member is in touch with a leader that a quorum follows: a follower that
@@ -290,12 +291,12 @@ impl<E: Engine> Node<E> {
 
     /// The committed log index (etcd Status.raftIndex).
     pub async fn committed_index(&self) -> u64 {
-        self.raft.with_raft_state(|s| s.committed.map_or(0, |c| c.index)).await.unwrap_or(0)
+        self.raft.with_raft_state(|s| s.local_committed().map_or(0, |c| c.index)).await.unwrap_or(0)
     }
 
     /// Marks a snapshot RPC from the leader being served: this member starts no election until
     /// some time after the last one (see [`crate::catch_up`]).
-    pub fn receiving_snapshot(&self) -> Receiving {
+    pub fn receiving_snapshot(&self) -> Receiving<E> {
         self.catch_up.receiving()
     }
 
@@ -347,13 +348,13 @@ impl<E: Engine> Node<E> {
 /// What this member must apply before serving reads if openraft restores it as leader of the
 /// term it led when it stopped (it does so when the stored vote is its own and committed).
 async fn restart_floor<E: Engine>(log: &mut LogStore<E>, me: NodeId) -> Result<RestartFloor, NodeError> {
-    use openraft::storage::RaftLogStorage;
-    let vote = log.read_vote().await.map_err(fatal)?.unwrap_or_default();
-    if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    let Some(vote) = log.read_vote().await.map_err(fatal)? else { return Ok(RestartFloor::default()) };
+    if !vote.is_committed() || vote.leader_id().node_id != me {
         return Ok(RestartFloor::default());
     }
     let last = log.get_log_state().await.map_err(fatal)?.last_log_id;
-    Ok(RestartFloor { term: vote.leader_id().get_term(), index: last.map_or(0, |l| l.index) })
+    Ok(RestartFloor { term: vote.leader_id().term, index: last.map_or(0, |l| l.index) })
 }
 
 /// The first lease id member `id` picks: its id in the top bits (below the sign bit), then the

@@ -1,12 +1,13 @@
 //! The read barrier: what each consistency level waits for before a read is served from the
 //! local state machine, the ReadIndex round that confirms leadership, and lease reads.
 
+use openraft::async_runtime::WatchReceiver;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kv_api::{Consistency, EtcdError};
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{LinearizableReadError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -81,7 +82,7 @@ impl<E: Engine> Node<E> {
     pub fn staleness(&self) -> Option<Duration> {
         let (state, term) = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (m.state, m.current_term)
         };
         // The store's own record: openraft's metrics may publish an apply after its reply.
@@ -218,7 +219,7 @@ impl<E: Engine> Node<E> {
         let lease = (*self.lease.lock())?;
         let (state, term) = {
             let m = self.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             (m.state, m.current_term)
         };
         // The store's own record: openraft's metrics may publish an apply after its reply.
@@ -236,7 +237,7 @@ impl<E: Engine> Node<E> {
         Some(lease.index.max(applied))
     }
 
-    fn confirmer(&self) -> Confirmer {
+    fn confirmer(&self) -> Confirmer<E> {
         Confirmer {
             floor: self.peers.restart_floor(),
             raft: self.raft.clone(),
@@ -248,31 +249,46 @@ impl<E: Engine> Node<E> {
 }
 
 /// Runs leadership confirmations and keeps the lease they establish.
-#[derive(Clone)]
-pub(super) struct Confirmer {
+pub(super) struct Confirmer<E: Engine> {
     /// Read indexes of a leader restored at startup cover its log as of then (a copy of
     /// [`Peers::restart_floor`], which never changes).
     pub(super) floor: RestartFloor,
-    pub(super) raft: Raft,
+    pub(super) raft: Raft<E>,
     pub(super) rounds: Arc<AtomicU64>,
     pub(super) lease: Arc<parking_lot::Mutex<Option<Lease>>>,
     pub(super) timeout: Duration,
 }
 
-impl Confirmer {
+impl<E: Engine> Clone for Confirmer<E> {
+    fn clone(&self) -> Self {
+        Confirmer {
+            floor: self.floor,
+            raft: self.raft.clone(),
+            rounds: self.rounds.clone(),
+            lease: self.lease.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<E: Engine> Confirmer<E> {
     /// One leadership confirmation: the read index, or why there is none. A success renews the
     /// lease from the moment the round began.
     async fn confirm(&self) -> Result<u64, Refusal> {
         self.rounds.fetch_add(1, Ordering::Relaxed);
-        let term = self.raft.metrics().borrow().current_term;
+        let term = self.raft.metrics().borrow_watched().current_term;
         let since = Instant::now();
-        let index = match tokio::time::timeout(self.timeout, self.raft.get_read_log_id()).await {
+        let index = match tokio::time::timeout(self.timeout, self.raft.get_read_log_id(openraft::ReadPolicy::ReadIndex))
+            .await
+        {
             Err(_) => return Err(Refusal::Etcd(EtcdError::Timeout)),
             // openraft's read index (its first entry of this term, or its commit index) misses
             // entries it acknowledged before a restart as leader of the same term.
-            Ok(Ok((read_log_id, _applied))) => self.floor.raise(term, read_log_id.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => return Err(Refusal::NotLeader),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => return Err(Refusal::Unconfirmed),
+            Ok(Ok((read_log_id, _applied))) => self.floor.raise(term, read_log_id.index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => return Err(Refusal::NotLeader),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                return Err(Refusal::Unconfirmed)
+            }
             Ok(Err(RaftError::Fatal(_))) => return Err(Refusal::Etcd(EtcdError::ServerStopped)),
         };
         let mut lease = self.lease.lock();
@@ -288,7 +304,7 @@ impl Confirmer {
 /// confirmation that began after the read arrived, so it covers every write acknowledged
 /// before the read. openraft 0.9 runs a quorum round per call, so without this every read
 /// would cost one.
-pub(super) async fn read_index_rounds_task(confirmer: Confirmer, mut rx: mpsc::Receiver<IndexReply>) {
+pub(super) async fn read_index_rounds_task<E: Engine>(confirmer: Confirmer<E>, mut rx: mpsc::Receiver<IndexReply>) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {

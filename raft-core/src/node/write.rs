@@ -3,6 +3,7 @@
 //! entry.
 
 use kv_api::EtcdError;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot};
@@ -82,7 +83,7 @@ impl<E: Engine> Node<E> {
     /// `deadline`.
     pub(super) async fn leader_moved_from(&self, old: NodeId, deadline: Instant) -> Result<(), NodeError> {
         let mut rx = self.raft.metrics();
-        let wait = async { rx.wait_for(|m| m.current_leader != Some(old) || m.running_state.is_err()).await.is_ok() };
+        let wait = async { rx.wait_until(|m| m.current_leader != Some(old) || m.running_state.is_err()).await.is_ok() };
         match within(deadline, wait).await {
             Err(_) => Err(EtcdError::NoLeader.into()),
             Ok(false) => Err(EtcdError::ServerStopped.into()),
@@ -108,7 +109,7 @@ pub(super) async fn propose_on(
 
 /// Gathers queued writes into one entry per proposal. While `client_write` runs, new requests
 /// queue up; they form the next batch.
-pub(super) async fn batcher(raft: Raft, mut rx: mpsc::Receiver<(WriteRequest, Reply)>, cfg: BatchConfig) {
+pub(super) async fn batcher<E: Engine>(raft: Raft<E>, mut rx: mpsc::Receiver<(WriteRequest, Reply)>, cfg: BatchConfig) {
     let mut carry: Option<(WriteRequest, Reply)> = None;
     loop {
         let first = match carry.take() {
@@ -155,7 +156,10 @@ pub(super) async fn batcher(raft: Raft, mut rx: mpsc::Receiver<(WriteRequest, Re
 /// Proposes one batch. If this member stops leading while the batch is in flight, its waiters
 /// get "leader changed" at once rather than waiting for the new leader to commit or truncate the
 /// entry (openraft 0.9 keeps them waiting); the outcome is unknown, as with a timeout.
-async fn propose_unless_deposed(raft: &Raft, batch: RequestBatch) -> Result<Vec<crate::request::WriteResult>, Refusal> {
+async fn propose_unless_deposed<E: Engine>(
+    raft: &Raft<E>,
+    batch: RequestBatch,
+) -> Result<Vec<crate::request::WriteResult>, Refusal> {
     let mut metrics = raft.metrics();
     let (led, term) = {
         let m = metrics.borrow_and_update();
@@ -166,13 +170,19 @@ async fn propose_unless_deposed(raft: &Raft, batch: RequestBatch) -> Result<Vec<
         if !led {
             return std::future::pending().await;
         }
-        let _ = metrics.wait_for(|m| m.state != ServerState::Leader || m.current_term != term).await;
+        let _ = metrics.wait_until(|m| m.state != ServerState::Leader || m.current_term != term).await;
     };
     tokio::select! {
         r = write => match r {
             Ok(resp) => Ok(resp.data.results),
             // Rejected before appending, or truncated by a new leader: never committed.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Refusal::NotLeader),
+            Err(RaftError::APIError(
+                ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+            )) => Err(Refusal::NotLeader),
+            // No write here carries a precondition.
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(p))) => {
+                Err(Refusal::Etcd(EtcdError::Other(p.to_string())))
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(m))) => {
                 Err(Refusal::Etcd(EtcdError::Other(m.to_string())))
             }

@@ -3,7 +3,7 @@
 
 use std::ops::Bound;
 
-use openraft::{RaftSnapshotBuilder, StorageIOError};
+use openraft::RaftSnapshotBuilder;
 
 use super::format;
 use super::meta::{decode, encode, sm_read_err, snapshot_meta_of, SNAP_BASE, SNAP_FILE, SNAP_META, TORN};
@@ -68,7 +68,7 @@ impl<E: Engine> KvStore<E> {
                 });
                 Ok(())
             })
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            .map_err(|e| crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))?;
         Ok(built.expect("put_file ran the export"))
     }
 
@@ -85,7 +85,9 @@ impl<E: Engine> KvStore<E> {
         mut batch: Batch,
         base: Option<(i64, i64)>,
     ) -> Result<(), StorageError> {
-        let err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+        let err = |e: crate::engine::EngineError| {
+            crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
+        };
         batch.put(Tree::Snapshot, SNAP_META, encode(meta));
         batch.put(Tree::Snapshot, SNAP_FILE, file.as_bytes().to_vec());
         match base {
@@ -107,8 +109,10 @@ impl<E: Engine> KvStore<E> {
 }
 
 impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
+    type SnapshotData = SnapshotData;
+
     /// Exports the state at the last applied log id while apply goes on (see [`KvStore::export`]).
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+    async fn build_snapshot(&mut self) -> std::io::Result<Snapshot> {
         // Scanning and writing the whole state takes long on a big store: off the runtime.
         let Built { meta: snap_meta, stored_before, file, at } = crate::rt::blocking(|| self.export())?;
         // Builds run concurrently with installs (an install waits for the export, then replaces
@@ -124,10 +128,10 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
             }
             Ok::<(), StorageError>(())
         })?;
-        // The data went to the file, not into the returned value: openraft 0.9 keeps only the
-        // meta of a snapshot it had built (sm worker, startup helper) and reads the data through
+        // The data went to the file, not into the returned value: openraft keeps only the meta
+        // of a snapshot it had built (sm worker, startup helper) and reads the data through
         // `get_current_snapshot` when it sends one. A copy the size of the whole state would
         // only raise the member's peak memory.
-        Ok(Snapshot { meta: snap_meta, snapshot: Box::new(SnapshotData::empty()) })
+        Ok(Snapshot { meta: snap_meta, snapshot: SnapshotData::empty() })
     }
 }

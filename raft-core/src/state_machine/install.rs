@@ -3,8 +3,6 @@
 
 use std::io::Seek;
 
-use openraft::StorageIOError;
-
 use super::format;
 use super::meta::{load_meta, sm_read_err, sm_write_err, SM_TREES};
 use super::recovery::{clear_trees, imported_base, mark_torn};
@@ -14,14 +12,15 @@ use crate::mvcc::index::KeyIndex;
 use crate::snapshot_data::SnapshotData;
 use crate::typ::{SnapshotMeta, StorageError};
 
-/// The file an installed snapshot is stored in, named by a digest of its id. The id comes from
-/// the leader, and any id must name a plain file in the files directory: a raw id holding a `/`
-/// was refused there, and that refusal, a storage error, stopped the member.
-pub(super) fn installed_file_name(snapshot_id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(snapshot_id.as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("snapshot-{hex}")
+/// The file an installed snapshot is stored in: named by the last entry it covers and the
+/// moment it is installed, so that installing the same snapshot again never writes over the
+/// file the current snapshot is in.
+pub(super) fn installed_file_name(meta: &SnapshotMeta) -> String {
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    match meta.last_log_id {
+        Some(l) => format!("snapshot-{}-{}-{at:x}", l.leader_id.term, l.index),
+        None => format!("snapshot-empty-{at:x}"),
+    }
 }
 
 /// Bytes a snapshot's import writes between flushes of the engine.
@@ -36,7 +35,9 @@ pub(super) fn load_snapshot<E: Engine>(
     meta: &SnapshotMeta,
     file: &str,
 ) -> Result<(), StorageError> {
-    let read_err = |e: std::io::Error| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e));
+    let read_err = |e: std::io::Error| {
+        StorageError::from(crate::typ::StorageError::read_snapshot(Some(meta.signature()), crate::typ::err_source(&e)))
+    };
     let missing = || {
         let what = format!("the snapshot's file {file} is missing");
         read_err(std::io::Error::new(std::io::ErrorKind::NotFound, what))
@@ -94,9 +95,11 @@ impl<E: Engine> KvStore<E> {
         let _history = self.history_exclusive();
         let mut gate = self.write_gate();
         let engine = &*self.shared.engine;
-        let write_err = |e: crate::engine::EngineError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+        let write_err = |e: crate::engine::EngineError| {
+            crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
+        };
         // The file first: until the meta below points to it, it is an unused file.
-        let file = installed_file_name(&meta.snapshot_id);
+        let file = installed_file_name(meta);
         match data.into_received() {
             Ok(received) => engine.store_received(&file, received).map_err(write_err)?,
             Err(mut other) => engine
@@ -121,7 +124,7 @@ impl<E: Engine> KvStore<E> {
         fresh.last_applied = meta.last_log_id;
         fresh.membership = meta.last_membership.clone();
         tracing::info!(
-            snapshot = %meta.snapshot_id,
+            snapshot = %file,
             revision = fresh.revision,
             "installed snapshot up to log {} in {:?}",
             meta.last_log_id.map_or(0, |l| l.index),

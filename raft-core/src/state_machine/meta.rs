@@ -1,7 +1,6 @@
 //! The state-machine meta: the keys it is stored under in the `SmMeta` and `Snapshot` trees,
 //! the in-memory copy every apply updates, and how it is read and written.
 
-use openraft::StorageIOError;
 use serde::Serialize;
 
 use crate::engine::{KvEngine, Tree};
@@ -26,11 +25,7 @@ pub(super) const SNAP_BASE: &[u8] = b"base";
 
 /// The meta of a snapshot of the state machine in `meta`'s state.
 pub(super) fn snapshot_meta_of(meta: &SmMeta) -> SnapshotMeta {
-    let snapshot_id = match &meta.last_applied {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, meta.revision),
-        None => format!("empty-{}", meta.revision),
-    };
-    SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone(), snapshot_id }
+    SnapshotMeta { last_log_id: meta.last_applied, last_membership: meta.membership.clone() }
 }
 
 /// Trees that make up the state machine, all of which a snapshot carries (the key index is
@@ -73,11 +68,11 @@ impl SmMeta {
 }
 
 pub(super) fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_state_machine(&e).into()
+    crate::typ::StorageError::read_state_machine(crate::typ::err_source(&e)).into()
 }
 
 pub(super) fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_state_machine(&e).into()
+    crate::typ::StorageError::write_state_machine(crate::typ::err_source(&e)).into()
 }
 
 pub(super) fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StorageError> {

@@ -1,49 +1,55 @@
 //! openraft's state-machine interface over the store: each call hands off to the file that
 //! owns its concern (apply, build, install), or serves the stored snapshot.
 
-use openraft::storage::RaftStateMachine;
-use openraft::{OptionalSend, StorageIOError};
+use std::io;
+
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::OptionalSend;
 
 use super::meta::{sm_read_err, SNAP_FILE};
 use super::KvStore;
 use crate::engine::{Engine, Tree};
-use crate::request::ResponseBatch;
 use crate::snapshot_data::SnapshotData;
-use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::typ::{err_source, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let m = self.read_gate();
         Ok((m.last_applied, m.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ResponseBatch>, StorageError>
+    /// Applies what openraft has ready as one batch (one write of the trees), then answers each
+    /// entry's waiting client, if any.
+    async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: futures::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        self.apply_entries(entries)
+        let ready: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let (entries, responders): (Vec<_>, Vec<_>) = ready.into_iter().unzip();
+        let responses = self.apply_entries(entries)?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    /// A file of the engine that the chunks from the leader are written into as they arrive.
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
-        let file = self.shared.engine.receive_file().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(SnapshotData::received(file)))
-    }
-
     /// Replaces the whole state with the snapshot's (see [`KvStore::try_install`]).
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
         // Replacing the whole state takes long on a big store: off the runtime.
-        crate::rt::blocking(|| self.install(meta, *snapshot))
+        Ok(crate::rt::blocking(|| self.install(meta, snapshot))?)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let engine = &self.shared.engine;
         let Some(meta) = self.stored_snapshot_meta()? else {
             return Ok(None);
@@ -51,11 +57,20 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         let file = engine.get(Tree::Snapshot, SNAP_FILE).map_err(sm_read_err)?.unwrap_or_default();
         // Read from the file as it is sent, a chunk at a time.
         let data = engine.open_file(&String::from_utf8_lossy(&file)).map_err(sm_read_err)?.ok_or_else(|| {
-            StorageIOError::read_snapshot(
-                Some(meta.signature()),
-                &std::io::Error::new(std::io::ErrorKind::NotFound, "the current snapshot's file is missing"),
-            )
+            let missing = io::Error::new(io::ErrorKind::NotFound, "the current snapshot's file is missing");
+            StorageError::read_snapshot(Some(meta.signature()), err_source(&missing))
         })?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(SnapshotData::stored(data)) }))
+        Ok(Some(Snapshot { meta, snapshot: SnapshotData::stored(data) }))
+    }
+}
+
+/// Chunked InstallSnapshot (openraft-legacy's receiver, which the peer service serves): the
+/// chunks from the leader are written into a file of the engine as they arrive.
+impl<E: Engine> openraft_legacy::network_v1::SnapshotReceiverFactory<TypeConfig> for KvStore<E> {
+    type SnapshotReceiver = SnapshotData;
+
+    async fn begin_receiving_snapshot(&mut self) -> io::Result<SnapshotData> {
+        let file = self.shared.engine.receive_file().map_err(|e| StorageError::write_snapshot(None, err_source(&e)))?;
+        Ok(SnapshotData::received(file))
     }
 }

@@ -10,7 +10,7 @@ mod kv;
 mod lease;
 mod members;
 
-use openraft::{EntryPayload, StorageIOError};
+use openraft::EntryPayload;
 
 use super::meta::{meta_ops, sm_write_err};
 use super::recovery::mark_torn;
@@ -71,7 +71,10 @@ impl<E: Engine> KvStore<E> {
                     EntryPayload::Membership(m) => meta.membership = StoredMembership::new(Some(entry.log_id), m),
                     EntryPayload::Normal(batch) => {
                         let requests = batch.requests().map_err(|e| {
-                            StorageError::from(StorageIOError::read_log_at_index(entry.log_id.index, &*e))
+                            StorageError::from(crate::typ::StorageError::read_log_at_index(
+                                entry.log_id.index,
+                                crate::typ::err_source(&*e),
+                            ))
                         })?;
                         for req in &requests {
                             let result = apply_request(&mut w, req)?;
