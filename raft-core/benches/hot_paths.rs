@@ -20,7 +20,7 @@ mod hot {
     use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
     use kv_api::etcdserverpb::{PutRequest, RangeRequest};
     use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
-    use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
+    use openraft::{EntryPayload, RaftSnapshotBuilder};
     use raft_core::engine::{Engine, SledEngine};
     use raft_core::log_store::LogStore;
     use raft_core::request::RequestBatch;
@@ -51,7 +51,7 @@ mod hot {
     }
 
     fn log_id(index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
+        raft_core::typ::log_id(1, 1, index)
     }
 
     fn entry(index: u64, requests: Vec<WriteRequest>) -> Entry {

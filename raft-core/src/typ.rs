@@ -32,6 +32,7 @@ pub type NodeId = u64;
 /// openraft's handle, over the state machine of an engine `E`.
 pub type Raft<E> = openraft::Raft<TypeConfig, crate::state_machine::KvStore<E>>;
 pub type Entry = alias::EntryOf<TypeConfig>;
+pub type EntryPayload = alias::EntryPayloadOf<TypeConfig>;
 pub type LogId = alias::LogIdOf<TypeConfig>;
 pub type Vote = alias::VoteOf<TypeConfig>;
 pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
@@ -46,4 +47,9 @@ pub type MetricsWatch = alias::WatchReceiverOf<TypeConfig, RaftMetrics>;
 /// The source of a [`StorageError`], made from any error.
 pub fn err_source(e: &(impl std::error::Error + 'static)) -> alias::ErrorSourceOf<TypeConfig> {
     openraft::errors::ErrorSource::from_error(e)
+}
+
+/// The id of entry `index`, written by leader `node` in `term`.
+pub fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
+    LogId::new(alias::CommittedLeaderIdOf::<TypeConfig> { term, node_id: node }, index)
 }

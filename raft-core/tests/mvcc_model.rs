@@ -52,13 +52,13 @@ use kv_api::etcdserverpb::{
 use kv_api::mvccpb::KeyValue;
 use kv_api::EtcdError;
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use openraft::{EntryPayload, Membership, RaftSnapshotBuilder};
 use proptest::prelude::*;
 use raft_core::engine::MemEngine;
 use raft_core::mvcc::MvccError;
 use raft_core::request::{RequestBatch, ResponseBatch};
 use raft_core::snapshot_data::SnapshotData;
-use raft_core::typ::{Entry, LogId, TypeConfig};
+use raft_core::typ::{Entry, LogId};
 use raft_core::{KvStore, WriteRequest, WriteResponse};
 
 /// The keys every request picks from: prefixes of each other, one with a zero byte (the index
@@ -621,7 +621,7 @@ enum Step {
 // ---------------------------------------------------------------------------------------------
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(1, 1), index)
+    raft_core::typ::log_id(1, 1, index)
 }
 
 struct Store {
@@ -636,13 +636,13 @@ impl Store {
         let engine = Arc::new(MemEngine::new());
         let sm = KvStore::open(engine.clone()).expect("open");
         let mut s = Store { engine, sm, log: Vec::new() };
-        let m = Membership::new(vec![[1u64].into_iter().collect()], None);
+        let m = Membership::new_with_defaults(vec![[1u64].into_iter().collect()], []);
         s.apply(vec![EntryPayload::Membership(m)]);
         s
     }
 
     /// Applies `payloads` as the next entries of the log, in one `apply` call.
-    fn apply(&mut self, payloads: Vec<EntryPayload<TypeConfig>>) -> Vec<ResponseBatch> {
+    fn apply(&mut self, payloads: Vec<raft_core::typ::EntryPayload>) -> Vec<ResponseBatch> {
         let first = self.log.len() as u64 + 1;
         let entries: Vec<Entry> = payloads
             .into_iter()
@@ -687,7 +687,7 @@ impl Store {
         let data = current.snapshot.read_all().expect("snapshot data");
         let engine = Arc::new(MemEngine::new());
         let mut sm = KvStore::open(engine.clone()).expect("open a fresh store");
-        block_on(sm.install_snapshot(&built.meta, Box::new(SnapshotData::from_bytes(data)))).expect("install");
+        block_on(sm.install_snapshot(&built.meta, SnapshotData::from_bytes(data))).expect("install");
         self.engine = engine;
         self.sm = sm;
     }

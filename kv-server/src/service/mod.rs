@@ -39,7 +39,7 @@ impl<E: Engine> Ctx<E> {
 
     /// A header as etcd fills it: this member's identity and term, and `revision` (0 = current).
     pub fn header(&self, revision: i64, served: Option<Consistency>) -> ResponseHeader {
-        let term = self.node.raft().metrics().borrow().current_term;
+        let term = self.node.current_term();
         let revision = if revision == 0 { self.node.store().revision() } else { revision };
         ResponseHeader {
             cluster_id: self.cluster_id,

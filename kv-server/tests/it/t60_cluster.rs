@@ -132,7 +132,7 @@ async fn peer_requests_from_another_cluster_are_refused() {
     let mut c = cluster.members[0].client().await;
     let mut peer = PeerClient::connect(cluster.peer_urls[1].clone()).await.unwrap();
     // A vote request from a member of another cluster (its id would win an election here).
-    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(1000, 7), None);
+    let vote = openraft::raft::VoteRequest::<raft_core::typ::TypeConfig>::new(openraft::Vote::new(1000, 7), None);
     let req = PeerRequest {
         cluster_id: 0xdead_beef,
         from: 7,

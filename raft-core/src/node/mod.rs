@@ -279,7 +279,7 @@ impl<E: Engine> Node<E> {
     pub fn has_leader(&self) -> bool {
         let (leader, term) = {
             let rx = self.raft.metrics();
-            let m = rx.borrow();
+            let m = rx.borrow_watched();
             (m.current_leader, m.current_term)
         };
         match leader {
@@ -287,6 +287,11 @@ impl<E: Engine> Node<E> {
             Some(l) if l != self.id => true,
             Some(_) => self.peers.confirmed_at(term).is_some_and(|t| t.elapsed() <= 2 * self.election_timeout),
         }
+    }
+
+    /// The current Raft term (response headers carry it), without copying the metrics.
+    pub fn current_term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
     }
 
     /// The committed log index (etcd Status.raftIndex).

@@ -74,3 +74,14 @@ impl<E: Engine> openraft_legacy::network_v1::SnapshotReceiverFactory<TypeConfig>
         Ok(SnapshotData::received(file))
     }
 }
+
+impl<E: Engine> KvStore<E> {
+    /// Applies `entries` as openraft would, outside openraft (tests, benchmarks, tools): the
+    /// same path as [`RaftStateMachine::apply`], with the responses returned instead of sent.
+    pub async fn apply<I>(&mut self, entries: I) -> Result<Vec<crate::request::ResponseBatch>, StorageError>
+    where
+        I: IntoIterator<Item = crate::typ::Entry>,
+    {
+        self.apply_entries(entries)
+    }
+}

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_api::etcdserverpb::PutRequest;
-use openraft::{CommittedLeaderId, EntryPayload, Membership};
+use openraft::{EntryPayload, Membership};
 use raft_core::engine::Engine;
 use raft_core::request::RequestBatch;
 use raft_core::typ::{Entry, LogId, PeerNode};
 use raft_core::{Node, NodeConfig, WriteRequest};
 
 pub fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(term, 1), index)
+    raft_core::typ::log_id(term, 1, index)
 }
 
 pub fn put_entry(index: u64, key: &str, value: Vec<u8>) -> Entry {
@@ -26,7 +26,7 @@ pub fn entry_of(index: u64, requests: &[WriteRequest]) -> Entry {
 }
 
 pub fn membership_entry(index: u64) -> Entry {
-    let m = Membership::new(vec![[1u64].into_iter().collect()], None);
+    let m = Membership::new_with_defaults(vec![[1u64].into_iter().collect()], []);
     Entry { log_id: log_id(1, index), payload: EntryPayload::Membership(m) }
 }
 

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use raft_core::engine::{MemEngine, SledEngine};
 use raft_core::log_store::LogStore;
 use raft_core::typ::{StorageError, TypeConfig};
@@ -74,11 +74,18 @@ macro_rules! all_cases {
                 get_initial_state_last_log_lt_sm,
                 get_initial_state_log_ids,
                 get_initial_state_re_apply_committed,
-                get_initial_state_membership_from_log_and_sm,
+                get_initial_state_membership_from_empty_log_and_sm,
+                get_initial_state_membership_from_sm_inlog_is_smaller,
+                get_initial_state_membership_from_log_insm_is_smaller,
+                get_initial_state_inverted_log_order,
+                get_initial_state_conflict_at_same_index,
                 save_vote,
                 get_log_entries,
                 limited_get_log_entries,
+                leader_bounded_stream,
+                entries_stream,
                 try_get_log_entry,
+                log_reader_reads_new_entries,
                 initial_logs,
                 get_log_state,
                 get_log_id,
@@ -87,10 +94,13 @@ macro_rules! all_cases {
                 purge_logs_upto_0,
                 purge_logs_upto_5,
                 purge_logs_upto_20,
-                delete_logs_since_11,
-                delete_logs_since_0,
+                delete_logs_after_11,
+                delete_logs_after_5,
+                delete_logs_after_0,
+                delete_logs_after_none,
                 append_to_log,
                 snapshot_meta,
+                snapshot_meta_optional,
                 apply_single,
                 apply_multiple,
             ]

@@ -244,9 +244,8 @@ async fn a_purge_waits_for_a_stored_snapshot_that_covers_it() {
     let meta = openraft::SnapshotMeta {
         last_log_id: Some(log_id(1, 6)),
         last_membership: Default::default(),
-        snapshot_id: "from-the-leader".into(),
     };
-    let corrupt = Box::new(raft_core::snapshot_data::SnapshotData::from_bytes(b"not a snapshot".to_vec()));
+    let corrupt = raft_core::snapshot_data::SnapshotData::from_bytes(b"not a snapshot".to_vec());
     assert!(sm.install_snapshot(&meta, corrupt).await.is_err());
     let refused = purge.await.unwrap().unwrap_err().to_string();
     assert!(refused.contains("no stored snapshot covers entry 6"), "{refused}");

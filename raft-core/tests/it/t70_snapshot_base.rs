@@ -58,13 +58,13 @@ async fn snapshots_and_restarts_from_the_stored_snapshot_keep_every_revision() {
     // Installed elsewhere, it holds every revision.
     let second_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
     let mut other = KvStore::open(Arc::new(MemEngine::new())).unwrap();
-    other.install_snapshot(&second.meta, Box::new(SnapshotData::from_bytes(second_data))).await.unwrap();
+    other.install_snapshot(&second.meta, SnapshotData::from_bytes(second_data)).await.unwrap();
     assert_eq!(history(&other), expected);
     // The installed snapshot is the base of that member's next build, which holds them too.
     let rebuilt = other.build_snapshot().await.unwrap();
     let rebuilt_data = other.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
     let mut third = KvStore::open(Arc::new(MemEngine::new())).unwrap();
-    third.install_snapshot(&rebuilt.meta, Box::new(SnapshotData::from_bytes(rebuilt_data))).await.unwrap();
+    third.install_snapshot(&rebuilt.meta, SnapshotData::from_bytes(rebuilt_data)).await.unwrap();
     assert_eq!(history(&third), expected);
 
     // A clean restart with versions past the snapshot: the index comes from its file and sled.
@@ -86,6 +86,6 @@ async fn snapshots_and_restarts_from_the_stored_snapshot_keep_every_revision() {
     let third = sm.build_snapshot().await.unwrap();
     let third_data = sm.get_current_snapshot().await.unwrap().unwrap().snapshot.read_all().unwrap();
     let mut other = KvStore::open(Arc::new(MemEngine::new())).unwrap();
-    other.install_snapshot(&third.meta, Box::new(SnapshotData::from_bytes(third_data))).await.unwrap();
+    other.install_snapshot(&third.meta, SnapshotData::from_bytes(third_data)).await.unwrap();
     assert_eq!(history(&other), expected);
 }

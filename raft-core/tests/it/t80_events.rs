@@ -8,7 +8,6 @@ use std::sync::Arc;
 use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use kv_api::etcdserverpb::request_op::Request;
 use kv_api::etcdserverpb::{Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
-use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use raft_core::engine::MemEngine;
 use raft_core::mvcc::keys::Record;

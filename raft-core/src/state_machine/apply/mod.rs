@@ -49,7 +49,7 @@ impl<E: Engine> KvStore<E> {
     /// Applies `entries` (openraft's `apply`): computes every change against the stored state
     /// without holding the gate, then lands them, takes the gate only while they do, and
     /// publishes what changed.
-    pub(super) fn apply_entries<I>(&self, entries: I) -> Result<Vec<ResponseBatch>, StorageError>
+    pub(crate) fn apply_entries<I>(&self, entries: I) -> Result<Vec<ResponseBatch>, StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
