@@ -36,7 +36,8 @@ async fn cluster() -> (Vec<Running>, Vec<tempfile::TempDir>) {
         members.push(s.await.unwrap().expect("member starts"));
     }
     // Started members may still be electing (split votes can take several election timeouts,
-    // longer than kvctl's 5 s): the verbs are tested once every member knows a leader.
+    // longer than kvctl's 5 s), and each publishes its name through Raft once there is a
+    // leader: the verbs are tested once every member knows a leader and every name is out.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     for m in &members {
         loop {
@@ -45,11 +46,16 @@ async fn cluster() -> (Vec<Running>, Vec<tempfile::TempDir>) {
                 Ok(c) => c.status().await,
                 Err(e) => Err(e),
             } {
-                if status.leader != 0 {
+                let client = kv_client::Client::connect(&m.client_urls, kv_client::Options::default()).await;
+                let named = match client {
+                    Ok(c) => c.member_list().await.is_ok_and(|l| l.members.iter().all(|m| !m.name.is_empty())),
+                    Err(_) => false,
+                };
+                if status.leader != 0 && named {
                     break;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "the cluster elected no leader within 60 s");
+            assert!(std::time::Instant::now() < deadline, "no leader, or names unpublished, within 60 s");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }

@@ -217,6 +217,18 @@ impl Cluster {
         for m in &c.members {
             m.client().await;
         }
+        // Each member publishes its name through Raft once there is a leader: a test starts once
+        // every name is out, so no publication lands in the middle of what it measures.
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            let mut c0 = c.members[0].client().await;
+            let named = c0.member_list().await.is_ok_and(|l| l.members().iter().all(|m| !m.name().is_empty()));
+            if named {
+                break;
+            }
+            assert!(Instant::now() < deadline, "members did not publish their names within {HANG_GUARD:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         c
     }
 
