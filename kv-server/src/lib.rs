@@ -12,6 +12,10 @@
 //! The `kv-server` binary only parses flags, sets up logging and signals, and calls
 //! [`server::run`].
 
+// openraft 0.10's futures nest deeper than the compiler's default layout query depth allows
+// under madsim's tonic (the lease, lock and election handlers await the node's Raft calls).
+#![recursion_limit = "256"]
+
 pub mod authority;
 pub mod config;
 pub mod embedded;
