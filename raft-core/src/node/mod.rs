@@ -137,6 +137,10 @@ impl<E: Engine> Node<E> {
             install_snapshot_timeout: chunk_timeout,
             snapshot_max_chunk_size: config.snapshot_chunk_bytes as u64,
             max_payload_entries: config.max_payload_entries,
+            // A member that returns with a stale log (restarted, partitioned, catching up by
+            // snapshot) asks first whether it could win, and starts no election that would
+            // only raise the term and depose a working leader.
+            enable_pre_vote: Some(true),
             ..Config::default()
         }
         .validate()
