@@ -111,12 +111,16 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// once for all of them, and reports each done in the order they were appended (openraft reads
 /// a report as "everything up to here is durable"). A failed sync is reported to every append
 /// it covered, and to every later one: the log's tail is then unknown, and openraft stops.
+///
+/// It holds the engine weakly: the engine closes (and can be opened again) as soon as its
+/// stores are dropped, and an append still waiting then is reported failed, never durable.
 struct Flusher {
     tx: mpsc::UnboundedSender<IOFlushed>,
 }
 
 impl Flusher {
-    fn start<E: Engine>(engine: Arc<E>) -> Flusher {
+    fn start<E: Engine>(engine: &Arc<E>) -> Flusher {
+        let engine = Arc::downgrade(engine);
         let (tx, mut rx) = mpsc::unbounded_channel::<IOFlushed>();
         tokio::spawn(async move {
             let mut failed: Option<String> = None;
@@ -126,7 +130,10 @@ impl Flusher {
                     waiting.push(more);
                 }
                 if failed.is_none() {
-                    failed = crate::rt::blocking(|| engine.log_sync()).err().map(|e| e.to_string());
+                    failed = match engine.upgrade() {
+                        Some(engine) => crate::rt::blocking(|| engine.log_sync()).err().map(|e| e.to_string()),
+                        None => Some("the log was closed".into()),
+                    };
                 }
                 for callback in waiting {
                     callback.io_completed(match &failed {
@@ -341,7 +348,7 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let flusher = self.flusher.get_or_init(|| Flusher::start(self.engine.clone()));
+        let flusher = self.flusher.get_or_init(|| Flusher::start(&self.engine));
         flusher.tx.send(callback).map_err(|_| io::Error::other("the Raft log's flusher has stopped"))
     }
 

@@ -241,10 +241,7 @@ async fn a_purge_waits_for_a_stored_snapshot_that_covers_it() {
     // A snapshot that fails to install fails the purge waiting for it (the member stops).
     let mut purging = log.clone();
     let purge = tokio::spawn(async move { purging.purge(log_id(1, 6)).await });
-    let meta = openraft::SnapshotMeta {
-        last_log_id: Some(log_id(1, 6)),
-        last_membership: Default::default(),
-    };
+    let meta = openraft::SnapshotMeta { last_log_id: Some(log_id(1, 6)), last_membership: Default::default() };
     let corrupt = raft_core::snapshot_data::SnapshotData::from_bytes(b"not a snapshot".to_vec());
     assert!(sm.install_snapshot(&meta, corrupt).await.is_err());
     let refused = purge.await.unwrap().unwrap_err().to_string();
