@@ -11,7 +11,7 @@ use super::recovery::stored_base;
 use super::KvStore;
 use crate::engine::{Batch, Engine, Tree};
 use crate::snapshot_data::SnapshotData;
-use crate::typ::{Snapshot, SnapshotMeta, StorageError, TypeConfig};
+use crate::typ::{err_source, Snapshot, SnapshotMeta, StorageError, TypeConfig};
 
 /// A snapshot file [`KvStore::export`] wrote.
 struct Built {
@@ -68,7 +68,7 @@ impl<E: Engine> KvStore<E> {
                 });
                 Ok(())
             })
-            .map_err(|e| crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))?;
+            .map_err(|e| StorageError::write_snapshot(None, err_source(&e)))?;
         Ok(built.expect("put_file ran the export"))
     }
 
@@ -98,7 +98,7 @@ impl<E: Engine> KvStore<E> {
         self.shared.engine.write(batch).map_err(err)?;
         self.shared.engine.flush().map_err(err)?;
         self.shared.snapshot.send_modify(|s| s.last = meta.last_log_id);
-        self.shared.engine.retain_file(file).map_err(|e| err(e).into())
+        self.shared.engine.retain_file(file).map_err(err)
     }
 
     /// The stored snapshot's meta, if any.

@@ -68,11 +68,11 @@ impl SmMeta {
 }
 
 pub(super) fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
-    crate::typ::StorageError::read_state_machine(crate::typ::err_source(&e)).into()
+    StorageError::read_state_machine(crate::typ::err_source(&e))
 }
 
 pub(super) fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
-    crate::typ::StorageError::write_state_machine(crate::typ::err_source(&e)).into()
+    StorageError::write_state_machine(crate::typ::err_source(&e))
 }
 
 pub(super) fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, StorageError> {
