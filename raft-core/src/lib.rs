@@ -13,11 +13,9 @@
 //! - [`request`]: the Raft payload, a batch of write requests with one result each;
 //! - [`node`]: a running member: batcher, writes, forwarding, read barrier, lease and bounded reads;
 //! - [`network`]: the Raft transport between members;
-//! - [`catch_up`]: no election from a member while it receives or installs a snapshot;
 //! - [`ids`]: member and cluster ids derived from the cluster flags;
 //! - `planted` (feature `planted-bugs`, tests only): switches that break a guarantee on purpose.
 
-pub mod catch_up;
 pub mod codec;
 pub mod engine;
 pub mod ids;

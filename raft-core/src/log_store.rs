@@ -88,6 +88,9 @@ pub struct LogStore<E: Engine> {
     flusher: Arc<OnceLock<Flusher>>,
     #[cfg(feature = "planted-bugs")]
     ack_before_flush: bool,
+    /// This member's id, when the planted bug `leader_counted_before_flush` is on.
+    #[cfg(feature = "planted-bugs")]
+    early_leader: Option<crate::typ::NodeId>,
 }
 
 impl<E: Engine> Clone for LogStore<E> {
@@ -99,6 +102,8 @@ impl<E: Engine> Clone for LogStore<E> {
             flusher: self.flusher.clone(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
+            #[cfg(feature = "planted-bugs")]
+            early_leader: self.early_leader,
         }
     }
 }
@@ -157,6 +162,8 @@ impl<E: Engine> LogStore<E> {
             flusher: Arc::default(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
+            #[cfg(feature = "planted-bugs")]
+            early_leader: None,
         }
     }
 
@@ -193,10 +200,11 @@ impl<E: Engine> LogStore<E> {
         Ok(())
     }
 
-    /// The store with the planted bugs it should run with.
+    /// The store of member `me` with the planted bugs it should run with.
     #[cfg(feature = "planted-bugs")]
-    pub fn with_planted(mut self, bugs: crate::planted::PlantedBugs) -> Self {
+    pub fn with_planted(mut self, bugs: crate::planted::PlantedBugs, me: crate::typ::NodeId) -> Self {
         self.ack_before_flush = bugs.ack_before_flush;
+        self.early_leader = bugs.leader_counted_before_flush.then_some(me);
         self
     }
 
@@ -338,13 +346,20 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         I::IntoIter: OptionalSend,
     {
         let mut stored = Vec::new();
+        #[cfg(feature = "planted-bugs")]
+        let mut own = true;
         for e in entries {
+            #[cfg(feature = "planted-bugs")]
+            {
+                own &= Some(e.log_id.leader_id.node_id) == self.early_leader;
+            }
             stored.push((e.log_id.index, bincode::serialize(&e).map_err(io_err)?));
         }
         self.engine.log_append(stored).map_err(io_err)?;
         #[cfg(feature = "planted-bugs")]
-        if self.ack_before_flush {
-            // Planted bug: the entry only sits in unsynced writes until something else syncs.
+        if self.ack_before_flush || (own && self.early_leader.is_some()) {
+            // Planted bug: the entry only sits in unsynced writes until something else syncs
+            // (with `leader_counted_before_flush`, only entries this member proposed as leader).
             callback.io_completed(Ok(()));
             return Ok(());
         }

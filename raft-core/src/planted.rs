@@ -6,8 +6,9 @@
 //!   no ReadIndex round: a deposed leader or a lagging follower answers with stale data;
 //! - `ack_before_flush` tells openraft a log append is done before it is flushed, so a crash
 //!   can lose an entry a quorum counted as stored;
-//! - `elect_while_catching_up` lets a member that receives a snapshot start elections (the
-//!   timer openraft 0.9 does not reset while a snapshot streams then runs out);
+//! - `leader_counted_before_flush` has the leader report its own appends durable before the
+//!   sync (followers still sync): the leader counts itself towards a quorum early, so a crash
+//!   of the leader and one follower can lose an entry acknowledged to a client;
 //! - `watch_skip_at_switch` makes a watch that has just caught up from the stored history
 //!   skip the first revision it then takes live (kv-server's Watch service);
 //! - `lease_forget_renewals` leaves renewals out of the leader's lease checkpoints, so a new
@@ -21,7 +22,7 @@
 pub struct PlantedBugs {
     pub local_linearizable_reads: bool,
     pub ack_before_flush: bool,
-    pub elect_while_catching_up: bool,
+    pub leader_counted_before_flush: bool,
     pub watch_skip_at_switch: bool,
     pub lease_forget_renewals: bool,
     pub lock_grant_unchecked: bool,

@@ -64,12 +64,6 @@ impl<E: Engine> Peer for PeerService<E> {
         let committed_vote = rpc.vote.is_committed();
         let receipt = self.node.clock_stamp();
         let resp = self.node.raft().append_entries(rpc).await;
-        // Any answer but a higher vote means the message reset this member's election timer.
-        if committed_vote
-            && matches!(&resp, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
-        {
-            self.node.heard_leader();
-        }
         // Only an accepted message from an established leader tells how current this member is,
         // and only as of a stamp of ours it echoes: a message delayed in the network or in a
         // paused process says nothing about when it was sent.
@@ -115,7 +109,7 @@ impl<E: Engine> Peer for PeerService<E> {
     async fn install_snapshot(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
         use openraft_legacy::network_v1::ChunkedSnapshotReceiver;
         let rpc: openraft_legacy::network_v1::InstallSnapshotRequest<TypeConfig> = self.open(req)?;
-        // No election while the leader streams it, nor while the last chunk installs it.
+        // Status reports the member as catching up while the leader streams it.
         let _receiving = self.node.receiving_snapshot();
         reply(&self.node.raft().install_snapshot(rpc).await)
     }

@@ -49,7 +49,6 @@ pub use leases::{LeaseAnswer, LeaseAsk, LeaseStatus, MAX_LEASE_TTL};
 use read::{read_index_rounds_task, Confirmer, IndexReply};
 use write::{batcher, Reply};
 
-use crate::catch_up::{CatchUp, Receiving};
 use crate::engine::Engine;
 use crate::log_store::LogStore;
 use crate::network::{PeerNetwork, Peers};
@@ -103,8 +102,8 @@ pub struct Inner<E: Engine> {
     epoch: u64,
     election_timeout: Duration,
     request_timeout: Duration,
-    /// Holds elections off while this member receives or installs a snapshot.
-    catch_up: Arc<CatchUp<E>>,
+    /// Snapshot RPCs from the leader being served now (Status reports a member catching up).
+    receiving: Arc<std::sync::atomic::AtomicUsize>,
     /// The leader's lease clock (empty while this member follows).
     lessor: Arc<parking_lot::Mutex<lessor::Lessor>>,
     /// The next lease id this member picks for a grant that names none.
@@ -154,7 +153,7 @@ impl<E: Engine> Node<E> {
         log.check_recoverable(store.last_applied()).await.map_err(fatal)?;
         let peers = Peers::new(config.id, cluster_id, restart_floor(&mut log, config.id).await?);
         #[cfg(feature = "planted-bugs")]
-        let log = log.with_planted(config.planted);
+        let log = log.with_planted(config.planted, config.id);
         let network = PeerNetwork { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
         let sm = store.clone();
@@ -203,11 +202,6 @@ impl<E: Engine> Node<E> {
             tokio::spawn(read_index_rounds_task(confirmer.clone(), rx));
             tx
         });
-        // Longer than the leader waits for a snapshot chunk, plus an election timeout.
-        let quiet = Duration::from_millis(chunk_timeout) + 2 * config.election_timeout;
-        let catch_up = CatchUp::start(raft.clone(), quiet, config.election_timeout / 2);
-        #[cfg(feature = "planted-bugs")]
-        catch_up.plant(config.planted);
         Ok(Node {
             inner: Arc::new(Inner {
                 id: config.id,
@@ -227,7 +221,7 @@ impl<E: Engine> Node<E> {
                     .map_or(0, |d| d.as_nanos() as u64),
                 election_timeout: config.election_timeout,
                 request_timeout: config.request_timeout,
-                catch_up,
+                receiving: Arc::default(),
                 lessor,
                 lease_clock,
                 renewals,
@@ -303,20 +297,16 @@ impl<E: Engine> Node<E> {
         self.raft.with_raft_state(|s| s.local_committed().map_or(0, |c| c.index)).await.unwrap_or(0)
     }
 
-    /// Marks a snapshot RPC from the leader being served: this member starts no election until
-    /// some time after the last one (see [`crate::catch_up`]).
-    pub fn receiving_snapshot(&self) -> Receiving<E> {
-        self.catch_up.receiving()
+    /// Marks a snapshot RPC from the leader being served, until the guard is dropped. openraft
+    /// 0.10 keeps heartbeating a member while a snapshot streams to it, so nothing needs holding
+    /// off; Status reports the transfer.
+    pub fn receiving_snapshot(&self) -> Receiving {
+        Receiving::new(self.receiving.clone())
     }
 
-    /// Notes an AppendEntries accepted from an established leader (see [`crate::catch_up`]).
-    pub fn heard_leader(&self) {
-        self.catch_up.heard_leader();
-    }
-
-    /// Whether elections are held off because a snapshot is being received or installed.
+    /// Whether a snapshot is being received or installed.
     pub fn catching_up(&self) -> bool {
-        self.catch_up.paused()
+        self.receiving.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Whether this member still refuses votes: for twice the election timeout after it starts,
@@ -377,4 +367,20 @@ fn first_lease_id(id: NodeId) -> i64 {
 /// has no `timeout_at`.)
 pub(crate) async fn within<F: std::future::Future>(deadline: Instant, f: F) -> Result<F::Output, ()> {
     tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), f).await.map_err(|_| ())
+}
+
+/// Held while a snapshot RPC is served; see [`Node::receiving_snapshot`].
+pub struct Receiving(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Receiving {
+    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> Receiving {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Receiving(count)
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
