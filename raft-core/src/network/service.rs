@@ -72,6 +72,12 @@ impl<E: Engine> Peer for PeerService<E> {
         {
             self.node.note_append_entries(term, index, stamp);
         }
+        // Any answer but a higher vote means this member still follows that leader.
+        if committed_vote
+            && matches!(&resp, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.node.heard_leader();
+        }
         let mut out = reply(&resp)?;
         out.get_mut().receipt_us = Some(receipt.us);
         out.get_mut().receipt_epoch = Some(receipt.epoch);

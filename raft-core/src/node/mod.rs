@@ -104,6 +104,8 @@ pub struct Inner<E: Engine> {
     request_timeout: Duration,
     /// Snapshot RPCs from the leader being served now (Status reports a member catching up).
     receiving: Arc<std::sync::atomic::AtomicUsize>,
+    /// When an AppendEntries of an established leader was last accepted.
+    heard_leader_at: parking_lot::Mutex<Option<Instant>>,
     /// The leader's lease clock (empty while this member follows).
     lessor: Arc<parking_lot::Mutex<lessor::Lessor>>,
     /// The next lease id this member picks for a grant that names none.
@@ -222,6 +224,7 @@ impl<E: Engine> Node<E> {
                 election_timeout: config.election_timeout,
                 request_timeout: config.request_timeout,
                 receiving: Arc::default(),
+                heard_leader_at: parking_lot::Mutex::new(None),
                 lessor,
                 lease_clock,
                 renewals,
@@ -270,9 +273,10 @@ impl<E: Engine> Node<E> {
     }
 
     /// Whether this member is in touch with a leader that a quorum follows: a follower that
-    /// knows its leader, or a leader that a quorum acknowledged within two election timeouts.
-    /// openraft keeps an isolated leader leading; etcd's leader steps down after an election
-    /// timeout without a quorum (CheckQuorum), and clients that require a leader
+    /// accepted an AppendEntries of its leader within two election timeouts, or a leader that a
+    /// quorum acknowledged within as long. openraft keeps an isolated leader leading, and with
+    /// pre-vote a follower whose leader died keeps naming it; etcd's leader steps down after an
+    /// election timeout without a quorum (CheckQuorum), and clients that require a leader
     /// (`WithRequireLeader`) rely on hearing that, to move to a member that can serve them.
     pub fn has_leader(&self) -> bool {
         let (leader, term) = {
@@ -280,11 +284,17 @@ impl<E: Engine> Node<E> {
             let m = rx.borrow_watched();
             (m.current_leader, m.current_term)
         };
+        let recent = |t: Instant| t.elapsed() <= 2 * self.election_timeout;
         match leader {
             None => false,
-            Some(l) if l != self.id => true,
-            Some(_) => self.peers.confirmed_at(term).is_some_and(|t| t.elapsed() <= 2 * self.election_timeout),
+            Some(l) if l != self.id => self.heard_leader_at.lock().is_some_and(recent),
+            Some(_) => self.peers.confirmed_at(term).is_some_and(recent),
         }
+    }
+
+    /// Notes an AppendEntries accepted from an established leader (the peer service calls it).
+    pub fn heard_leader(&self) {
+        *self.heard_leader_at.lock() = Some(Instant::now());
     }
 
     /// The current Raft term (response headers carry it), without copying the metrics.
