@@ -10,6 +10,7 @@
 //! Payloads are bincode-encoded openraft types (or [`crate::request::WriteRequest`]s); replies
 //! carry `Result<_, _>` so a remote Raft error reaches openraft as the error it was.
 
+mod append_stream;
 pub mod service;
 
 use std::collections::{HashMap, VecDeque};
@@ -359,17 +360,32 @@ pub struct PeerClientHandle {
     peers: Peers,
     target: NodeId,
     node: PeerNode,
+    /// The AppendEntries stream to the peer, kept open across replication sessions.
+    append: Option<append_stream::AppendConn>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClientHandle;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> Self::Network {
-        PeerClientHandle { peers: self.peers.clone(), target, node: node.clone() }
+        PeerClientHandle { peers: self.peers.clone(), target, node: node.clone(), append: None }
     }
 }
 
 impl PeerClientHandle {
+    /// The openraft error for a failed call of `action`.
+    fn rpc_error<E: std::error::Error>(&self, e: PeerError, action: RPCTypes) -> RPCError<TypeConfig, E> {
+        match e {
+            PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+            PeerError::Timeout { timeout, .. } => {
+                RPCError::Timeout(Timeout { action, id: self.peers.inner.me, target: self.target, timeout })
+            }
+            PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+
     /// One openraft RPC: the reply is the remote `Result`. A remote API error is relayed as
     /// `RemoteError`; a remote fatal error (the peer's Raft stopped) as a network failure, which
     /// openraft retries after its backoff.
@@ -386,16 +402,11 @@ impl PeerClientHandle {
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl();
-        let (reply, receipt_us): (Result<Resp, RaftError<TypeConfig, E>>, _) =
-            self.peers.call_raw(self.target, &self.node, rpc, payload, echo, timeout).await.map_err(|e| match e {
-                PeerError::NotConnected { .. } | PeerError::Unreachable { .. } | PeerError::UnknownMember(_) => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                PeerError::Timeout { .. } => {
-                    RPCError::Timeout(Timeout { action, id: self.peers.inner.me, target: self.target, timeout })
-                }
-                PeerError::Failed { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
+        let (reply, receipt_us): (Result<Resp, RaftError<TypeConfig, E>>, _) = self
+            .peers
+            .call_raw(self.target, &self.node, rpc, payload, echo, timeout)
+            .await
+            .map_err(|e| self.rpc_error(e, action))?;
         match reply {
             Ok(r) => Ok((r, receipt_us)),
             Err(RaftError::APIError(e)) => {
@@ -412,6 +423,25 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl RaftNetworkV2<TypeConfig> for PeerClientHandle {
     type SnapshotData = SnapshotData;
+
+    /// Every replication session and heartbeat of this peer on one long-lived stream
+    /// ([`append_stream`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> openraft::base::BoxFuture<
+        's,
+        Result<
+            openraft::base::BoxStream<'s, Result<openraft::raft::StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        self.stream_session(input, option)
+    }
 
     async fn append_entries(
         &mut self,

@@ -5,7 +5,10 @@ use kv_api::raftkvpb::peer_server::Peer;
 use kv_api::raftkvpb::{PeerReply, PeerRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::Engine;
 use crate::network::Stamp;
@@ -27,7 +30,10 @@ impl<E: Engine> PeerService<E> {
     /// Checks the envelope and decodes its payload. An envelope from another cluster is refused:
     /// two clusters whose members share hosts must never exchange Raft messages.
     fn open<T: DeserializeOwned>(&self, req: Request<PeerRequest>) -> Result<T, Status> {
-        let req = req.into_inner();
+        self.open_envelope(req.into_inner())
+    }
+
+    fn open_envelope<T: DeserializeOwned>(&self, req: PeerRequest) -> Result<T, Status> {
         let mine = self.node.cluster_id();
         if req.cluster_id != mine {
             tracing::warn!(
@@ -51,14 +57,83 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
     Ok(Response::new(PeerReply { payload, ..Default::default() }))
 }
 
+impl<E: Engine> Clone for PeerService<E> {
+    fn clone(&self) -> Self {
+        PeerService { node: self.node.clone() }
+    }
+}
+
+/// The echo a leader's AppendEntries carries (see [`crate::network`]): a stamp of this member's
+/// and the leader's applied index.
+fn echo_of(r: &PeerRequest) -> Option<(Stamp, u64)> {
+    match (r.echo_us, r.echo_applied_index, r.echo_epoch) {
+        (Some(us), Some(index), Some(epoch)) => Some((Stamp { epoch, us }, index)),
+        _ => None,
+    }
+}
+
+/// What the answer to one streamed AppendEntries needs from its request.
+struct Received {
+    term: u64,
+    committed_vote: bool,
+    echo: Option<(Stamp, u64)>,
+    receipt: Stamp,
+}
+
+type Replies = std::pin::Pin<Box<dyn futures::Stream<Item = Result<PeerReply, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl<E: Engine> Peer for PeerService<E> {
+    type AppendStreamStream = Replies;
+
+    /// The leader's AppendEntries to this member, in order on one stream, answered in order
+    /// (openraft pipelines them). A request that cannot be opened ends the stream with its error.
+    async fn append_stream(&self, req: Request<Streaming<PeerRequest>>) -> Result<Response<Replies>, Status> {
+        use futures::StreamExt;
+        let received: Arc<parking_lot::Mutex<VecDeque<Received>>> = Arc::default();
+        let refused: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
+        let (service, queue, refusal) = (self.clone(), received.clone(), refused.clone());
+        let requests = req.into_inner().scan((), move |(), message| {
+            let opened = message.and_then(|m| {
+                let echo = echo_of(&m);
+                let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = service.open_envelope(m)?;
+                Ok((rpc, echo))
+            });
+            let next = match opened {
+                Ok((rpc, echo)) => {
+                    queue.lock().push_back(Received {
+                        term: rpc.vote.leader_id().term,
+                        committed_vote: rpc.vote.is_committed(),
+                        echo,
+                        receipt: service.node.clock_stamp(),
+                    });
+                    Some(rpc)
+                }
+                Err(status) => {
+                    *refusal.lock() = Some(status);
+                    None
+                }
+            };
+            std::future::ready(next)
+        });
+        let node = self.node.clone();
+        let answers = self.node.raft().stream_append(requests).map(move |answer| {
+            let Some(r) = received.lock().pop_front() else {
+                return Err(Status::internal("raftkv: an AppendEntries answer without its request"));
+            };
+            node.note_append_answer(r.term, r.committed_vote, r.echo, &answer);
+            let mut out = reply(&answer)?.into_inner();
+            out.receipt_us = Some(r.receipt.us);
+            out.receipt_epoch = Some(r.receipt.epoch);
+            Ok(out)
+        });
+        // A request refused ends the stream with its status once the answers before it are out.
+        let end = futures::stream::once(async move { refused.lock().take() }).filter_map(|s| async move { s.map(Err) });
+        Ok(Response::new(Box::pin(answers.chain(end))))
+    }
+
     async fn append_entries(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let r = req.get_ref();
-        let echo = match (r.echo_us, r.echo_applied_index, r.echo_epoch) {
-            (Some(us), Some(index), Some(epoch)) => Some((Stamp { epoch, us }, index)),
-            _ => None,
-        };
+        let echo = echo_of(req.get_ref());
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = self.open(req)?;
         let term = rpc.vote.leader_id().term;
         let committed_vote = rpc.vote.is_committed();

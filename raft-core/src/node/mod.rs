@@ -297,6 +297,35 @@ impl<E: Engine> Node<E> {
         *self.heard_leader_at.lock() = Some(Instant::now());
     }
 
+    /// Notes the answer to a streamed AppendEntries of `term` (the peer service calls it), as
+    /// the unary path notes its response: any answer but a higher vote to an established leader
+    /// means this member still follows it, and an accepted one that echoed a stamp of ours
+    /// tells how current this member is as of that stamp.
+    pub fn note_append_answer(
+        &self,
+        term: u64,
+        committed_vote: bool,
+        echo: Option<(crate::network::Stamp, u64)>,
+        answer: &Result<
+            openraft::raft::StreamAppendResult<crate::typ::TypeConfig>,
+            openraft::error::Fatal<crate::typ::TypeConfig>,
+        >,
+    ) {
+        if !committed_vote {
+            return;
+        }
+        match answer {
+            Ok(Ok(_)) => {
+                if let Some((stamp, index)) = echo {
+                    self.note_append_entries(term, index, stamp);
+                }
+                self.heard_leader();
+            }
+            Ok(Err(openraft::raft::StreamAppendError::Conflict(_))) => self.heard_leader(),
+            Ok(Err(openraft::raft::StreamAppendError::HigherVote(_))) | Err(_) => {}
+        }
+    }
+
     /// The current Raft term (response headers carry it), without copying the metrics.
     pub fn current_term(&self) -> u64 {
         self.raft.metrics().borrow_watched().current_term
