@@ -3,6 +3,7 @@
 
 use kv_api::raftkvpb::peer_server::Peer;
 use kv_api::raftkvpb::{PeerReply, PeerRequest};
+use openraft::async_runtime::WatchReceiver;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -93,7 +94,11 @@ impl<E: Engine> Peer for PeerService<E> {
         let received: Arc<parking_lot::Mutex<VecDeque<Received>>> = Arc::default();
         let refused: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
         let (service, queue, refusal) = (self.clone(), received.clone(), refused.clone());
-        let requests = req.into_inner().scan((), move |(), message| {
+        // openraft's reader of this stream lives until the stream ends, and a member shutting
+        // down waits for every peer stream to close: once Raft stops, stop reading.
+        let mut metrics = self.node.raft().metrics();
+        let stopped = async move { while metrics.changed().await.is_ok() {} };
+        let requests = req.into_inner().take_until(stopped).scan((), move |(), message| {
             let opened = message.and_then(|m| {
                 let echo = echo_of(&m);
                 let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = service.open_envelope(m)?;
