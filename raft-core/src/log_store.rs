@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use openraft::storage::{LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
+#[cfg(madsim)]
 use tokio::sync::mpsc;
 
 use crate::engine::{Batch, Engine, EngineExt, Tree};
@@ -112,43 +113,80 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// The task that makes appended entries durable: it takes every append waiting, syncs the log
-/// once for all of them, and reports each done in the order they were appended (openraft reads
-/// a report as "everything up to here is durable"). A failed sync is reported to every append
-/// it covered, and to every later one: the log's tail is then unknown, and openraft stops.
+/// What makes appended entries durable: it takes every append waiting, syncs the log once for
+/// all of them, and reports each done in the order they were appended (openraft reads a report
+/// as "everything up to here is durable"). A failed sync is reported to every append it
+/// covered, and to every later one: the log's tail is then unknown, and openraft stops.
+///
+/// It runs on a thread of its own: an fsync blocks, and blocking inside the async runtime
+/// (`block_in_place`) hands the worker's queue to another thread on every sync, a cost paid on
+/// each one-client write. The simulation runs it as a task, on its deterministic scheduler.
 ///
 /// It holds the engine weakly: the engine closes (and can be opened again) as soon as its
 /// stores are dropped, and an append still waiting then is reported failed, never durable.
 struct Flusher {
-    tx: mpsc::UnboundedSender<IOFlushed>,
+    tx: FlushSender,
+}
+
+#[cfg(not(madsim))]
+type FlushSender = std::sync::mpsc::Sender<IOFlushed>;
+#[cfg(madsim)]
+type FlushSender = mpsc::UnboundedSender<IOFlushed>;
+
+/// The flusher's state between syncs.
+struct FlushState<E> {
+    engine: std::sync::Weak<E>,
+    failed: Option<String>,
+}
+
+impl<E: Engine> FlushState<E> {
+    /// Syncs once (unless an earlier sync failed) and reports every append of `waiting`.
+    fn sync_and_report(&mut self, waiting: Vec<IOFlushed>) {
+        if self.failed.is_none() {
+            self.failed = match self.engine.upgrade() {
+                Some(engine) => engine.log_sync().err().map(|e| e.to_string()),
+                None => Some("the log was closed".into()),
+            };
+        }
+        for callback in waiting {
+            callback.io_completed(match &self.failed {
+                None => Ok(()),
+                Some(why) => Err(io::Error::other(format!("syncing the Raft log: {why}"))),
+            });
+        }
+    }
 }
 
 impl Flusher {
-    fn start<E: Engine>(engine: &Arc<E>) -> Flusher {
-        let engine = Arc::downgrade(engine);
+    #[cfg(not(madsim))]
+    fn start<E: Engine>(engine: &Arc<E>) -> io::Result<Flusher> {
+        let mut state = FlushState { engine: Arc::downgrade(engine), failed: None };
+        let (tx, rx) = std::sync::mpsc::channel::<IOFlushed>();
+        std::thread::Builder::new().name("raft-log-flusher".into()).spawn(move || {
+            // Ends when every sender is gone: the log store was dropped.
+            while let Ok(first) = rx.recv() {
+                let mut waiting = vec![first];
+                waiting.extend(rx.try_iter());
+                state.sync_and_report(waiting);
+            }
+        })?;
+        Ok(Flusher { tx })
+    }
+
+    #[cfg(madsim)]
+    fn start<E: Engine>(engine: &Arc<E>) -> io::Result<Flusher> {
+        let mut state = FlushState { engine: Arc::downgrade(engine), failed: None };
         let (tx, mut rx) = mpsc::unbounded_channel::<IOFlushed>();
         tokio::spawn(async move {
-            let mut failed: Option<String> = None;
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                if failed.is_none() {
-                    failed = match engine.upgrade() {
-                        Some(engine) => crate::rt::blocking(|| engine.log_sync()).err().map(|e| e.to_string()),
-                        None => Some("the log was closed".into()),
-                    };
-                }
-                for callback in waiting {
-                    callback.io_completed(match &failed {
-                        None => Ok(()),
-                        Some(why) => Err(io::Error::other(format!("syncing the Raft log: {why}"))),
-                    });
-                }
+                state.sync_and_report(waiting);
             }
         });
-        Flusher { tx }
+        Ok(Flusher { tx })
     }
 }
 
@@ -363,7 +401,13 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let flusher = self.flusher.get_or_init(|| Flusher::start(&self.engine));
+        let flusher = match self.flusher.get() {
+            Some(f) => f,
+            None => {
+                let started = Flusher::start(&self.engine)?;
+                self.flusher.get_or_init(|| started)
+            }
+        };
         flusher.tx.send(callback).map_err(|_| io::Error::other("the Raft log's flusher has stopped"))
     }
 
