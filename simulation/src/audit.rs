@@ -2,7 +2,7 @@
 //! order of every write that took effect, and does every acknowledged write sit at its
 //! revision?
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kv_api::etcdserverpb::kv_client::KvClient;
@@ -98,24 +98,7 @@ pub async fn audit(c: &SimCluster, history: &[Record], others: &std::collections
             Err(e) => out.problems.push(format!("reading revision {rev}: {e}")),
         }
     }
-    // Every acknowledged write is the write of its revision; every stored value was written.
-    let written: HashMap<u64, &Record> = history.iter().filter_map(|r| Some((r.written_value()?, r))).collect();
-    for r in history {
-        if let Some((value, rev)) = r.acked_write() {
-            let stored = out.revisions.get(&rev);
-            if stored != Some(&(r.key.clone(), value)) {
-                out.problems.push(format!(
-                    "acknowledged write {}={value} at revision {rev} is lost: that revision holds {stored:?}",
-                    r.key
-                ));
-            }
-        }
-    }
-    for (rev, (key, value)) in &out.revisions {
-        if written.get(value).is_none_or(|r| r.key != *key) {
-            out.problems.push(format!("revision {rev} holds {key}={value}, which no client wrote"));
-        }
-    }
+    out.problems.extend(kv_check::checks::stored(history, &out.revisions));
     out.problems.truncate(5);
     out
 }

@@ -8,7 +8,7 @@
 //! - [`nemesis`]: the faults, applied one at a time at random from a scenario's set;
 //! - [`workload`]: clients at every read level doing puts, compare-and-set and reads;
 //! - [`checks`]: one check per guarantee over what the clients saw (porcupine-rs for the
-//!   linearizable levels), run outside the simulation;
+//!   linearizable levels), run outside the simulation (kv-check, shared with jepsen/);
 //! - [`watch`]: watchers through kv-client's resuming watch, checked against the audit;
 //! - [`leases`]: lease holders that renew and abandon short leases, checked for keys that
 //!   vanish early, deletes that are not exactly once, and leases that outlive healing;
@@ -26,7 +26,6 @@
 #![cfg(madsim)]
 
 pub mod audit;
-pub mod checks;
 pub mod clients;
 pub mod cluster;
 pub mod elections;
@@ -38,3 +37,6 @@ pub mod scenario;
 pub mod session;
 pub mod watch;
 pub mod workload;
+
+/// The checks live in kv-check, shared with the jepsen harness.
+pub use kv_check::checks;

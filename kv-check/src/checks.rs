@@ -1,13 +1,13 @@
-//! The checks over what clients saw, one per guarantee. They run after the simulation has
-//! returned: porcupine-rs uses threads and a wall-clock budget, neither of which exists inside
-//! the simulation. Each returns the first violation it finds, in words.
+//! The checks over what clients saw, one per guarantee. In the simulation they run after it
+//! has returned: porcupine-rs uses threads and a wall-clock budget, neither of which exists
+//! inside it. Each returns the first violation it finds, in words.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use porcupine::{CheckResult, Model, Operation};
 
-use crate::workload::{Level, Op, Record};
+use crate::history::{Level, Op, Record};
 
 /// Every check of the history. `revisions` is the write of each revision as the converged
 /// members store it ([`crate::audit`]).
@@ -209,7 +209,7 @@ pub fn session(history: &[Record]) -> Result<(), String> {
 /// acknowledged more than the bound before the read began. No allowance for message delay:
 /// members measure staleness on their own clocks (docs/consistency.md).
 pub fn bounded(history: &[Record]) -> Result<(), String> {
-    let horizon = crate::workload::STALENESS_BOUND.as_nanos() as i64;
+    let horizon = crate::history::STALENESS_BOUND.as_nanos() as i64;
     // Acknowledged writes per key as (acknowledged at, revision), in acknowledgement order.
     let mut acked: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
     for r in history {
@@ -242,4 +242,30 @@ pub fn bounded(history: &[Record]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Every acknowledged write is the write of its revision in `revisions` (what the converged
+/// members store), and every stored value was written by a client, to that key. Up to five
+/// problems, in words.
+pub fn stored(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let written: HashMap<u64, &Record> = history.iter().filter_map(|r| Some((r.written_value()?, r))).collect();
+    for r in history {
+        if let Some((value, rev)) = r.acked_write() {
+            let stored = revisions.get(&rev);
+            if stored != Some(&(r.key.clone(), value)) {
+                problems.push(format!(
+                    "acknowledged write {}={value} at revision {rev} is lost: that revision holds {stored:?}",
+                    r.key
+                ));
+            }
+        }
+    }
+    for (rev, (key, value)) in revisions {
+        if written.get(value).is_none_or(|r| r.key != *key) {
+            problems.push(format!("revision {rev} holds {key}={value}, which no client wrote"));
+        }
+    }
+    problems.truncate(5);
+    problems
 }

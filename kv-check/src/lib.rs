@@ -1,0 +1,10 @@
+//! raftkv's client histories and their checks, one per guarantee of a read level
+//! (docs/consistency.md), shared by the deterministic simulation and the black-box harness in
+//! `jepsen/`, so both hold the store to the same promises:
+//!
+//! - [`history`]: what a client saw of each put, compare-and-set and read;
+//! - [`checks`]: linearizability per key (porcupine-rs), read-your-writes for sessions, the
+//!   staleness bound, values nobody wrote, and acknowledged writes missing from the store.
+
+pub mod checks;
+pub mod history;
