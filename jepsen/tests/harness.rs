@@ -1,0 +1,107 @@
+//! The harness end to end, as root: a short run under faults ends valid with its report, and
+//! neither a finished run nor one interrupted with SIGINT leaves a namespace, an iptables rule
+//! or a process behind.
+//!
+//! Needs the kv-server binary built beside this test's (`cargo test --workspace` builds it) and
+//! root; iptables is installed by the harness if missing.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Runs share the machine's namespaces; one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn jepsen() -> Command {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_jepsen"));
+    let kv_server = bin.with_file_name("kv-server");
+    assert!(kv_server.is_file(), "no kv-server at {} (cargo build --bin kv-server)", kv_server.display());
+    let mut cmd = Command::new(bin);
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+fn results_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// What the harness of `prefix` left: namespaces of that prefix and kv-server processes whose
+/// data lives under `results`.
+fn leftovers(prefix: &str, results: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let listed = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        if line.starts_with(&format!("{prefix}-")) {
+            found.push(format!("namespace {line}"));
+        }
+    }
+    let needle = results.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("kv-server") && cmdline.contains(&needle) {
+            found.push(format!("process {}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_short_run_under_faults_is_valid_and_leaves_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let results = results_dir("short-run");
+    let out = jepsen()
+        .args(["run", "register", "--time", "20s", "--interval", "3s", "--quiet", "5s", "--seed", "7"])
+        .args(["--nemesis", "kill,kill-leader,pause,partition-leader,partition-halves,partition-one-way"])
+        .args(["--prefix", "rkjt1", "--subnet", "78"])
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("run jepsen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
+    assert!(verdict.starts_with("valid: "), "{verdict}");
+    let dir = verdict.rsplit("report: ").next().expect("report path");
+    for file in ["history.json", "timeline.json", "verdict.json", "n1.log"] {
+        assert!(std::path::Path::new(dir).join(file).is_file(), "{file} missing in {dir}");
+    }
+    let timeline = std::fs::read_to_string(std::path::Path::new(dir).join("timeline.json")).unwrap();
+    assert!(timeline.contains("\"end_ms\""), "no fault in the timeline: {timeline}");
+    assert_eq!(leftovers("rkjt1", &results), Vec::<String>::new());
+}
+
+#[test]
+fn an_interrupted_run_leaves_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let results = results_dir("interrupted-run");
+    let mut child = jepsen()
+        .args(["run", "register", "--time", "120s", "--interval", "2s", "--nemesis", "partition-halves,pause"])
+        .args(["--prefix", "rkjt2", "--subnet", "79"])
+        .arg("--results")
+        .arg(&results)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run jepsen");
+    // Interrupt once it runs, while a fault may be in place.
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let running = lines.next().expect("a line").expect("stdout");
+    assert!(running.starts_with("jepsen: running"), "{running}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!leftovers("rkjt2", &results).is_empty(), "the run made nothing to clean up");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT");
+    let began = Instant::now();
+    let status = child.wait().expect("wait");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    println!("exit {status} after {:?}: {rest:?}", began.elapsed());
+    assert_eq!(status.code(), Some(2), "an interrupted run has no verdict");
+    assert!(rest.last().is_some_and(|l| l.starts_with("unknown: ")), "{rest:?}");
+    assert_eq!(leftovers("rkjt2", &results), Vec::<String>::new());
+}
