@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kv_api::etcdserverpb::kv_client::KvClient;
 use kv_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use kv_api::etcdserverpb::{Consistency, RangeRequest, StatusRequest, StatusResponse};
-use kv_check::history::parse_value;
+use kv_api::etcdserverpb::{StatusRequest, StatusResponse};
+use kv_check::requests;
 use tokio::time::{sleep, timeout, Instant};
 use tonic::transport::{Channel, Endpoint};
 
@@ -112,17 +112,8 @@ pub async fn audit(urls: &[String]) -> Audit {
 /// read locally.
 async fn read_all(kv: &mut Option<KvClient<Channel>>, revision: i64) -> Result<Vec<(String, u64, i64)>, String> {
     let kv = kv.as_mut().ok_or("no connection")?;
-    let req = RangeRequest {
-        key: KEYS[0].into(),
-        range_end: vec![0xff],
-        revision,
-        consistency: Consistency::Serializable as i32,
-        ..Default::default()
-    };
-    let r = timeout(Duration::from_secs(5), kv.range(req)).await.map_err(|_| "timed out".to_string())?;
-    let r = r.map_err(|s| s.message().to_string())?.into_inner();
-    Ok(r.kvs
-        .iter()
-        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), parse_value(&kv.value), kv.mod_revision))
-        .collect())
+    let r = timeout(Duration::from_secs(5), kv.range(requests::all_keys(KEYS[0], revision)))
+        .await
+        .map_err(|_| "timed out".to_string())?;
+    Ok(requests::keys_of(&r.map_err(|s| s.message().to_string())?.into_inner()))
 }

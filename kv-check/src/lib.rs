@@ -3,8 +3,10 @@
 //! `jepsen/`, so both hold the store to the same promises:
 //!
 //! - [`history`]: what a client saw of each put, compare-and-set and read;
+//! - [`requests`]: the workload's requests on the wire and what their answers mean;
 //! - [`checks`]: linearizability per key (porcupine-rs), read-your-writes for sessions, the
 //!   staleness bound, values nobody wrote, and acknowledged writes missing from the store.
 
 pub mod checks;
 pub mod history;
+pub mod requests;

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kv_api::etcdserverpb::kv_client::KvClient;
-use kv_api::etcdserverpb::{Consistency, RangeRequest};
+use kv_check::requests;
 use madsim::time::{sleep, timeout, Instant};
 use tonic::transport::Channel;
 
 use crate::cluster::SimCluster;
-use crate::workload::{parse_value, Record, KEYS};
+use crate::workload::{Record, KEYS};
 
 /// How long healed members may take to agree.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(20);
@@ -115,17 +115,8 @@ async fn applied(c: &SimCluster) -> Vec<Option<(u64, i64)>> {
 /// A member's keys with value and mod revision (at `revision`, 0 for the latest), read locally.
 async fn read_all(kv: &mut Option<KvClient<Channel>>, revision: i64) -> Result<Vec<(String, u64, i64)>, String> {
     let kv = kv.as_mut().ok_or("no connection")?;
-    let req = RangeRequest {
-        key: KEYS[0].into(),
-        range_end: vec![0xff],
-        revision,
-        consistency: Consistency::Serializable as i32,
-        ..Default::default()
-    };
-    let r = timeout(Duration::from_secs(2), kv.range(req)).await.map_err(|_| "timed out".to_string())?;
-    let r = r.map_err(|s| s.message().to_string())?.into_inner();
-    Ok(r.kvs
-        .iter()
-        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), parse_value(&kv.value), kv.mod_revision))
-        .collect())
+    let r = timeout(Duration::from_secs(2), kv.range(requests::all_keys(KEYS[0], revision)))
+        .await
+        .map_err(|_| "timed out".to_string())?;
+    Ok(requests::keys_of(&r.map_err(|s| s.message().to_string())?.into_inner()))
 }

@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use kv_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use kv_api::etcdserverpb::kv_client::KvClient;
-use kv_api::etcdserverpb::request_op::Request;
-use kv_api::etcdserverpb::{Compare, Consistency, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use kv_check::requests;
 use madsim::rand::{thread_rng, Rng};
 use madsim::runtime::Handle;
 use madsim::time::{sleep, timeout, Instant};
@@ -137,54 +135,17 @@ impl Client {
         let kv = self.conns[member].as_mut().expect("connected above");
         match op {
             Op::Put { value, revision } => {
-                let req = PutRequest { key: key.into(), value: value.to_string().into(), ..Default::default() };
-                let r = kv.put(req).await?.into_inner();
-                *revision = Some(r.header.map_or(0, |h| h.revision));
+                let r = kv.put(requests::put(key, *value)).await?.into_inner();
+                *revision = Some(requests::revision(r.header.as_ref()));
             }
             Op::Cas { expect, value, outcome } => {
-                let compare = match expect {
-                    Some(v) => Compare {
-                        result: CompareResult::Equal as i32,
-                        target: CompareTarget::Value as i32,
-                        key: key.into(),
-                        target_union: Some(TargetUnion::Value(v.to_string().into())),
-                        ..Default::default()
-                    },
-                    None => Compare {
-                        result: CompareResult::Equal as i32,
-                        target: CompareTarget::Version as i32,
-                        key: key.into(),
-                        target_union: Some(TargetUnion::Version(0)),
-                        ..Default::default()
-                    },
-                };
-                let put = PutRequest { key: key.into(), value: value.to_string().into(), ..Default::default() };
-                let req = TxnRequest {
-                    compare: vec![compare],
-                    success: vec![RequestOp { request: Some(Request::RequestPut(put)) }],
-                    failure: vec![],
-                };
-                let r = kv.txn(req).await?.into_inner();
-                *outcome = Some((r.succeeded, r.header.map_or(0, |h| h.revision)));
+                let r = kv.txn(requests::cas(key, *expect, *value)).await?.into_inner();
+                *outcome = Some((r.succeeded, requests::revision(r.header.as_ref())));
             }
             Op::Get { seen, revision, min_revision } => {
-                let (consistency, max_staleness_ms) = match self.level {
-                    Level::Linearizable => (Consistency::Linearizable, 0),
-                    Level::Lease => (Consistency::Lease, 0),
-                    Level::Session => (Consistency::Session, 0),
-                    Level::Bounded => (Consistency::Bounded, STALENESS_BOUND.as_millis() as i64),
-                    Level::Serializable => (Consistency::Serializable, 0),
-                };
-                let req = RangeRequest {
-                    key: key.into(),
-                    consistency: consistency as i32,
-                    min_revision: *min_revision,
-                    max_staleness_ms,
-                    ..Default::default()
-                };
-                let r = kv.range(req).await?.into_inner();
-                *revision = r.header.map_or(0, |h| h.revision);
-                *seen = r.kvs.first().map(|kv| (parse_value(&kv.value), kv.mod_revision));
+                let r = kv.range(requests::get(key, self.level, *min_revision)).await?.into_inner();
+                *revision = requests::revision(r.header.as_ref());
+                *seen = requests::seen(&r);
             }
         }
         Ok(())
