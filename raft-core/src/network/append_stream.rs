@@ -7,10 +7,11 @@
 //! reads its answers from it, one message each, and the next request may go before the last
 //! answer is back (openraft pipelines a session's requests).
 //!
-//! The stream is opened by the first session and kept by the peer's client. A session that
-//! stops before all its answers are read (openraft dropped it), an answer that ends the
-//! follower's side (a conflict or a higher vote), or any transport error closes it: the next
-//! session opens a new one, so answers are never matched to the wrong requests.
+//! The stream is opened by the first request of a session that finds none open, and kept by the
+//! peer's client. A session that stops before all its answers are read (openraft dropped it),
+//! an answer that ends the follower's side (a conflict or a higher vote), or any transport error
+//! closes it: the next session opens a new one, so answers are never matched to the wrong
+//! requests.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -71,9 +72,10 @@ impl PeerClientHandle {
     {
         Box::pin(async move {
             let timeout = option.hard_ttl();
-            if self.append.is_none() {
-                self.append = Some(self.open_append(timeout).await?);
-            }
+            // The stream is opened once the first request is drawn, not here: openraft waits out
+            // its back-off after failures while producing a request, so a peer that is down is
+            // retried at that pace. Opening here failed before any request was drawn, and the
+            // next session came at once: thousands of connection attempts a second.
             let session = Session { handle: self, input: Some(input), sent: VecDeque::new(), timeout, ended: false };
             let answers: BoxStream<'s, Answer> = Box::pin(futures::stream::unfold(session, |mut s| async move {
                 let answer = s.next_answer().await?;
@@ -133,13 +135,15 @@ where
             let oldest = self.sent.front().map(|s| s.at + self.timeout);
             let done = self.input.is_none() && self.sent.is_empty();
             let input = &mut self.input;
-            let conn = self.handle.append.as_mut()?;
+            let conn = self.handle.append.as_mut();
+            // Nothing awaits an answer without a stream: one is open while requests are in flight.
+            let awaiting = oldest.is_some() && conn.is_some();
             let step = tokio::select! {
                 biased;
                 next = async { input.as_mut().expect("guarded").next().await }, if input.is_some() && can_send => {
                     Step::Input(next)
                 }
-                reply = reply_by(conn, target, oldest, self.timeout), if oldest.is_some() => Step::Reply(reply),
+                reply = reply_by(conn, target, oldest, self.timeout), if awaiting => Step::Reply(reply),
                 () = std::future::ready(()), if done => Step::Done,
             };
             match step {
@@ -147,8 +151,17 @@ where
                 Step::Reply(reply) => return Some(self.answer(reply)),
                 Step::Input(None) => self.input = None,
                 Step::Input(Some(rpc)) => {
+                    if self.handle.append.is_none() {
+                        match self.handle.open_append(self.timeout).await {
+                            Ok(conn) => self.handle.append = Some(conn),
+                            Err(e) => {
+                                self.ended = true;
+                                return Some(Err(e));
+                            }
+                        }
+                    }
                     let (request, sent) = self.handle.envelope(&rpc);
-                    let conn = self.handle.append.as_mut().expect("open while the session runs");
+                    let conn = self.handle.append.as_mut().expect("opened above");
                     if conn.requests.unbounded_send(request).is_err() {
                         let reason = "the AppendEntries stream closed".to_string();
                         return Some(Err(self.fail(PeerError::Unreachable { target, reason })));
@@ -223,12 +236,12 @@ enum Step {
 /// The next reply on `conn` to `target`, waiting no later than `deadline` (a request sent
 /// `timeout` before it).
 async fn reply_by(
-    conn: &mut AppendConn,
+    conn: Option<&mut AppendConn>,
     target: crate::typ::NodeId,
     deadline: Option<Instant>,
     timeout: Duration,
 ) -> Result<PeerReply, PeerError> {
-    let deadline = deadline.expect("guarded");
+    let (conn, deadline) = (conn.expect("guarded"), deadline.expect("guarded"));
     let wait = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(wait, conn.replies.get_mut().message()).await {
         Err(_) => Err(PeerError::Timeout { target, timeout }),
