@@ -114,6 +114,7 @@ impl PeerClientHandle {
             echo_us: echo.map(|e| e.stamp.us),
             echo_applied_index: echo.map(|e| e.applied_index),
             echo_epoch: echo.map(|e| e.stamp.epoch),
+            ..Default::default()
         };
         (request, Sent { at: Instant::now(), term, leading })
     }

@@ -11,6 +11,7 @@
 //! carry `Result<_, _>` so a remote Raft error reaches openraft as the error it was.
 
 mod append_stream;
+mod call_stream;
 pub mod service;
 
 use std::collections::{HashMap, VecDeque};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_api::raftkvpb::peer_client::PeerClient;
-use kv_api::raftkvpb::PeerRequest;
+use kv_api::raftkvpb::{CallKind, PeerRequest};
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{
     NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -147,6 +148,8 @@ struct Inner {
     /// What this member must apply before it serves reads as a leader restored at startup; set
     /// once, before Raft starts, and the one record of it.
     restart_floor: RestartFloor,
+    /// The Calls stream to each peer (forwarded writes, read-index and lease questions).
+    calls: Mutex<HashMap<NodeId, Arc<call_stream::CallConn>>>,
 }
 
 /// The member's view of its peers: channels, envelope, failure classification. Cheap to clone.
@@ -169,6 +172,7 @@ impl Peers {
                 metrics: Mutex::new(None),
                 applied: Mutex::new(None),
                 restart_floor,
+                calls: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -302,6 +306,18 @@ impl Peers {
         echo: Option<Echo>,
         timeout: Duration,
     ) -> Result<(Resp, Option<Stamp>), PeerError> {
+        let streamed = match rpc {
+            Rpc::Forward => Some(CallKind::Forward),
+            Rpc::ReadIndex => Some(CallKind::ReadIndex),
+            Rpc::Lease => Some(CallKind::Lease),
+            _ => None,
+        };
+        if let Some(kind) = streamed {
+            let reply = self.call_streamed(target, node, kind, payload, timeout).await?;
+            let resp = crate::codec::decode(&reply.payload)
+                .map_err(|e| PeerError::Failed { target, reason: format!("undecodable reply: {e}") })?;
+            return Ok((resp, None));
+        }
         let channel = self.channel(target, node)?;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE)
@@ -313,6 +329,7 @@ impl Peers {
             echo_us: echo.map(|e| e.stamp.us),
             echo_applied_index: echo.map(|e| e.applied_index),
             echo_epoch: echo.map(|e| e.stamp.epoch),
+            ..Default::default()
         };
         let call = async move {
             match rpc {
@@ -321,9 +338,9 @@ impl Peers {
                 Rpc::PreVote => client.pre_vote(req).await,
                 Rpc::TransferLeader => client.transfer_leader(req).await,
                 Rpc::InstallSnapshot => client.install_snapshot(req).await,
-                Rpc::Forward => client.forward(req).await,
-                Rpc::ReadIndex => client.read_index(req).await,
-                Rpc::Lease => client.lease(req).await,
+                Rpc::Forward | Rpc::ReadIndex | Rpc::Lease => {
+                    Err(tonic::Status::internal("raftkv: a call of the Calls stream sent alone"))
+                }
             }
         };
         let reply = match tokio::time::timeout(timeout, call).await {

@@ -2,7 +2,7 @@
 //! leader's batcher and read-index requests to the leader's quorum check.
 
 use kv_api::raftkvpb::peer_server::Peer;
-use kv_api::raftkvpb::{PeerReply, PeerRequest};
+use kv_api::raftkvpb::{CallKind, PeerReply, PeerRequest};
 use openraft::async_runtime::WatchReceiver;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -200,21 +200,63 @@ impl<E: Engine> Peer for PeerService<E> {
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
-    async fn forward(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        // A follower's batch of writes: each goes through the batcher on its own (in order) and
-        // gets its own result.
-        let writes: Vec<WriteRequest> = self.open(req)?;
+    type CallsStream = Replies;
+
+    /// A follower's calls, each answered with its id as soon as it completes: calls run side by
+    /// side, so a slow one (a write waiting for its commit) holds up no other. A request that
+    /// cannot be read ends the stream.
+    async fn calls(&self, req: Request<Streaming<PeerRequest>>) -> Result<Response<Replies>, Status> {
+        use futures::StreamExt;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<PeerReply, Status>>();
+        // Stop reading once Raft stops: a member shutting down waits for every peer stream.
+        let mut metrics = self.node.raft().metrics();
+        let stopped = async move { while metrics.changed().await.is_ok() {} };
+        let mut requests = Box::pin(req.into_inner().take_until(stopped));
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = requests.next().await {
+                let (service, tx) = (service.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let id = request.call_id;
+                    let answer = match request.call() {
+                        CallKind::Forward => service.forward(request).await,
+                        CallKind::ReadIndex => service.read_index(request).await,
+                        CallKind::Lease => service.lease(request).await,
+                        CallKind::Unspecified => Err(Status::invalid_argument("raftkv: a call of no known kind")),
+                    };
+                    let reply = match answer {
+                        Ok(reply) => PeerReply { call_id: id, ..reply },
+                        Err(status) => PeerReply {
+                            call_id: id,
+                            error_code: Some(status.code() as i32),
+                            error_message: status.message().to_string(),
+                            ..Default::default()
+                        },
+                    };
+                    let _ = tx.unbounded_send(Ok(reply));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(rx)))
+    }
+}
+
+impl<E: Engine> PeerService<E> {
+    /// A follower's batch of writes: each goes through the batcher on its own (in order) and
+    /// gets its own result.
+    async fn forward(&self, req: PeerRequest) -> Result<PeerReply, Status> {
+        let writes: Vec<WriteRequest> = self.open_envelope(req)?;
         let results = futures::future::join_all(writes.into_iter().map(|w| self.node.propose(w))).await;
-        reply(&results)
+        Ok(reply(&results)?.into_inner())
     }
 
-    async fn read_index(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let kind: IndexKind = self.open(req)?;
-        reply(&self.node.read_index_of(kind).await)
+    async fn read_index(&self, req: PeerRequest) -> Result<PeerReply, Status> {
+        let kind: IndexKind = self.open_envelope(req)?;
+        Ok(reply(&self.node.read_index_of(kind).await)?.into_inner())
     }
 
-    async fn lease(&self, req: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let ask: LeaseAsk = self.open(req)?;
-        reply(&self.node.answer_lease(ask).await)
+    async fn lease(&self, req: PeerRequest) -> Result<PeerReply, Status> {
+        let ask: LeaseAsk = self.open_envelope(req)?;
+        Ok(reply(&self.node.answer_lease(ask).await)?.into_inner())
     }
 }
