@@ -3,7 +3,6 @@
 
 use kv_api::raftkvpb::peer_server::Peer;
 use kv_api::raftkvpb::{CallKind, PeerReply, PeerRequest};
-use openraft::async_runtime::WatchReceiver;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -96,9 +95,7 @@ impl<E: Engine> Peer for PeerService<E> {
         let (service, queue, refusal) = (self.clone(), received.clone(), refused.clone());
         // openraft's reader of this stream lives until the stream ends, and a member shutting
         // down waits for every peer stream to close: once Raft stops, stop reading.
-        let mut metrics = self.node.raft().metrics();
-        let stopped = async move { while metrics.changed().await.is_ok() {} };
-        let requests = req.into_inner().take_until(stopped).scan((), move |(), message| {
+        let requests = req.into_inner().take_until(self.node.stopped()).scan((), move |(), message| {
             let opened = message.and_then(|m| {
                 let echo = echo_of(&m);
                 let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = service.open_envelope(m)?;
@@ -209,9 +206,7 @@ impl<E: Engine> Peer for PeerService<E> {
         use futures::StreamExt;
         let (tx, rx) = futures::channel::mpsc::unbounded::<Result<PeerReply, Status>>();
         // Stop reading once Raft stops: a member shutting down waits for every peer stream.
-        let mut metrics = self.node.raft().metrics();
-        let stopped = async move { while metrics.changed().await.is_ok() {} };
-        let mut requests = Box::pin(req.into_inner().take_until(stopped));
+        let mut requests = Box::pin(req.into_inner().take_until(self.node.stopped()));
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {

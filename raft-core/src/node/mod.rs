@@ -268,6 +268,14 @@ impl<E: Engine> Node<E> {
         &self.raft
     }
 
+    /// Resolves once Raft has stopped (its metrics channel closes). Peer streams read until
+    /// this: a member shutting down waits for every peer stream to end, and the leader may have
+    /// nothing more to send on one.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut metrics = self.raft.metrics();
+        async move { while metrics.changed().await.is_ok() {} }
+    }
+
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow_watched().clone()
     }
