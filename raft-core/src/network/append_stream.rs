@@ -33,6 +33,16 @@ use crate::typ::TypeConfig;
 /// Requests a session sends before it waits for the oldest answer.
 const IN_FLIGHT: usize = 32;
 
+/// How long a session waits for its oldest unanswered request before it gives the peer up as
+/// unreachable (openraft then opens another session after its back-off). openraft asks for its
+/// heartbeat interval, which suits a heartbeat, not a stream: a follower catching up appends
+/// and syncs batches of hundreds of entries, and its answers queue behind one another. Given up
+/// at the heartbeat interval, the leader sent the same batches again and again to a member that
+/// was already behind, the very load that kept it slow, and slow to answer votes when the
+/// leader then died. A peer that is gone breaks the connection, which ends a session at once;
+/// only a peer that is stopped or cut off waits this out.
+const REPLY_WAIT: Duration = Duration::from_secs(1);
+
 /// The open stream to one peer.
 pub(super) struct AppendConn {
     requests: mpsc::UnboundedSender<PeerRequest>,
@@ -71,7 +81,7 @@ impl PeerClientHandle {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
-            let timeout = option.hard_ttl();
+            let timeout = option.hard_ttl().max(REPLY_WAIT);
             // The stream is opened once the first request is drawn, not here: openraft waits out
             // its back-off after failures while producing a request, so a peer that is down is
             // retried at that pace. Opening here failed before any request was drawn, and the

@@ -13,6 +13,9 @@ use crate::engine::{Engine, Tree};
 use crate::snapshot_data::SnapshotData;
 use crate::typ::{err_source, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
+/// An apply batch that takes longer than this is logged.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
@@ -30,7 +33,14 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
     {
         let ready: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         let (entries, responders): (Vec<_>, Vec<_>) = ready.into_iter().unzip();
+        let (count, began) = (entries.len(), std::time::Instant::now());
         let responses = self.apply_entries(entries)?;
+        let took = began.elapsed();
+        if took > SLOW_APPLY {
+            // etcd warns the same way ("apply request took too long"): a slow apply holds up
+            // this member's other work on the runtime.
+            tracing::warn!(entries = count, took_ms = took.as_millis() as u64, "applying a batch took long");
+        }
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(responder) = responder {
                 responder.send(response);
