@@ -56,6 +56,10 @@ struct RunArgs {
     /// The kv-server binary (default: next to this one).
     #[arg(long)]
     kv_server: Option<PathBuf>,
+    /// Planted bugs for the members, comma-separated (e.g. local_linearizable_reads): the run
+    /// should then be invalid. Needs a kv-server built with `--features planted-bugs`.
+    #[arg(long)]
+    planted: Option<String>,
     /// Where each run's directory is created.
     #[arg(long, default_value = "target/jepsen")]
     results: PathBuf,
@@ -116,6 +120,7 @@ fn run(args: RunArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         members: args.members,
         seed,
         kv_server,
+        planted: args.planted,
         results: args.results,
         prefix: args.prefix,
         subnet: args.subnet,

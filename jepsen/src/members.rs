@@ -29,6 +29,9 @@ struct Member {
 /// Every member process of a run. Dropping it kills them all.
 pub struct Members {
     bin: PathBuf,
+    /// Planted bugs the members run with (`RAFTKV_PLANTED_BUGS`; needs a kv-server built with
+    /// the `planted-bugs` feature, which refuses to start otherwise).
+    planted: Option<String>,
     initial_cluster: String,
     list: Vec<Member>,
     /// Members that exited without being killed by the harness: (member, status).
@@ -37,7 +40,7 @@ pub struct Members {
 
 impl Members {
     /// Starts one member per namespace of `net`, data and logs under `dir`.
-    pub fn start(bin: &Path, net: &Net, dir: &Path) -> Result<Members, HarnessError> {
+    pub fn start(bin: &Path, planted: Option<String>, net: &Net, dir: &Path) -> Result<Members, HarnessError> {
         let list: Vec<Member> = (0..net.members())
             .map(|i| {
                 let name = format!("n{}", i + 1);
@@ -54,7 +57,7 @@ impl Members {
             .collect();
         let initial_cluster =
             list.iter().map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip)).collect::<Vec<_>>().join(",");
-        let mut members = Members { bin: bin.to_path_buf(), initial_cluster, list, exits: Vec::new() };
+        let mut members = Members { bin: bin.to_path_buf(), planted, initial_cluster, list, exits: Vec::new() };
         for i in 0..members.len() {
             members.launch(i)?;
         }
@@ -87,6 +90,7 @@ impl Members {
         self.reap();
         let initial_cluster = self.initial_cluster.clone();
         let bin = self.bin.clone();
+        let planted = self.planted.clone();
         let m = &mut self.list[i];
         if m.child.is_some() {
             return Ok(());
@@ -99,7 +103,11 @@ impl Members {
             .open(&m.log)
             .map_err(|e| HarnessError::Setup(format!("opening {}: {e}", m.log.display())))?;
         let err = log.try_clone().map_err(|e| HarnessError::Setup(format!("{}: {e}", m.log.display())))?;
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        if let Some(names) = &planted {
+            command.env("RAFTKV_PLANTED_BUGS", names);
+        }
+        let child = command
             .args(["netns", "exec", &m.ns])
             .arg(&bin)
             .args(["--name", &m.name])

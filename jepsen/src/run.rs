@@ -38,6 +38,8 @@ pub struct Plan {
     pub members: usize,
     pub seed: u64,
     pub kv_server: PathBuf,
+    /// Planted bugs the members run with (comma-separated names; teeth for the checks).
+    pub planted: Option<String>,
     /// Where this run's directory is created.
     pub results: PathBuf,
     /// Names of the namespaces (`{prefix}-*`).
@@ -106,7 +108,7 @@ pub fn run(plan: &Plan) -> Result<Verdict, HarnessError> {
     let dir = dir.canonicalize().map_err(|e| HarnessError::Setup(format!("{}: {e}", dir.display())))?;
 
     let net = Net::create(&plan.prefix, plan.members, plan.subnet)?;
-    let members = Members::start(&plan.kv_server, &net, &dir)?;
+    let members = Members::start(&plan.kv_server, plan.planted.clone(), &net, &dir)?;
     // The runtime's threads are born in the clients' namespace: everything that speaks to the
     // members runs there. Members and network are torn down when this returns, whatever happens.
     let plan2 = plan.clone();

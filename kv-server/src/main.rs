@@ -50,8 +50,29 @@ async fn serve() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = ServerConfig::parse().resolve().context("kv-server")?;
+    #[allow(unused_mut)]
+    let mut cfg = ServerConfig::parse().resolve().context("kv-server")?;
+    if let Ok(names) = std::env::var(PLANTED_ENV) {
+        plant(&mut cfg, &names)?;
+    }
     kv_server::run(cfg, shutdown_signal()).await.context("kv-server")
+}
+
+/// Names the planted bugs a member runs with (jepsen/ shows that its checks catch them). Only
+/// a build with the `planted-bugs` feature honours it; any other build refuses to start rather
+/// than run clean while the harness believes the bugs are in.
+const PLANTED_ENV: &str = "RAFTKV_PLANTED_BUGS";
+
+#[cfg(feature = "planted-bugs")]
+fn plant(cfg: &mut ServerConfig, names: &str) -> anyhow::Result<()> {
+    cfg.planted = names.parse().map_err(|e: String| anyhow::anyhow!("kv-server: {PLANTED_ENV}: {e}"))?;
+    tracing::warn!("running with planted bugs: {:?}", cfg.planted);
+    Ok(())
+}
+
+#[cfg(not(feature = "planted-bugs"))]
+fn plant(_: &mut ServerConfig, _: &str) -> anyhow::Result<()> {
+    anyhow::bail!("kv-server: {PLANTED_ENV} is set, but this build has no planted bugs (feature planted-bugs)")
 }
 
 /// Resolves on the first SIGTERM/SIGINT and arms a second one to exit immediately.

@@ -27,3 +27,26 @@ pub struct PlantedBugs {
     pub lease_forget_renewals: bool,
     pub lock_grant_unchecked: bool,
 }
+
+impl std::str::FromStr for PlantedBugs {
+    type Err = String;
+
+    /// Comma-separated switch names, e.g. `local_linearizable_reads,ack_before_flush` (how the
+    /// black-box harness asks a kv-server built with the feature for them).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut bugs = PlantedBugs::default();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let switch = match name {
+                "local_linearizable_reads" => &mut bugs.local_linearizable_reads,
+                "ack_before_flush" => &mut bugs.ack_before_flush,
+                "leader_counted_before_flush" => &mut bugs.leader_counted_before_flush,
+                "watch_skip_at_switch" => &mut bugs.watch_skip_at_switch,
+                "lease_forget_renewals" => &mut bugs.lease_forget_renewals,
+                "lock_grant_unchecked" => &mut bugs.lock_grant_unchecked,
+                other => return Err(format!("unknown planted bug {other:?}")),
+            };
+            *switch = true;
+        }
+        Ok(bugs)
+    }
+}
