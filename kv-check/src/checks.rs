@@ -20,11 +20,11 @@ pub fn check_all(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -
 
 /// A register per key: the last value written.
 #[derive(Clone)]
-struct Register;
+pub(crate) struct Register;
 
 /// What porcupine sees of an operation.
 #[derive(Clone, Debug)]
-enum RegOp {
+pub(crate) enum RegOp {
     Put(u64),
     /// `ok == None`: the outcome is unknown. Placed at its linearization point it acts as a
     /// compare-and-set; "never happened" is the same as happening at the end of time.
@@ -39,7 +39,8 @@ enum RegOp {
 impl Model for Register {
     type State = Option<u64>;
     type Op = (String, RegOp);
-    type Metadata = ();
+    /// The index of the operation's record in the history.
+    type Metadata = usize;
 
     fn partition_operations(history: &[Operation<Self>]) -> Vec<Vec<Operation<Self>>> {
         let mut by_key: BTreeMap<String, Vec<Operation<Self>>> = BTreeMap::new();
@@ -64,18 +65,62 @@ impl Model for Register {
             RegOp::Get(seen) => (seen == state, *state),
         }
     }
+
+    fn describe_operation(op: &(String, RegOp)) -> String {
+        describe(&op.1)
+    }
+
+    fn describe_metadata(index: Option<&usize>) -> String {
+        index.map_or_else(String::new, |i| format!("history[{i}]"))
+    }
+}
+
+/// An operation as a reader of the report would write it.
+pub(crate) fn describe(op: &RegOp) -> String {
+    let v = |v: &Option<u64>| v.map_or_else(|| "absent".to_string(), |v| v.to_string());
+    match op {
+        RegOp::Put(value) => format!("put {value}"),
+        RegOp::Cas { expect, value, ok } => {
+            let outcome = match ok {
+                Some(true) => "ok",
+                Some(false) => "did not hold",
+                None => "unknown",
+            };
+            format!("cas {} -> {value}: {outcome}", v(expect))
+        }
+        RegOp::Get(seen) => format!("get: {}", v(seen)),
+    }
 }
 
 /// Writes of every client and the reads of the linearizable and lease clients form a
-/// linearizable history per key. A verdict the checker cannot reach within its budget is a
-/// failure too.
+/// linearizable history per key ([`register_ops`] says which operations and when). A verdict
+/// the checker cannot reach within its budget is a failure too; [`crate::explain`] cuts a
+/// failure down for a reader.
+pub fn linearizable(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -> Result<(), String> {
+    let ops = register_ops(history, revisions);
+    match porcupine::check_operations_timeout::<Register>(&ops, CHECK_BUDGET) {
+        CheckResult::Ok => Ok(()),
+        CheckResult::Illegal => Err(format!(
+            "linearizable/lease: the {} writes and reads are not linearizable (first differing key: {})",
+            ops.len(),
+            first_bad_key(&ops)
+        )),
+        CheckResult::Unknown => Err("linearizable/lease: the checker could not decide within its budget".into()),
+    }
+}
+
+/// How long porcupine may search one history before the verdict is "could not decide".
+pub(crate) const CHECK_BUDGET: Duration = Duration::from_secs(30);
+
+/// What porcupine checks of `history`: the writes of every client and the reads of the
+/// linearizable and lease clients, each with the index of its record as metadata.
 ///
 /// A write with no answer is resolved from the converged members' revisions, which keeps the
 /// search small: absent there, it never took effect (after convergence no entry can still
 /// commit) and is left out, which is what placing it at the end of time would mean anyway;
 /// present at revision r, it took effect before any write of a later revision was
 /// acknowledged, since revisions are applied in order.
-pub fn linearizable(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -> Result<(), String> {
+pub(crate) fn register_ops(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>) -> Vec<Operation<Register>> {
     let stored_at: HashMap<u64, i64> = revisions.iter().map(|(rev, (_, v))| (*v, *rev)).collect();
     // For each revision, the earliest acknowledgement of a write at that revision or later.
     let mut acked: Vec<(i64, i64)> = history.iter().filter_map(|r| Some((r.acked_write()?.1, r.ret?))).collect();
@@ -88,9 +133,10 @@ pub fn linearizable(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>
         let i = earliest_after.partition_point(|(r, _)| *r <= rev);
         earliest_after.get(i).map_or(i64::MAX, |(_, t)| *t)
     };
-    let ops: Vec<Operation<Register>> = history
+    history
         .iter()
-        .filter_map(|r| {
+        .enumerate()
+        .filter_map(|(index, r)| {
             let mut return_time = r.ret.unwrap_or(i64::MAX);
             if r.ret.is_none() {
                 let rev = stored_at.get(&r.written_value()?)?;
@@ -113,25 +159,16 @@ pub fn linearizable(history: &[Record], revisions: &BTreeMap<i64, (String, u64)>
                 call_time: r.call,
                 return_time,
                 op: (r.key.clone(), op),
-                metadata: None,
+                metadata: Some(index),
             })
         })
-        .collect();
-    match porcupine::check_operations_timeout::<Register>(&ops, Duration::from_secs(30)) {
-        CheckResult::Ok => Ok(()),
-        CheckResult::Illegal => Err(format!(
-            "linearizable/lease: the {} writes and reads are not linearizable (first differing key: {})",
-            ops.len(),
-            first_bad_key(&ops)
-        )),
-        CheckResult::Unknown => Err("linearizable/lease: the checker could not decide within its budget".into()),
-    }
+        .collect()
 }
 
 /// The first key whose own history is not linearizable, to point a reader at it.
 fn first_bad_key(ops: &[Operation<Register>]) -> String {
     for part in Register::partition_operations(ops) {
-        if let CheckResult::Illegal = porcupine::check_operations_timeout::<Register>(&part, Duration::from_secs(30)) {
+        if let CheckResult::Illegal = porcupine::check_operations_timeout::<Register>(&part, CHECK_BUDGET) {
             return part[0].op.0.clone();
         }
     }

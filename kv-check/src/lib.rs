@@ -5,8 +5,17 @@
 //! - [`history`]: what a client saw of each put, compare-and-set and read;
 //! - [`requests`]: the workload's requests on the wire and what their answers mean;
 //! - [`checks`]: linearizability per key (porcupine-rs), read-your-writes for sessions, the
-//!   staleness bound, values nobody wrote, and acknowledged writes missing from the store.
+//!   staleness bound, values nobody wrote, and acknowledged writes missing from the store;
+//! - [`set`]: the set workload's history and its check (nothing acknowledged lost, nothing
+//!   invented, no read missing what was acknowledged before it);
+//! - [`watch`]: the watch workload's history and its check (every change seen once, in
+//!   order, across reopens and failover);
+//! - [`explain`]: a linearizability failure cut to its smallest key and shortest run, and
+//!   porcupine's view of it.
 
 pub mod checks;
+pub mod explain;
 pub mod history;
 pub mod requests;
+pub mod set;
+pub mod watch;
