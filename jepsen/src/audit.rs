@@ -17,7 +17,7 @@ use crate::register::KEYS;
 /// How long healed members may take to agree.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 
-fn channel(url: &str) -> Option<Channel> {
+pub(crate) fn channel(url: &str) -> Option<Channel> {
     Some(Endpoint::from_shared(url.to_string()).ok()?.connect_timeout(Duration::from_millis(500)).connect_lazy())
 }
 
@@ -55,12 +55,11 @@ pub struct Audit {
 }
 
 /// Waits until every member answers with the same applied index and revision twice a second
-/// apart, compares their keys, and reads the write of every revision.
-pub async fn audit(urls: &[String]) -> Audit {
-    let mut out = Audit::default();
+/// apart; returns how long that took and the revision they agree on.
+pub async fn converge(urls: &[String]) -> Result<(Duration, i64), String> {
     let begin = Instant::now();
     let mut previous = None;
-    let revision = loop {
+    loop {
         let now: Vec<Option<(u64, i64)>> = statuses(urls)
             .await
             .iter()
@@ -68,20 +67,34 @@ pub async fn audit(urls: &[String]) -> Audit {
             .collect();
         if let Some(Some(first)) = now.first().copied().filter(|_| now.iter().all(|a| *a == now[0])) {
             if previous == Some(first) {
-                out.converged_after = Some(begin.elapsed());
-                break first.1;
+                return Ok((begin.elapsed(), first.1));
             }
             previous = Some(first);
         } else {
             previous = None;
         }
         if begin.elapsed() > CONVERGE_WITHIN {
-            out.problems.push(format!(
+            return Err(format!(
                 "the members did not converge within {CONVERGE_WITHIN:?} of healing: applied index/revision {now:?}"
             ));
-            return out;
         }
         sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Once the members converge ([`converge`]), compares their register keys and reads the write
+/// of every revision.
+pub async fn audit(urls: &[String]) -> Audit {
+    let mut out = Audit::default();
+    let revision = match converge(urls).await {
+        Ok((after, revision)) => {
+            out.converged_after = Some(after);
+            revision
+        }
+        Err(e) => {
+            out.problems.push(e);
+            return out;
+        }
     };
     let mut conns: Vec<Option<KvClient<Channel>>> = urls.iter().map(|u| channel(u).map(KvClient::new)).collect();
     let mut states = Vec::new();

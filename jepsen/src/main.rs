@@ -139,7 +139,7 @@ fn run(args: RunArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         verdict.outcomes.unknown,
         verdict.faults,
         verdict.seed,
-        verdict.dir.display()
+        verdict.report.display()
     );
     Ok(match verdict.validity {
         Validity::Valid => ExitCode::SUCCESS,

@@ -55,6 +55,42 @@ pub struct Plan {
 pub enum Workload {
     /// Per-key registers: put, compare-and-set and reads at every consistency level.
     Register,
+    /// A set grown one element (key) at a time and read whole, through the etcd-client crate.
+    Set,
+    /// Writers and watchers that reopen their watches: every change seen once, in order.
+    Watch,
+}
+
+/// What the clients saw, per workload.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum History {
+    Register(Vec<kv_check::history::Record>),
+    Set(Vec<kv_check::set::SetRecord>),
+    Watch(crate::watch::WatchHistory),
+}
+
+impl History {
+    pub fn len(&self) -> usize {
+        match self {
+            History::Register(h) => h.len(),
+            History::Set(h) => h.len(),
+            History::Watch(h) => h.writes.len() + h.watchers.iter().map(|w| w.events.len()).sum::<usize>(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each operation's call and return (None: no answer), in ns since the workload began.
+    pub fn times(&self) -> Vec<(i64, Option<i64>)> {
+        match self {
+            History::Register(h) => h.iter().map(|r| (r.call, r.ret)).collect(),
+            History::Set(h) => h.iter().map(|r| (r.call, r.ret)).collect(),
+            History::Watch(h) => h.writes.iter().map(|w| (w.call, w.ret)).collect(),
+        }
+    }
 }
 
 /// The verdict of a run.
@@ -77,12 +113,26 @@ impl std::fmt::Display for Validity {
     }
 }
 
+/// What one checker found.
+#[derive(Debug, Serialize)]
+pub struct Checked {
+    pub checker: String,
+    pub validity: Validity,
+    /// The first problem it found, in words ("" when valid).
+    pub detail: String,
+}
+
 /// What a run found; written to `verdict.json` in its directory.
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     pub validity: Validity,
     /// One line per problem found, each naming its checker.
     pub problems: Vec<String>,
+    pub checkers: Vec<Checked>,
+    /// For a history that is not linearizable: where the smallest failure sits.
+    pub linearizability: Option<crate::report::Pointer>,
+    /// The report's page.
+    pub report: PathBuf,
     pub dir: PathBuf,
     pub workload: Workload,
     pub seed: u64,
@@ -135,7 +185,16 @@ pub fn run(plan: &Plan) -> Result<Verdict, HarnessError> {
 fn workload_name(w: Workload) -> &'static str {
     match w {
         Workload::Register => "register",
+        Workload::Set => "set",
+        Workload::Watch => "watch",
     }
+}
+
+/// The workload's clients while they run.
+enum Clients {
+    /// Clients that stop when told and hand back their history.
+    Done(tokio::task::JoinHandle<Result<(History, Outcomes), tokio::task::JoinError>>),
+    Watch(crate::watch::Running),
 }
 
 async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Result<Verdict, HarnessError> {
@@ -166,7 +225,17 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
 
     let start = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let clients = tokio::spawn(register::run(urls.clone(), start, plan.seed, stop_rx));
+    let clients = match plan.workload {
+        Workload::Register => {
+            let c = tokio::spawn(register::run(urls.clone(), start, plan.seed, stop_rx));
+            Clients::Done(tokio::spawn(async move { c.await.map(|(h, o)| (History::Register(h), o)) }))
+        }
+        Workload::Set => {
+            let c = tokio::spawn(crate::set::run(urls.clone(), start, plan.seed, stop_rx));
+            Clients::Done(tokio::spawn(async move { c.await.map(|(h, o)| (History::Set(h), o)) }))
+        }
+        Workload::Watch => Clients::Watch(crate::watch::start(urls.clone(), start, plan.seed, stop_rx)),
+    };
 
     let mut rng = SmallRng::seed_from_u64(plan.seed);
     let mut timeline: Vec<Window> = Vec::new();
@@ -208,51 +277,112 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
         }
     }
     let _ = stop_tx.send(true);
-    let (history, outcomes) = clients.await.map_err(|e| HarnessError::Setup(format!("clients: {e}")))?;
+    // The watch workload's watchers go on until they reach the revision the members converge on.
+    let mut converged_early = None;
+    let (history, outcomes) = match clients {
+        Clients::Done(c) => c
+            .await
+            .map_err(|e| HarnessError::Setup(format!("clients: {e}")))?
+            .map_err(|e| HarnessError::Setup(format!("clients: {e}")))?,
+        Clients::Watch(running) => {
+            let converged = if interrupted { None } else { Some(crate::audit::converge(&urls).await) };
+            let last = converged.as_ref().and_then(|c| c.as_ref().ok()).map(|(_, rev)| *rev);
+            converged_early = converged;
+            let (h, o) = running.finish(last).await;
+            (History::Watch(h), o)
+        }
+    };
     let time_s = start.elapsed().as_secs_f64();
     write_json(&dir.join("history.json"), &history)?;
     write_json(&dir.join("timeline.json"), &timeline)?;
 
     members.reap();
-    for (i, status) in &members.exits {
-        problems.push(format!(
-            "liveness: member {} exited on its own ({status}): see {}.log",
-            members.name(*i),
-            members.name(*i)
-        ));
-    }
+    let exits: Vec<String> = members
+        .exits
+        .iter()
+        .map(|(i, status)| {
+            format!("member {} exited on its own ({status}): see {}.log", members.name(*i), members.name(*i))
+        })
+        .collect();
+    problems.extend(exits.iter().map(|e| format!("liveness: {e}")));
+    let mut checkers = vec![checked("liveness", exits.first().cloned().map_or(Ok(()), Err))];
     let mut converged_after_ms = None;
-    let mut validity = Validity::Valid;
+    let mut linearizability = None;
     if interrupted {
-        validity = Validity::Unknown;
         problems.push("interrupted: no verdict".into());
     } else {
-        let audit = crate::audit::audit(&urls).await;
-        converged_after_ms = audit.converged_after.map(|d| d.as_millis() as u64);
-        problems.extend(audit.problems.iter().map(|p| format!("audit: {p}")));
-        if audit.converged_after.is_some() {
-            problems.extend(
-                kv_check::checks::stored(&history, &audit.revisions).into_iter().map(|p| format!("stored: {p}")),
-            );
-            let history2 = history.clone();
-            let revisions = audit.revisions.clone();
-            let checked = tokio::task::spawn_blocking(move || kv_check::checks::check_all(&history2, &revisions))
-                .await
-                .map_err(|e| HarnessError::Setup(format!("checker: {e}")))?;
-            if let Err(e) = checked {
-                if e.contains("could not decide") {
-                    validity = Validity::Unknown;
+        match &history {
+            History::Register(records) => {
+                let audit = crate::audit::audit(&urls).await;
+                converged_after_ms = audit.converged_after.map(|d| d.as_millis() as u64);
+                checkers.push(checked("audit", audit.problems.first().cloned().map_or(Ok(()), Err)));
+                problems.extend(audit.problems.iter().map(|p| format!("audit: {p}")));
+                if audit.converged_after.is_some() {
+                    let (history2, timeline2, dir2) = (records.clone(), timeline.clone(), dir.to_path_buf());
+                    let revisions = audit.revisions.clone();
+                    let (results, pointer) =
+                        tokio::task::spawn_blocking(move || check(&history2, &revisions, &timeline2, &dir2))
+                            .await
+                            .map_err(|e| HarnessError::Setup(format!("checker: {e}")))?;
+                    linearizability = pointer.transpose()?;
+                    for (name, result) in results {
+                        if let Err(e) = &result {
+                            problems.push(format!("{name}: {e}"));
+                        }
+                        checkers.push(checked(name, result));
+                    }
+                    if let Some(p) = &linearizability {
+                        problems.push(format!("linearizable: {}", p.summary()));
+                    }
                 }
-                problems.push(format!("checks: {e}"));
+            }
+            History::Watch(seen) => {
+                let converged = converged_early.take().unwrap_or_else(|| Err("no convergence attempted".into()));
+                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
+                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
+                match &converged {
+                    Err(e) => problems.push(format!("audit: {e}")),
+                    Ok((_, last)) => {
+                        let found = match crate::watch::stored(&urls, *last).await {
+                            Ok(changes) => kv_check::watch::check(&seen.writes, &seen.watchers, &changes),
+                            Err(e) => vec![e],
+                        };
+                        problems.extend(found.iter().map(|p| format!("watch: {p}")));
+                        checkers.push(checked("watch", found.first().cloned().map_or(Ok(()), Err)));
+                    }
+                }
+            }
+            History::Set(records) => {
+                let converged = crate::audit::converge(&urls).await;
+                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
+                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
+                if let Err(e) = &converged {
+                    problems.push(format!("audit: {e}"));
+                } else {
+                    let names: Vec<String> = (0..urls.len()).map(|i| members.name(i).to_string()).collect();
+                    let found = match crate::set::finals(&urls, &names).await {
+                        Ok(finals) => kv_check::set::check(records, &finals),
+                        Err(e) => vec![e],
+                    };
+                    problems.extend(found.iter().map(|p| format!("set: {p}")));
+                    checkers.push(checked("set", found.first().cloned().map_or(Ok(()), Err)));
+                }
             }
         }
-        if !problems.is_empty() && validity == Validity::Valid {
-            validity = Validity::Invalid;
-        }
     }
-    Ok(Verdict {
+    let validity = if interrupted || checkers.iter().any(|c| c.validity == Validity::Unknown) {
+        Validity::Unknown
+    } else if problems.is_empty() {
+        Validity::Valid
+    } else {
+        Validity::Invalid
+    };
+    let mut verdict = Verdict {
         validity,
         problems,
+        checkers,
+        linearizability,
+        report: dir.join("index.html"),
         dir: dir.to_path_buf(),
         workload: plan.workload,
         seed: plan.seed,
@@ -261,7 +391,47 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
         outcomes,
         faults: timeline.len(),
         converged_after_ms,
-    })
+    };
+    verdict.report = crate::report::write(&verdict, &history, &timeline)?;
+    Ok(verdict)
+}
+
+/// Every checker over the history: (name, first problem). For a linearizability failure, also
+/// where its smallest instance sits (porcupine's page written into `dir`).
+type Results = Vec<(&'static str, Result<(), String>)>;
+
+fn check(
+    history: &[kv_check::history::Record],
+    revisions: &std::collections::BTreeMap<i64, (String, u64)>,
+    timeline: &[Window],
+    dir: &Path,
+) -> (Results, Option<Result<crate::report::Pointer, HarnessError>>) {
+    use kv_check::checks;
+    let lost = checks::stored(history, revisions);
+    let linearizable = checks::linearizable(history, revisions);
+    let pointer = if linearizable.as_ref().is_err_and(|e| !e.contains("could not decide")) {
+        kv_check::explain::linearizability_failure(history, revisions)
+            .map(|f| crate::report::Pointer::new(&f, history, timeline, dir))
+    } else {
+        None
+    };
+    let results = vec![
+        ("stored", if lost.is_empty() { Ok(()) } else { Err(lost.join("; ")) }),
+        ("values", checks::only_written_values(history)),
+        ("session", checks::session(history)),
+        ("bounded", checks::bounded(history)),
+        ("linearizable", linearizable),
+    ];
+    (results, pointer)
+}
+
+fn checked(name: &str, result: Result<(), String>) -> Checked {
+    let validity = match &result {
+        Ok(()) => Validity::Valid,
+        Err(e) if e.contains("could not decide") => Validity::Unknown,
+        Err(_) => Validity::Invalid,
+    };
+    Checked { checker: name.into(), validity, detail: result.err().unwrap_or_default() }
 }
 
 /// Resolves once the run is interrupted.

@@ -29,10 +29,18 @@ fn results_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// What the harness of `prefix` left: namespaces of that prefix and kv-server processes whose
-/// data lives under `results`.
-fn leftovers(prefix: &str, results: &std::path::Path) -> Vec<String> {
+/// What the harness of `prefix` left: namespaces of that prefix, iptables rules in the host's
+/// tables naming its subnet (the harness puts its rules inside the members' namespaces, never
+/// here), and kv-server processes whose data lives under `results`.
+fn leftovers(prefix: &str, subnet: u8, results: &std::path::Path) -> Vec<String> {
     let mut found = Vec::new();
+    if let Ok(rules) = Command::new("iptables-save").output() {
+        for line in String::from_utf8_lossy(&rules.stdout).lines() {
+            if line.contains(&format!("10.{subnet}.")) {
+                found.push(format!("host iptables rule {line}"));
+            }
+        }
+    }
     let listed = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
     for line in String::from_utf8_lossy(&listed.stdout).lines() {
         if line.starts_with(&format!("{prefix}-")) {
@@ -68,13 +76,18 @@ fn a_short_run_under_faults_is_valid_and_leaves_nothing() {
     let verdict = stdout.lines().last().unwrap_or_default();
     assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
     assert!(verdict.starts_with("valid: "), "{verdict}");
-    let dir = verdict.rsplit("report: ").next().expect("report path");
-    for file in ["history.json", "timeline.json", "verdict.json", "n1.log"] {
-        assert!(std::path::Path::new(dir).join(file).is_file(), "{file} missing in {dir}");
+    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
+    let dir = page.parent().expect("the run's directory");
+    for file in
+        ["index.html", "history.json", "timeline.json", "verdict.json", "throughput.svg", "latency.svg", "n1.log"]
+    {
+        assert!(dir.join(file).is_file(), "{file} missing in {}", dir.display());
     }
-    let timeline = std::fs::read_to_string(std::path::Path::new(dir).join("timeline.json")).unwrap();
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("<span class=\"valid\">valid</span>"), "the page gives the verdict");
+    let timeline = std::fs::read_to_string(dir.join("timeline.json")).unwrap();
     assert!(timeline.contains("\"end_ms\""), "no fault in the timeline: {timeline}");
-    assert_eq!(leftovers("rkjt1", &results), Vec::<String>::new());
+    assert_eq!(leftovers("rkjt1", 78, &results), Vec::<String>::new());
 }
 
 #[test]
@@ -94,7 +107,7 @@ fn an_interrupted_run_leaves_nothing() {
     let running = lines.next().expect("a line").expect("stdout");
     assert!(running.starts_with("jepsen: running"), "{running}");
     std::thread::sleep(Duration::from_secs(5));
-    assert!(!leftovers("rkjt2", &results).is_empty(), "the run made nothing to clean up");
+    assert!(!leftovers("rkjt2", 79, &results).is_empty(), "the run made nothing to clean up");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
         .expect("SIGINT");
     let began = Instant::now();
@@ -103,5 +116,31 @@ fn an_interrupted_run_leaves_nothing() {
     println!("exit {status} after {:?}: {rest:?}", began.elapsed());
     assert_eq!(status.code(), Some(2), "an interrupted run has no verdict");
     assert!(rest.last().is_some_and(|l| l.starts_with("unknown: ")), "{rest:?}");
-    assert_eq!(leftovers("rkjt2", &results), Vec::<String>::new());
+    assert_eq!(leftovers("rkjt2", 79, &results), Vec::<String>::new());
+}
+
+#[test]
+fn a_set_run_through_etcd_client_under_faults_is_valid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let results = results_dir("set-run");
+    let out = jepsen()
+        .args(["run", "set", "--time", "20s", "--interval", "3s", "--quiet", "5s", "--seed", "11"])
+        .args(["--nemesis", "kill-leader,kill-majority,partition-halves,pause-leader"])
+        .args(["--prefix", "rkjt4", "--subnet", "81"])
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("run jepsen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
+    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("verdict.json")).unwrap()).unwrap();
+    let set = json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == "set").expect("the set checker ran");
+    assert_eq!(set["validity"], "valid", "{json:#}");
+    assert!(json["outcomes"]["ok"].as_u64().unwrap() > 100, "the clients did work: {json:#}");
+    assert_eq!(leftovers("rkjt4", 81, &results), Vec::<String>::new());
 }

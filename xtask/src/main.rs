@@ -13,7 +13,11 @@
 //!   side-by-side comparison (docs/benchmarks.md) against etcd 3.5 and then 3.4 (3.4 installed
 //!   from Debian and 3.5 fetched from its next release if missing), writing
 //!   `target/bench-report/etcd-3.5/`, `etcd-3.4/` and a README.md linking both; with `--etcd`,
-//!   one comparison against that binary.
+//!   one comparison against that binary;
+//! - `jepsen [test] [jepsen run args]`: builds kv-server and the harness in release mode and runs
+//!   one black-box test (default `register`) as root, results in `target/jepsen/`
+//!   (docs/jepsen.md); with `--planted`, against a kv-server built with the planted bugs in
+//!   `target/planted`.
 //!
 //! Both point `PROTOC` at the protoc of the `protoc-bin-vendored` crate, so a machine with only
 //! the Rust toolchain can build the test-only `etcd-client` crate, whose build script needs it.
@@ -151,10 +155,50 @@ fn task() -> Result<()> {
             eprintln!("xtask: reports in {}", index.display());
             Ok(())
         }
+        "jepsen" => {
+            let (test, args) = match rest.first() {
+                Some(t) if !t.starts_with('-') => (t.clone(), rest[1..].to_vec()),
+                _ => ("register".to_string(), rest.clone()),
+            };
+            cargo(&["build", "--release", "--bin", "kv-server", "--bin", "jepsen"], &[], &[])?;
+            let mut args = args;
+            let planted = args.iter().any(|a| a == "--planted" || a.starts_with("--planted="));
+            let explicit = args.iter().any(|a| a == "--kv-server" || a.starts_with("--kv-server="));
+            if planted && !explicit {
+                let target = target_dir()?.join("planted");
+                cargo(
+                    &[
+                        "build",
+                        "--release",
+                        "--bin",
+                        "kv-server",
+                        "--features",
+                        "kv-server/planted-bugs",
+                        "--target-dir",
+                    ],
+                    &[target.display().to_string()],
+                    &[],
+                )?;
+                args.extend(["--kv-server".into(), target.join("release").join("kv-server").display().to_string()]);
+            }
+            let jepsen = target_dir()?.join("release").join("jepsen");
+            eprintln!("xtask: {} run {test} {}", jepsen.display(), args.join(" "));
+            let status = Command::new(&jepsen)
+                .arg("run")
+                .arg(&test)
+                .args(&args)
+                .current_dir(workspace_root()?)
+                .status()
+                .with_context(|| format!("running {}", jepsen.display()))?;
+            if !status.success() {
+                bail!("jepsen run {test}: {status}");
+            }
+            Ok(())
+        }
         _ => {
             bail!(
                 "usage: cargo xtask test [cargo test args] | cargo xtask tools | cargo xtask lint | cargo xtask sim [seeds] [base seed] \
-                 | cargo xtask bench [kvbench compare args]"
+                 | cargo xtask bench [kvbench compare args] | cargo xtask jepsen [test] [jepsen run args]"
             )
         }
     }

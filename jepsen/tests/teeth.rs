@@ -1,0 +1,139 @@
+//! The checks have teeth: members built with a planted bug make a run invalid, and the report
+//! points at the failure (its key, its operations and the fault around them).
+//!
+//! Builds its own kv-server with the `planted-bugs` feature into `target/planted` (a target
+//! directory of its own, so the shipped binary beside the other tests stays the real one).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// Runs share the machine's namespaces and its two cores; one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The kv-server with planted bugs (cargo builds it once; later calls find it up to date).
+fn planted_kv_server() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let target = root.join("target").join("planted");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--bin", "kv-server", "--features", "kv-server/planted-bugs", "--target-dir"])
+        .arg(&target)
+        .current_dir(root)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the planted kv-server: {status}");
+    target.join("debug").join("kv-server")
+}
+
+/// A linearizable read served from the member's own state (no ReadIndex round): under a
+/// partition of the leader, the deposed leader answers with what it had.
+/// `jepsen run` with `args` against the planted kv-server, results in a directory of `name`.
+fn run_planted(name: &str, args: &[&str]) -> Output {
+    let kv_server = planted_kv_server();
+    let results = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&results);
+    Command::new(env!("CARGO_BIN_EXE_jepsen"))
+        .env("RUST_LOG", "warn")
+        .arg("run")
+        .args(args)
+        .arg("--kv-server")
+        .arg(&kv_server)
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("run jepsen")
+}
+
+#[test]
+fn local_linearizable_reads_make_a_run_invalid_with_a_pointer() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_planted(
+        "teeth-register",
+        &[
+            "register",
+            "--time",
+            "30s",
+            "--interval",
+            "3s",
+            "--quiet",
+            "3s",
+            "--seed",
+            "3",
+            "--nemesis",
+            "partition-leader",
+            "--planted",
+            "local_linearizable_reads",
+            "--prefix",
+            "rkjt3",
+            "--subnet",
+            "80",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
+    assert!(verdict.starts_with("invalid: "), "{verdict}");
+
+    let page = PathBuf::from(verdict.rsplit("report: ").next().expect("report path"));
+    let dir = page.parent().expect("run directory");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("verdict.json")).unwrap()).unwrap();
+    let checkers = json["checkers"].as_array().expect("checkers");
+    let linearizable = checkers.iter().find(|c| c["checker"] == "linearizable").expect("linearizable checker");
+    assert_eq!(linearizable["validity"], "invalid", "{json:#}");
+
+    // The pointer: a key, a handful of its operations, and the partition around them.
+    let pointer = &json["linearizability"];
+    let key = pointer["key"].as_str().expect("a key");
+    assert!(["a", "b", "c"].contains(&key), "{pointer}");
+    let ops = pointer["ops"].as_array().expect("ops");
+    assert!(!ops.is_empty() && ops.len() < 100, "the failing run is cut short: {} operations", ops.len());
+    let history: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).unwrap()).unwrap();
+    for op in ops {
+        assert_eq!(history[op.as_u64().unwrap() as usize]["key"], key, "every pointed operation is on the key");
+    }
+    let faults = pointer["faults"].as_array().expect("faults");
+    assert!(faults.iter().any(|f| f["fault"] == "partition-leader"), "{pointer}");
+    assert!(dir.join(pointer["page"].as_str().unwrap()).is_file(), "porcupine's page");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(&format!("Smallest failing history: key {key}")), "the page shows the failure");
+}
+
+/// A watch that has just caught up from the stored history skips the first revision it then
+/// takes live: the watchers reopen every few seconds, so each crosses that switch again and
+/// again, and one of them misses a change.
+#[test]
+fn a_watch_that_skips_at_the_switch_makes_a_run_invalid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_planted(
+        "teeth-watch",
+        &[
+            "watch",
+            "--time",
+            "20s",
+            "--interval",
+            "3s",
+            "--quiet",
+            "3s",
+            "--seed",
+            "5",
+            "--nemesis",
+            "kill,partition-halves",
+            "--planted",
+            "watch_skip_at_switch",
+            "--prefix",
+            "rkjt5",
+            "--subnet",
+            "82",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
+    assert!(stderr.contains("watch: watcher "), "a watcher is named: {stderr}");
+}
