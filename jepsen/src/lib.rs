@@ -10,12 +10,16 @@
 //! - [`register`]: the register workload and its clients (kv-client);
 //! - [`set`]: the set workload and its clients (the etcd-client crate);
 //! - [`watch`]: the watch workload: writers, and watchers of both client crates;
+//! - [`lease`]: the lease workload: leases granted, renewed and abandoned, keys observed;
+//! - [`lock`]: the lock workload: one lock in turn, fenced writes (etcd-client);
 //! - [`audit`]: the leader, and the converged state after healing;
 //! - [`run`]: one run from setup to verdict and results directory;
 //! - [`report`] and [`plot`]: the run's page, its plots, and where a failure sits.
 #![cfg(not(madsim))]
 
 pub mod audit;
+pub mod lease;
+pub mod lock;
 pub mod members;
 pub mod nemesis;
 pub mod net;

@@ -59,6 +59,10 @@ pub enum Workload {
     Set,
     /// Writers and watchers that reopen their watches: every change seen once, in order.
     Watch,
+    /// Leases granted, renewed and abandoned, their keys watched: none gone early or kept.
+    Lease,
+    /// One lock taken in turn, the resource written under fencing tokens, through etcd-client.
+    Lock,
 }
 
 /// What the clients saw, per workload.
@@ -68,6 +72,8 @@ pub enum History {
     Register(Vec<kv_check::history::Record>),
     Set(Vec<kv_check::set::SetRecord>),
     Watch(crate::watch::WatchHistory),
+    Lease(Vec<kv_check::lease::LeaseRecord>),
+    Lock(Vec<kv_check::lock::LockRecord>),
 }
 
 impl History {
@@ -76,6 +82,8 @@ impl History {
             History::Register(h) => h.len(),
             History::Set(h) => h.len(),
             History::Watch(h) => h.writes.len() + h.watchers.iter().map(|w| w.events.len()).sum::<usize>(),
+            History::Lease(h) => h.iter().map(|l| 2 + l.renewals.len()).sum(),
+            History::Lock(h) => h.iter().map(|a| 1 + a.writes.len()).sum(),
         }
     }
 
@@ -89,6 +97,22 @@ impl History {
             History::Register(h) => h.iter().map(|r| (r.call, r.ret)).collect(),
             History::Set(h) => h.iter().map(|r| (r.call, r.ret)).collect(),
             History::Watch(h) => h.writes.iter().map(|w| (w.call, w.ret)).collect(),
+            History::Lease(h) => h
+                .iter()
+                .flat_map(|l| {
+                    let put = l.put.map_or((l.grant_ret, None), |(call, ret)| (call, Some(ret)));
+                    [(l.grant_call, Some(l.grant_ret)), put]
+                        .into_iter()
+                        .chain(l.renewals.iter().map(|r| (r.call, r.ret)))
+                })
+                .collect(),
+            History::Lock(h) => h
+                .iter()
+                .flat_map(|a| {
+                    let granted = [(a.call, a.granted.as_ref().map(|g| g.at))];
+                    granted.into_iter().chain(a.writes.iter().map(|w| (w.call, w.ret)))
+                })
+                .collect(),
         }
     }
 }
@@ -187,6 +211,8 @@ fn workload_name(w: Workload) -> &'static str {
         Workload::Register => "register",
         Workload::Set => "set",
         Workload::Watch => "watch",
+        Workload::Lease => "lease",
+        Workload::Lock => "lock",
     }
 }
 
@@ -195,6 +221,7 @@ enum Clients {
     /// Clients that stop when told and hand back their history.
     Done(tokio::task::JoinHandle<Result<(History, Outcomes), tokio::task::JoinError>>),
     Watch(crate::watch::Running),
+    Lease(crate::lease::Running),
 }
 
 async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Result<Verdict, HarnessError> {
@@ -235,6 +262,11 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
             Clients::Done(tokio::spawn(async move { c.await.map(|(h, o)| (History::Set(h), o)) }))
         }
         Workload::Watch => Clients::Watch(crate::watch::start(urls.clone(), start, plan.seed, stop_rx)),
+        Workload::Lease => Clients::Lease(crate::lease::start(urls.clone(), start, plan.seed, stop_rx)),
+        Workload::Lock => {
+            let c = tokio::spawn(crate::lock::run(urls.clone(), start, plan.seed, stop_rx));
+            Clients::Done(tokio::spawn(async move { c.await.map(|(h, o)| (History::Lock(h), o)) }))
+        }
     };
 
     let mut rng = SmallRng::seed_from_u64(plan.seed);
@@ -290,6 +322,11 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
             converged_early = converged;
             let (h, o) = running.finish(last).await;
             (History::Watch(h), o)
+        }
+        // The observer goes on until every abandoned lease should have expired.
+        Clients::Lease(running) => {
+            let (h, o) = running.finish(start).await;
+            (History::Lease(h), o)
         }
     };
     let time_s = start.elapsed().as_secs_f64();
@@ -350,6 +387,38 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
                         problems.extend(found.iter().map(|p| format!("watch: {p}")));
                         checkers.push(checked("watch", found.first().cloned().map_or(Ok(()), Err)));
                     }
+                }
+            }
+            History::Lease(leases) => {
+                let converged = crate::audit::converge(&urls).await;
+                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
+                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
+                if let Err(e) = &converged {
+                    problems.push(format!("audit: {e}"));
+                } else {
+                    let final_read = start.elapsed().as_nanos() as i64;
+                    let slack = crate::lease::SLACK.as_nanos() as i64;
+                    let found = match crate::lease::remaining(&urls).await {
+                        Ok(keys) => kv_check::lease::check(leases, &keys, final_read, slack),
+                        Err(e) => vec![e],
+                    };
+                    problems.extend(found.iter().map(|p| format!("lease: {p}")));
+                    checkers.push(checked("lease", found.first().cloned().map_or(Ok(()), Err)));
+                }
+            }
+            History::Lock(attempts) => {
+                let converged = crate::audit::converge(&urls).await;
+                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
+                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
+                if let Err(e) = &converged {
+                    problems.push(format!("audit: {e}"));
+                } else {
+                    let found = match crate::lock::keys_at_grants(&urls, attempts).await {
+                        Ok(keys) => kv_check::lock::check(attempts, &keys),
+                        Err(e) => vec![e],
+                    };
+                    problems.extend(found.iter().map(|p| format!("lock: {p}")));
+                    checkers.push(checked("lock", found.first().cloned().map_or(Ok(()), Err)));
                 }
             }
             History::Set(records) => {

@@ -144,3 +144,60 @@ fn a_set_run_through_etcd_client_under_faults_is_valid() {
     assert!(json["outcomes"]["ok"].as_u64().unwrap() > 100, "the clients did work: {json:#}");
     assert_eq!(leftovers("rkjt4", 81, &results), Vec::<String>::new());
 }
+
+#[test]
+fn a_lease_run_under_leader_kills_and_partitions_is_valid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let results = results_dir("lease-run");
+    let out = jepsen()
+        .args(["run", "lease", "--time", "20s", "--interval", "3s", "--quiet", "3s", "--seed", "13"])
+        .args(["--nemesis", "kill-leader,partition-leader,pause-leader"])
+        .args(["--prefix", "rkjt7", "--subnet", "84"])
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("run jepsen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
+    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("verdict.json")).unwrap()).unwrap();
+    let lease =
+        json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == "lease").expect("the lease checker ran");
+    assert_eq!(lease["validity"], "valid", "{json:#}");
+    assert!(json["ops"].as_u64().unwrap() > 50, "the clients did work: {json:#}");
+    assert_eq!(leftovers("rkjt7", 84, &results), Vec::<String>::new());
+}
+
+#[test]
+fn a_lock_run_through_etcd_client_under_faults_is_valid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let results = results_dir("lock-run");
+    let out = jepsen()
+        .args(["run", "lock", "--time", "20s", "--interval", "3s", "--quiet", "3s", "--seed", "19"])
+        .args(["--nemesis", "kill-leader,pause,partition-halves"])
+        .args(["--prefix", "rkjt9", "--subnet", "86"])
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("run jepsen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
+    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("verdict.json")).unwrap()).unwrap();
+    let lock =
+        json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == "lock").expect("the lock checker ran");
+    assert_eq!(lock["validity"], "valid", "{json:#}");
+    let history: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("history.json")).unwrap()).unwrap();
+    let granted = history.as_array().unwrap().iter().filter(|a| !a["granted"].is_null()).count();
+    assert!(granted > 5, "the lock changed hands: {granted} grants");
+    assert_eq!(leftovers("rkjt9", 86, &results), Vec::<String>::new());
+}

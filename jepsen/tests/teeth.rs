@@ -137,3 +137,74 @@ fn a_watch_that_skips_at_the_switch_makes_a_run_invalid() {
     assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
     assert!(stderr.contains("watch: watcher "), "a watcher is named: {stderr}");
 }
+
+/// Lease checkpoints that leave renewals out: a new leader counts each lease from what it had
+/// left when granted, so after a leader kill a renewed lease's key goes before its deadline.
+#[test]
+fn leases_that_forget_renewals_make_a_run_invalid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_planted(
+        "teeth-lease",
+        &[
+            "lease",
+            "--time",
+            "25s",
+            "--interval",
+            "3s",
+            "--quiet",
+            "3s",
+            "--seed",
+            "9",
+            "--nemesis",
+            "kill-leader",
+            "--planted",
+            "lease_forget_renewals",
+            "--prefix",
+            "rkjt6",
+            "--subnet",
+            "83",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
+    assert!(stderr.contains("before the lease's deadline"), "a key gone early is named: {stderr}");
+}
+
+/// A lock granted once no key is left ahead of the waiter, without checking that its own key
+/// and lease are still there (etcd issue 11456): a waiter whose lease ended while it waited is
+/// granted a lock it does not hold.
+#[test]
+fn locks_granted_unchecked_make_a_run_invalid() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = run_planted(
+        "teeth-lock",
+        &[
+            "lock",
+            "--time",
+            "25s",
+            "--interval",
+            "3s",
+            "--quiet",
+            "3s",
+            "--seed",
+            "17",
+            "--nemesis",
+            "pause",
+            "--planted",
+            "lock_grant_unchecked",
+            "--prefix",
+            "rkjt8",
+            "--subnet",
+            "85",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    let verdict = stdout.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
+    assert!(stderr.contains("lock: client "), "the grant is named: {stderr}");
+}

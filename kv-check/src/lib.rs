@@ -10,12 +10,18 @@
 //!   invented, no read missing what was acknowledged before it);
 //! - [`watch`]: the watch workload's history and its check (every change seen once, in
 //!   order, across reopens and failover);
+//! - [`lease`]: the lease workload's history and its check (no key gone before its lease's
+//!   deadline, no lease renewed once gone, every abandoned lease expired);
+//! - [`lock`]: the lock workload's history and its check (one holder at a time, fencing
+//!   tokens never going back);
 //! - [`explain`]: a linearizability failure cut to its smallest key and shortest run, and
 //!   porcupine's view of it.
 
 pub mod checks;
 pub mod explain;
 pub mod history;
+pub mod lease;
+pub mod lock;
 pub mod requests;
 pub mod set;
 pub mod watch;
