@@ -375,66 +375,49 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
             }
             History::Watch(seen) => {
                 let converged = converged_early.take().unwrap_or_else(|| Err("no convergence attempted".into()));
-                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
-                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
-                match &converged {
-                    Err(e) => problems.push(format!("audit: {e}")),
-                    Ok((_, last)) => {
-                        let found = match crate::watch::stored(&urls, *last).await {
-                            Ok(changes) => kv_check::watch::check(&seen.writes, &seen.watchers, &changes),
-                            Err(e) => vec![e],
-                        };
-                        problems.extend(found.iter().map(|p| format!("watch: {p}")));
-                        checkers.push(checked("watch", found.first().cloned().map_or(Ok(()), Err)));
-                    }
+                converged_after_ms = record_convergence(&converged, &mut checkers, &mut problems);
+                if let Ok((_, last)) = converged {
+                    let found = match crate::watch::stored(&urls, last).await {
+                        Ok(changes) => kv_check::watch::check(&seen.writes, &seen.watchers, &changes),
+                        Err(e) => vec![e],
+                    };
+                    record("watch", found, &mut checkers, &mut problems);
                 }
             }
             History::Lease(leases) => {
                 let converged = crate::audit::converge(&urls).await;
-                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
-                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
-                if let Err(e) = &converged {
-                    problems.push(format!("audit: {e}"));
-                } else {
+                converged_after_ms = record_convergence(&converged, &mut checkers, &mut problems);
+                if converged.is_ok() {
                     let final_read = start.elapsed().as_nanos() as i64;
                     let slack = crate::lease::SLACK.as_nanos() as i64;
                     let found = match crate::lease::remaining(&urls).await {
                         Ok(keys) => kv_check::lease::check(leases, &keys, final_read, slack),
                         Err(e) => vec![e],
                     };
-                    problems.extend(found.iter().map(|p| format!("lease: {p}")));
-                    checkers.push(checked("lease", found.first().cloned().map_or(Ok(()), Err)));
+                    record("lease", found, &mut checkers, &mut problems);
                 }
             }
             History::Lock(attempts) => {
                 let converged = crate::audit::converge(&urls).await;
-                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
-                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
-                if let Err(e) = &converged {
-                    problems.push(format!("audit: {e}"));
-                } else {
+                converged_after_ms = record_convergence(&converged, &mut checkers, &mut problems);
+                if converged.is_ok() {
                     let found = match crate::lock::keys_at_grants(&urls, attempts).await {
                         Ok(keys) => kv_check::lock::check(attempts, &keys),
                         Err(e) => vec![e],
                     };
-                    problems.extend(found.iter().map(|p| format!("lock: {p}")));
-                    checkers.push(checked("lock", found.first().cloned().map_or(Ok(()), Err)));
+                    record("lock", found, &mut checkers, &mut problems);
                 }
             }
             History::Set(records) => {
                 let converged = crate::audit::converge(&urls).await;
-                converged_after_ms = converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64);
-                checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
-                if let Err(e) = &converged {
-                    problems.push(format!("audit: {e}"));
-                } else {
+                converged_after_ms = record_convergence(&converged, &mut checkers, &mut problems);
+                if converged.is_ok() {
                     let names: Vec<String> = (0..urls.len()).map(|i| members.name(i).to_string()).collect();
                     let found = match crate::set::finals(&urls, &names).await {
                         Ok(finals) => kv_check::set::check(records, &finals),
                         Err(e) => vec![e],
                     };
-                    problems.extend(found.iter().map(|p| format!("set: {p}")));
-                    checkers.push(checked("set", found.first().cloned().map_or(Ok(()), Err)));
+                    record("set", found, &mut checkers, &mut problems);
                 }
             }
         }
@@ -492,6 +475,25 @@ fn check(
         ("linearizable", linearizable),
     ];
     (results, pointer)
+}
+
+/// Records the members' convergence as the `audit` checker; returns how long it took.
+fn record_convergence(
+    converged: &Result<(Duration, i64), String>,
+    checkers: &mut Vec<Checked>,
+    problems: &mut Vec<String>,
+) -> Option<u64> {
+    if let Err(e) = converged {
+        problems.push(format!("audit: {e}"));
+    }
+    checkers.push(checked("audit", converged.as_ref().map(|_| ()).map_err(Clone::clone)));
+    converged.as_ref().ok().map(|(d, _)| d.as_millis() as u64)
+}
+
+/// Records what checker `name` found: each problem, and its verdict (by the first).
+fn record(name: &str, found: Vec<String>, checkers: &mut Vec<Checked>, problems: &mut Vec<String>) {
+    problems.extend(found.iter().map(|p| format!("{name}: {p}")));
+    checkers.push(checked(name, found.into_iter().next().map_or(Ok(()), Err)));
 }
 
 fn checked(name: &str, result: Result<(), String>) -> Checked {

@@ -119,14 +119,22 @@ fn an_interrupted_run_leaves_nothing() {
     assert_eq!(leftovers("rkjt2", 79, &results), Vec::<String>::new());
 }
 
-#[test]
-fn a_set_run_through_etcd_client_under_faults_is_valid() {
+/// Runs `jepsen run` with `args` (space-separated) into a results directory of `name`, as
+/// `prefix` on `10.subnet.0.0/24`; asserts a valid verdict that checker `checker` agrees with
+/// and that nothing is left behind. Returns the verdict and the history.
+fn valid_run(
+    name: &str,
+    args: &str,
+    prefix: &str,
+    subnet: u8,
+    checker: &str,
+) -> (serde_json::Value, serde_json::Value) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let results = results_dir("set-run");
+    let results = results_dir(name);
     let out = jepsen()
-        .args(["run", "set", "--time", "20s", "--interval", "3s", "--quiet", "5s", "--seed", "11"])
-        .args(["--nemesis", "kill-leader,kill-majority,partition-halves,pause-leader"])
-        .args(["--prefix", "rkjt4", "--subnet", "81"])
+        .arg("run")
+        .args(args.split_whitespace())
+        .args(["--prefix", prefix, "--subnet", &subnet.to_string()])
         .arg("--results")
         .arg(&results)
         .output()
@@ -136,68 +144,38 @@ fn a_set_run_through_etcd_client_under_faults_is_valid() {
     println!("{stdout}{stderr}");
     let verdict = stdout.lines().last().unwrap_or_default();
     assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
-    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("verdict.json")).unwrap()).unwrap();
-    let set = json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == "set").expect("the set checker ran");
-    assert_eq!(set["validity"], "valid", "{json:#}");
+    let dir =
+        std::path::Path::new(verdict.rsplit("report: ").next().expect("report path")).parent().unwrap().to_owned();
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+    };
+    let (json, history) = (read("verdict.json"), read("history.json"));
+    let found = json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == checker);
+    assert_eq!(found.expect("the workload's checker ran")["validity"], "valid", "{json:#}");
+    assert_eq!(leftovers(prefix, subnet, &results), Vec::<String>::new());
+    (json, history)
+}
+
+#[test]
+fn a_set_run_through_etcd_client_under_faults_is_valid() {
+    let args = "set --time 20s --interval 3s --quiet 5s --seed 11 --nemesis kill-leader,kill-majority,partition-halves,pause-leader";
+    let (json, _) = valid_run("set-run", args, "rkjt4", 81, "set");
     assert!(json["outcomes"]["ok"].as_u64().unwrap() > 100, "the clients did work: {json:#}");
-    assert_eq!(leftovers("rkjt4", 81, &results), Vec::<String>::new());
 }
 
 #[test]
 fn a_lease_run_under_leader_kills_and_partitions_is_valid() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let results = results_dir("lease-run");
-    let out = jepsen()
-        .args(["run", "lease", "--time", "20s", "--interval", "3s", "--quiet", "3s", "--seed", "13"])
-        .args(["--nemesis", "kill-leader,partition-leader,pause-leader"])
-        .args(["--prefix", "rkjt7", "--subnet", "84"])
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .expect("run jepsen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    let verdict = stdout.lines().last().unwrap_or_default();
-    assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
-    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("verdict.json")).unwrap()).unwrap();
-    let lease =
-        json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == "lease").expect("the lease checker ran");
-    assert_eq!(lease["validity"], "valid", "{json:#}");
-    assert!(json["ops"].as_u64().unwrap() > 50, "the clients did work: {json:#}");
-    assert_eq!(leftovers("rkjt7", 84, &results), Vec::<String>::new());
+    let args =
+        "lease --time 20s --interval 3s --quiet 3s --seed 13 --nemesis kill-leader,partition-leader,pause-leader";
+    let (json, history) = valid_run("lease-run", args, "rkjt7", 84, "lease");
+    let expired = history.as_array().unwrap().iter().filter(|l| !l["first_absent"].is_null()).count();
+    assert!(expired > 20, "leases came and went: {expired} keys seen to expire\n{json:#}");
 }
 
 #[test]
 fn a_lock_run_through_etcd_client_under_faults_is_valid() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let results = results_dir("lock-run");
-    let out = jepsen()
-        .args(["run", "lock", "--time", "20s", "--interval", "3s", "--quiet", "3s", "--seed", "19"])
-        .args(["--nemesis", "kill-leader,pause,partition-halves"])
-        .args(["--prefix", "rkjt9", "--subnet", "86"])
-        .arg("--results")
-        .arg(&results)
-        .output()
-        .expect("run jepsen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    let verdict = stdout.lines().last().unwrap_or_default();
-    assert!(out.status.success(), "the run was not valid: {verdict}\n{stderr}");
-    let page = std::path::Path::new(verdict.rsplit("report: ").next().expect("report path"));
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("verdict.json")).unwrap()).unwrap();
-    let lock =
-        json["checkers"].as_array().unwrap().iter().find(|c| c["checker"] == "lock").expect("the lock checker ran");
-    assert_eq!(lock["validity"], "valid", "{json:#}");
-    let history: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(page.parent().unwrap().join("history.json")).unwrap()).unwrap();
+    let args = "lock --time 20s --interval 3s --quiet 3s --seed 19 --nemesis kill-leader,pause,partition-halves";
+    let (_, history) = valid_run("lock-run", args, "rkjt9", 86, "lock");
     let granted = history.as_array().unwrap().iter().filter(|a| !a["granted"].is_null()).count();
     assert!(granted > 5, "the lock changed hands: {granted} grants");
-    assert_eq!(leftovers("rkjt9", 86, &results), Vec::<String>::new());
 }

@@ -44,36 +44,27 @@ fn run_planted(name: &str, args: &[&str]) -> Output {
         .expect("run jepsen")
 }
 
-#[test]
-fn local_linearizable_reads_make_a_run_invalid_with_a_pointer() {
+/// Runs `args` (space-separated) against the planted kv-server and asserts an invalid verdict;
+/// returns the verdict line and what the run printed on stderr (one line per problem).
+fn invalid_run(name: &str, args: &str) -> (String, String) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_planted(
-        "teeth-register",
-        &[
-            "register",
-            "--time",
-            "30s",
-            "--interval",
-            "3s",
-            "--quiet",
-            "3s",
-            "--seed",
-            "3",
-            "--nemesis",
-            "partition-leader",
-            "--planted",
-            "local_linearizable_reads",
-            "--prefix",
-            "rkjt3",
-            "--subnet",
-            "80",
-        ],
-    );
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = run_planted(name, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("{stdout}{stderr}");
     let verdict = stdout.lines().last().unwrap_or_default();
     assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
+    (verdict.to_string(), stderr)
+}
+
+#[test]
+fn local_linearizable_reads_make_a_run_invalid_with_a_pointer() {
+    let (verdict, _) = invalid_run(
+        "teeth-register",
+        "register --time 30s --interval 3s --quiet 3s --seed 3 --nemesis partition-leader \
+         --planted local_linearizable_reads --prefix rkjt3 --subnet 80",
+    );
     assert!(verdict.starts_with("invalid: "), "{verdict}");
 
     let page = PathBuf::from(verdict.rsplit("report: ").next().expect("report path"));
@@ -107,34 +98,11 @@ fn local_linearizable_reads_make_a_run_invalid_with_a_pointer() {
 /// again, and one of them misses a change.
 #[test]
 fn a_watch_that_skips_at_the_switch_makes_a_run_invalid() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_planted(
+    let (_, stderr) = invalid_run(
         "teeth-watch",
-        &[
-            "watch",
-            "--time",
-            "20s",
-            "--interval",
-            "3s",
-            "--quiet",
-            "3s",
-            "--seed",
-            "5",
-            "--nemesis",
-            "kill,partition-halves",
-            "--planted",
-            "watch_skip_at_switch",
-            "--prefix",
-            "rkjt5",
-            "--subnet",
-            "82",
-        ],
+        "watch --time 20s --interval 3s --quiet 3s --seed 5 --nemesis kill,partition-halves \
+         --planted watch_skip_at_switch --prefix rkjt5 --subnet 82",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    let verdict = stdout.lines().last().unwrap_or_default();
-    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
     assert!(stderr.contains("watch: watcher "), "a watcher is named: {stderr}");
 }
 
@@ -142,34 +110,11 @@ fn a_watch_that_skips_at_the_switch_makes_a_run_invalid() {
 /// left when granted, so after a leader kill a renewed lease's key goes before its deadline.
 #[test]
 fn leases_that_forget_renewals_make_a_run_invalid() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_planted(
+    let (_, stderr) = invalid_run(
         "teeth-lease",
-        &[
-            "lease",
-            "--time",
-            "25s",
-            "--interval",
-            "3s",
-            "--quiet",
-            "3s",
-            "--seed",
-            "9",
-            "--nemesis",
-            "kill-leader",
-            "--planted",
-            "lease_forget_renewals",
-            "--prefix",
-            "rkjt6",
-            "--subnet",
-            "83",
-        ],
+        "lease --time 25s --interval 3s --quiet 3s --seed 9 --nemesis kill-leader \
+         --planted lease_forget_renewals --prefix rkjt6 --subnet 83",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    let verdict = stdout.lines().last().unwrap_or_default();
-    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
     assert!(stderr.contains("before the lease's deadline"), "a key gone early is named: {stderr}");
 }
 
@@ -178,33 +123,10 @@ fn leases_that_forget_renewals_make_a_run_invalid() {
 /// granted a lock it does not hold.
 #[test]
 fn locks_granted_unchecked_make_a_run_invalid() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = run_planted(
+    let (_, stderr) = invalid_run(
         "teeth-lock",
-        &[
-            "lock",
-            "--time",
-            "25s",
-            "--interval",
-            "3s",
-            "--quiet",
-            "3s",
-            "--seed",
-            "17",
-            "--nemesis",
-            "pause",
-            "--planted",
-            "lock_grant_unchecked",
-            "--prefix",
-            "rkjt8",
-            "--subnet",
-            "85",
-        ],
+        "lock --time 25s --interval 3s --quiet 3s --seed 17 --nemesis pause \
+         --planted lock_grant_unchecked --prefix rkjt8 --subnet 85",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
-    let verdict = stdout.lines().last().unwrap_or_default();
-    assert_eq!(out.status.code(), Some(1), "the run should be invalid: {verdict}");
     assert!(stderr.contains("lock: client "), "the grant is named: {stderr}");
 }
