@@ -50,6 +50,11 @@ impl<E: Engine> KvStore<E> {
                 let _history = self.shared.history.read();
                 let (meta, stored, small, base) = {
                     let meta = self.read_gate();
+                    if meta.apply_failed {
+                        let partial =
+                            "the stored state holds part of a failed apply or import: no snapshot is built from it";
+                        return Err(std::io::Error::other(partial));
+                    }
                     let stored = self.stored_snapshot_meta().map_err(std::io::Error::other)?;
                     let base = if with_base { stored_base(engine, &meta) } else { None };
                     let mut small = Vec::new();
@@ -75,15 +80,16 @@ impl<E: Engine> KvStore<E> {
     /// Makes `meta`, with its data in `file` (already stored), the current snapshot together
     /// with `batch`, durably, then removes every other file. `base` is the revision and
     /// compacted revision the snapshot was taken at (`None` when unknown: the next build then
-    /// reads every version). Caller holds the gate exclusively,
-    /// so no apply is half written: the stored state is whole, and no longer marked torn (the
-    /// caller clears `torn` in the gate).
+    /// reads every version). Caller holds the gate exclusively. When `whole`, no apply is half
+    /// written: the stored state is whole, and no longer marked torn (the caller clears `torn`
+    /// in the gate); otherwise the torn mark stays (an install, before it imports the data).
     pub(super) fn persist_snapshot(
         &self,
         meta: &SnapshotMeta,
         file: &str,
         mut batch: Batch,
         base: Option<(i64, i64)>,
+        whole: bool,
     ) -> Result<(), StorageError> {
         let err = |e: crate::engine::EngineError| {
             crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
@@ -94,7 +100,9 @@ impl<E: Engine> KvStore<E> {
             Some(at) => batch.put(Tree::Snapshot, SNAP_BASE, encode(&at)),
             None => batch.delete(Tree::Snapshot, SNAP_BASE),
         }
-        batch.delete(Tree::SmMeta, TORN);
+        if whole {
+            batch.delete(Tree::SmMeta, TORN);
+        }
         self.shared.engine.write(batch).map_err(err)?;
         self.shared.engine.flush().map_err(err)?;
         self.shared.snapshot.send_modify(|s| s.last = meta.last_log_id);
@@ -123,7 +131,7 @@ impl<E: Engine> RaftSnapshotBuilder<TypeConfig> for KvStore<E> {
         crate::rt::blocking(|| {
             let mut gate = self.write_gate();
             if self.stored_snapshot_meta()? == stored_before {
-                self.persist_snapshot(&snap_meta, &file, Batch::default(), Some(at))?;
+                self.persist_snapshot(&snap_meta, &file, Batch::default(), Some(at), true)?;
                 gate.torn = false;
             }
             Ok::<(), StorageError>(())

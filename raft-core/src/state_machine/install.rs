@@ -1,5 +1,6 @@
-//! Installing a snapshot sent by the leader: storing its file, then replacing the whole state
-//! with it under the torn mark.
+//! Installing a snapshot sent by the leader: checking and storing its file and making it the
+//! current snapshot, then replacing the whole state with it under the torn mark, while Raft
+//! goes on.
 
 use std::io::Seek;
 
@@ -75,51 +76,110 @@ pub(super) fn load_snapshot<E: Engine>(
     index.derive_lease_keys().map_err(sm_read_err)
 }
 
+/// Reads the snapshot stored in `file` through without writing anything: data cut short or
+/// malformed is refused here, while the previous snapshot is still the current one, rather
+/// than found by the import after the new one became current (a start would then have
+/// nothing whole to restore).
+fn check_file<E: Engine>(engine: &E, meta: &SnapshotMeta, file: &str) -> Result<(), StorageError> {
+    let read_err = |e: std::io::Error| {
+        StorageError::from(crate::typ::StorageError::read_snapshot(Some(meta.signature()), crate::typ::err_source(&e)))
+    };
+    let mut data = engine
+        .open_file(file)
+        .map_err(|e| read_err(std::io::Error::other(e)))?
+        .ok_or_else(|| read_err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{file} is missing"))))?;
+    format::import(&mut data, &SM_TREES, &mut |_| Ok(()), &mut |_, _| Ok(())).map_err(read_err)
+}
+
 impl<E: Engine> KvStore<E> {
-    /// [`RaftStateMachine::install_snapshot`]'s work, blocking. A failure is published to the
-    /// log store's purge waiting for this snapshot, which then fails too.
-    pub(super) fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
-        let installed = self.try_install(meta, data);
-        if installed.is_err() {
-            self.shared.snapshot.send_modify(|s| s.install_failed = true);
+    /// [`RaftStateMachine::install_snapshot`]'s work. Returns once the snapshot is stored and
+    /// current, durably; the state is then replaced from it while the gate is held (see
+    /// [`KvStore::install_stages`]), off openraft's state-machine worker.
+    ///
+    /// Why not return after the import: openraft purges the log up to a snapshot only once its
+    /// install returns, and runs no Raft command queued behind that purge, votes included. A
+    /// member importing a large snapshot (seconds) then answered no vote: a leader dying
+    /// meanwhile left the cluster without one until the import ended (docs/benchmarks.md).
+    ///
+    /// [`RaftStateMachine::install_snapshot`]: openraft::storage::RaftStateMachine::install_snapshot
+    pub(super) async fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
+        self.import_failure()?;
+        // The simulation runs on one thread: there the import runs before this returns.
+        #[cfg(madsim)]
+        {
+            let mut stored = None;
+            self.install_stages(meta, data, |r| stored = Some(r));
+            return stored.expect("install_stages reports whether the snapshot is stored");
         }
-        installed
+        #[cfg(not(madsim))]
+        {
+            let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
+            let (store, meta) = (self.clone(), meta.clone());
+            std::thread::Builder::new()
+                .name("snapshot-import".into())
+                .spawn(move || store.install_stages(&meta, data, |r| drop(stored_tx.send(r))))
+                .map_err(|e| crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))?;
+            stored_rx.await.unwrap_or_else(|_| {
+                let gone = std::io::Error::other("the snapshot import thread ended before storing the snapshot");
+                Err(crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&gone)))
+            })
+        }
     }
 
-    /// Stores the received data as the snapshot's file, then replaces the state with it in
-    /// parts, streamed from that file, under the torn mark: a crash part way restores the
-    /// previous snapshot at the next start (whose file stays until this one is current), and
-    /// the log from there, so the member is back on its previous state.
-    fn try_install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
+    /// An earlier import that failed part way: the stored state is part of a snapshot, so
+    /// nothing may be applied to it or read from it until a restart restores the snapshot.
+    pub(super) fn import_failure(&self) -> Result<(), StorageError> {
+        match self.shared.import_failed.get() {
+            None => Ok(()),
+            Some(reason) => {
+                let e = std::io::Error::other(format!("importing a snapshot failed earlier: {reason}"));
+                Err(crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))
+            }
+        }
+    }
+
+    /// Installs a snapshot in two stages, holding the history lock and the gate throughout so
+    /// nothing reads or applies in between: first stores the data as the snapshot's file and
+    /// makes it the current snapshot under the torn mark, durably, and reports that to `stored`;
+    /// then replaces the state with it, streamed from the file. A crash in the second stage
+    /// restores the new snapshot at the next start, as for any torn state; a failure there
+    /// stops this store serving (see [`KvStore::import_failure`]).
+    fn install_stages(&self, meta: &SnapshotMeta, data: SnapshotData, stored: impl FnOnce(Result<(), StorageError>)) {
         let started = std::time::Instant::now();
         let _history = self.history_exclusive();
         let mut gate = self.write_gate();
-        let engine = &*self.shared.engine;
-        let write_err = |e: crate::engine::EngineError| {
-            crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
-        };
-        // The file first: until the meta below points to it, it is an unused file.
         let file = installed_file_name(meta);
-        match data.into_received() {
-            Ok(received) => engine.store_received(&file, received).map_err(write_err)?,
-            Err(mut other) => engine
-                .put_file(&file, &mut |out| {
-                    other.seek(std::io::SeekFrom::Start(0))?;
-                    std::io::copy(&mut other, out).map(drop)
-                })
-                .map_err(write_err)?,
+        if let Err(e) = self.store_current(meta, data, &file, &mut gate) {
+            self.shared.snapshot.send_modify(|s| s.install_failed = true);
+            return stored(Err(e));
         }
-        mark_torn(engine, &mut gate)?;
-        if let Err(e) = load_snapshot(engine, &self.shared.index, meta, &file) {
-            // What is stored is part of a snapshot: only a restart's restore may clear the mark.
-            gate.apply_failed = true;
-            return Err(e);
-        }
-        // The data holds exactly the versions at or below its revision, as compacted then, so it
-        // is the base of the next build and start, as a snapshot built here would be.
-        let base = imported_base(engine)?;
-        self.persist_snapshot(meta, &file, Batch::default(), base)?;
-        let mut fresh = load_meta(engine)?;
+        stored(Ok(()));
+        tracing::info!(
+            snapshot = %file,
+            "stored the snapshot up to log {} from the leader in {:?}; importing it",
+            meta.last_log_id.map_or(0, |l| l.index),
+            started.elapsed()
+        );
+        // Tests hold the import here to observe what waits for it.
+        fail::fail_point!("snapshot-import");
+        let engine = &*self.shared.engine;
+        let imported = load_snapshot(engine, &self.shared.index, meta, &file)
+            // The data holds exactly the versions at or below its revision, as compacted then, so
+            // it is the base of the next build and start, as a snapshot built here would be.
+            .and_then(|()| imported_base(engine))
+            .and_then(|base| self.persist_snapshot(meta, &file, Batch::default(), base, true))
+            .and_then(|()| load_meta(engine));
+        let mut fresh = match imported {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                // What is stored is part of a snapshot: only a restart's restore may clear the mark.
+                gate.apply_failed = true;
+                tracing::error!(snapshot = %file, "importing the snapshot from the leader failed, this member stops serving: {e}");
+                let _ = self.shared.import_failed.set(e.to_string());
+                self.shared.snapshot.send_modify(|s| s.install_failed = true);
+                return;
+            }
+        };
         // The snapshot's position is authoritative even if its content predates the meta keys.
         fresh.last_applied = meta.last_log_id;
         fresh.membership = meta.last_membership.clone();
@@ -137,6 +197,35 @@ impl<E: Engine> KvStore<E> {
         self.shared.revision.send_replace(revision);
         self.shared.events.publish_replaced(revision);
         self.shared.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// The first stage of [`KvStore::install_stages`]: the received data stored as `file`,
+    /// the stored state marked torn, and the snapshot's meta pointing at the file, synced in
+    /// that order. From here the log it covers may be purged.
+    fn store_current(
+        &self,
+        meta: &SnapshotMeta,
+        data: SnapshotData,
+        file: &str,
+        gate: &mut super::SmMeta,
+    ) -> Result<(), StorageError> {
+        let engine = &*self.shared.engine;
+        let write_err = |e: crate::engine::EngineError| {
+            crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
+        };
+        // The file first: until the meta below points to it, it is an unused file.
+        match data.into_received() {
+            Ok(received) => engine.store_received(file, received).map_err(write_err)?,
+            Err(mut other) => engine
+                .put_file(file, &mut |out| {
+                    other.seek(std::io::SeekFrom::Start(0))?;
+                    std::io::copy(&mut other, out).map(drop)
+                })
+                .map_err(write_err)?,
+        }
+        check_file(engine, meta, file)?;
+        // Torn before the meta moves: a start that finds the new meta restores its snapshot.
+        mark_torn(engine, gate)?;
+        self.persist_snapshot(meta, file, Batch::default(), None, false)
     }
 }

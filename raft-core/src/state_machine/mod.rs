@@ -80,6 +80,9 @@ struct Shared<E> {
     /// request (lease reads, lease renewals) never wait for the gate while an apply or a
     /// snapshot holds it.
     applied: parking_lot::Mutex<Option<LogId>>,
+    /// Why importing an installed snapshot failed part way, if it did: the store then neither
+    /// applies nor builds snapshots (see [`KvStore::install`]).
+    import_failed: std::sync::OnceLock<String>,
     /// Told of every grant and revoke once applied: the leader's lease clock.
     lease_hook: std::sync::OnceLock<LeaseHook>,
 }
@@ -146,6 +149,7 @@ impl<E: Engine> KvStore<E> {
                 installed: Default::default(),
                 lease_hook: Default::default(),
                 applied: parking_lot::Mutex::new(meta_applied),
+                import_failed: Default::default(),
                 snapshot,
             }),
         })
@@ -267,12 +271,14 @@ impl<E: Engine> KvStore<E> {
     /// etcd Range against the local state (the caller has settled the consistency level).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         let meta = self.read_gate();
+        serving(&meta)?;
         read::range(&self.stored(), req, meta.revisions())
     }
 
     /// Lease `id` and the keys attached to it, as this member has applied them.
     pub fn lease(&self, id: i64) -> Result<Option<crate::mvcc::lease::WithKeys>, MvccError> {
-        let _meta = self.read_gate();
+        let meta = self.read_gate();
+        serving(&meta)?;
         crate::mvcc::lease::with_keys(&self.stored(), id)
     }
 
@@ -287,13 +293,15 @@ impl<E: Engine> KvStore<E> {
     /// Every lease this member has applied, by id, with what it had left at the last
     /// checkpoint.
     pub fn leases(&self) -> Result<Vec<crate::mvcc::lease::LeaseInfo>, MvccError> {
-        let _meta = self.read_gate();
+        let meta = self.read_gate();
+        serving(&meta)?;
         crate::mvcc::lease::table(&self.stored())
     }
 
     /// A read-only txn (only Range ops) against the local state, without going through Raft.
     pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         let meta = self.read_gate();
+        serving(&meta)?;
         let stored = self.stored();
         let mut view = Overlay::new(&stored);
         let mut w = Writer { view: &mut view, revs: meta.revisions(), changes: None };
@@ -326,6 +334,15 @@ impl<E: Engine> KvStore<E> {
             out.push(decode(&item.map_err(sm_read_err)?.1)?);
         }
         Ok(out)
+    }
+}
+
+/// A state holding part of a failed apply or import is not served: Raft stops this member at
+/// its next apply, and until then a read could see half of a write.
+fn serving(meta: &SmMeta) -> Result<(), MvccError> {
+    match meta.apply_failed {
+        false => Ok(()),
+        true => Err(MvccError::Corrupt("this member's state holds part of a failed write; the member is stopping")),
     }
 }
 

@@ -53,10 +53,10 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
         self.clone()
     }
 
-    /// Replaces the whole state with the snapshot's (see [`KvStore::try_install`]).
+    /// Stores the snapshot and replaces the whole state with it (see [`KvStore::install`]).
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
         // Replacing the whole state takes long on a big store: off the runtime.
-        Ok(crate::rt::blocking(|| self.install(meta, snapshot))?)
+        Ok(self.install(meta, snapshot).await?)
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {

@@ -53,7 +53,10 @@ impl<E: Engine> KvStore<E> {
     where
         I: IntoIterator<Item = Entry>,
     {
+        // Waits for an install still replacing the state (see [`KvStore::install`]): apply reads
+        // the state without the gate.
         let mut meta = self.meta();
+        self.import_failure()?;
         let compacted_before = meta.compacted;
         let revision_before = meta.revision;
         let stored = self.stored();
