@@ -14,6 +14,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::register::KEYS;
 
+/// Revisions read at once by the audit.
+const PARALLEL_READS: usize = 16;
+
 /// How long healed members may take to agree.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
 
@@ -50,6 +53,9 @@ pub struct Audit {
     pub revisions: BTreeMap<i64, (String, u64)>,
     /// Liveness and agreement problems (the store's state checks are kv-check's).
     pub problems: Vec<String>,
+    /// Revisions whose write could not be read: the checks that resolve writes against
+    /// [`Audit::revisions`] cannot decide without them.
+    pub unreadable: Vec<String>,
     /// How long after the audit began the members agreed.
     pub converged_after: Option<Duration>,
 }
@@ -105,18 +111,34 @@ pub async fn audit(urls: &[String]) -> Audit {
         let each: Vec<String> = states.iter().map(|(u, s)| format!("{u}: {s:?}")).collect();
         out.problems.push(format!("members differ after healing: {}", each.join(" | ")));
     }
-    for rev in 2..=revision {
-        let kv = &mut conns[rev as usize % urls.len()];
-        match read_all(kv, rev).await {
+    // Every revision, a few at a time, spread over the members (thousands after a long run).
+    let mut reads = tokio::task::JoinSet::new();
+    let mut next = 2;
+    while next <= revision || !reads.is_empty() {
+        while next <= revision && reads.len() < PARALLEL_READS {
+            let (rev, mut kv) = (next, conns[next as usize % urls.len()].clone());
+            reads.spawn(async move { (rev, read_all(&mut kv, rev).await) });
+            next += 1;
+        }
+        let (rev, read) = match reads.join_next().await {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => {
+                out.unreadable.push(format!("a read task ended: {e}"));
+                continue;
+            }
+            None => continue,
+        };
+        match read {
             Ok(kvs) => match kvs.into_iter().find(|(_, _, m)| *m == rev) {
                 Some((key, value, _)) => {
                     out.revisions.insert(rev, (key, value));
                 }
                 None => out.problems.push(format!("revision {rev} changed none of the register keys")),
             },
-            Err(e) => out.problems.push(format!("reading revision {rev}: {e}")),
+            Err(e) => out.unreadable.push(format!("revision {rev}: {e}")),
         }
     }
+    out.unreadable.sort();
     out.problems.truncate(5);
     out
 }

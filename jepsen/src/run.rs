@@ -354,7 +354,15 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
                 converged_after_ms = audit.converged_after.map(|d| d.as_millis() as u64);
                 checkers.push(checked("audit", audit.problems.first().cloned().map_or(Ok(()), Err)));
                 problems.extend(audit.problems.iter().map(|p| format!("audit: {p}")));
-                if audit.converged_after.is_some() {
+                if let Some(first) = audit.unreadable.first() {
+                    // Without every revision's write, a lost write and an unread one look alike.
+                    let gap = format!(
+                        "could not decide: {} revisions could not be read back (first: {first})",
+                        audit.unreadable.len()
+                    );
+                    problems.push(format!("revisions: {gap}"));
+                    checkers.push(checked("revisions", Err(gap)));
+                } else if audit.converged_after.is_some() {
                     let (history2, timeline2, dir2) = (records.clone(), timeline.clone(), dir.to_path_buf());
                     let revisions = audit.revisions.clone();
                     let (results, pointer) =
