@@ -45,13 +45,15 @@ enum Body {
 /// openraft's `SnapshotData` (see the module doc).
 pub struct SnapshotData {
     body: Body,
+    /// A received file was synced and read through whole ([`SnapshotData::finish_received`]).
+    checked: bool,
     /// The result of the seek `start_seek` did, for `poll_complete`.
     seeked: Option<std::io::Result<u64>>,
 }
 
 impl SnapshotData {
     fn with(body: Body) -> Self {
-        SnapshotData { body, seeked: None }
+        SnapshotData { body, checked: false, seeked: None }
     }
 
     pub fn empty() -> Self {
@@ -79,12 +81,31 @@ impl SnapshotData {
         Self::with(Body::Received(file))
     }
 
-    /// The file a snapshot was received into, or `None` for data of another kind.
-    pub fn into_received(self) -> Result<Box<dyn ReceivedFile>, Self> {
+    /// The file a snapshot was received into, and whether it was checked and synced once all
+    /// its chunks had come; `Err` for data of another kind.
+    pub fn into_received(self) -> Result<(Box<dyn ReceivedFile>, bool), Self> {
         match self.body {
-            Body::Received(f) => Ok(f),
+            Body::Received(f) => Ok((f, self.checked)),
             body => Err(Self::with(body)),
         }
+    }
+
+    /// Once the last chunk of a received snapshot is written (the receiver shuts the data down
+    /// before handing it to openraft's install): syncs the file and reads it through. Done here,
+    /// in the network task, because the install holds up every later Raft command, votes
+    /// included (see `KvStore::install`); for a large snapshot this takes a good part of a
+    /// second.
+    fn finish_received(&mut self) -> std::io::Result<()> {
+        if self.checked || !matches!(self.body, Body::Received(_)) {
+            return self.flush();
+        }
+        crate::rt::blocking(|| {
+            self.flush()?;
+            self.seek(SeekFrom::Start(0))?;
+            crate::state_machine::format::check(&mut std::io::BufReader::with_capacity(1 << 20, &mut *self))
+        })?;
+        self.checked = true;
+        Ok(())
     }
 
     /// Total length in bytes.
@@ -175,7 +196,7 @@ impl tokio::io::AsyncWrite for SnapshotData {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(self.get_mut().flush())
+        Poll::Ready(self.get_mut().finish_received())
     }
 }
 

@@ -547,8 +547,10 @@ impl std::io::Write for Received {
         self.file().write(buf)
     }
 
+    /// Durable: a received snapshot is synced once its last chunk is written, before the
+    /// install (which then stores it without waiting for the disk).
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file().flush()
+        self.file().sync_data()
     }
 }
 

@@ -88,7 +88,7 @@ fn check_file<E: Engine>(engine: &E, meta: &SnapshotMeta, file: &str) -> Result<
         .open_file(file)
         .map_err(|e| read_err(std::io::Error::other(e)))?
         .ok_or_else(|| read_err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{file} is missing"))))?;
-    format::import(&mut data, &SM_TREES, &mut |_| Ok(()), &mut |_, _| Ok(())).map_err(read_err)
+    format::check(&mut data).map_err(read_err)
 }
 
 impl<E: Engine> KvStore<E> {
@@ -214,16 +214,24 @@ impl<E: Engine> KvStore<E> {
             crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
         };
         // The file first: until the meta below points to it, it is an unused file.
-        match data.into_received() {
-            Ok(received) => engine.store_received(file, received).map_err(write_err)?,
-            Err(mut other) => engine
-                .put_file(file, &mut |out| {
-                    other.seek(std::io::SeekFrom::Start(0))?;
-                    std::io::copy(&mut other, out).map(drop)
-                })
-                .map_err(write_err)?,
+        let checked = match data.into_received() {
+            Ok((received, checked)) => {
+                engine.store_received(file, received).map_err(write_err)?;
+                checked
+            }
+            Err(mut other) => {
+                engine
+                    .put_file(file, &mut |out| {
+                        other.seek(std::io::SeekFrom::Start(0))?;
+                        std::io::copy(&mut other, out).map(drop)
+                    })
+                    .map_err(write_err)?;
+                false
+            }
+        };
+        if !checked {
+            check_file(engine, meta, file)?;
         }
-        check_file(engine, meta, file)?;
         // Torn before the meta moves: a start that finds the new meta restores its snapshot.
         mark_torn(engine, gate)?;
         self.persist_snapshot(meta, file, Batch::default(), None, false)

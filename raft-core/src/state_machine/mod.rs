@@ -32,7 +32,7 @@
 mod apply;
 mod build;
 pub mod events;
-mod format;
+pub(crate) mod format;
 mod install;
 mod meta;
 mod raft;

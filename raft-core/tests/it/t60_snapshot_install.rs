@@ -81,6 +81,9 @@ async fn snapshots_are_received_into_files_and_a_failed_install_keeps_the_previo
     // Cut short after most of its pairs: the install fails part way through the import.
     let mut bad = member.begin_receiving_snapshot().await.unwrap();
     bad.write_all(&data[..data.len() - 100]).unwrap();
+    // The receiver shuts the data down after its last chunk: that syncs and checks it.
+    let cut_short = tokio::io::AsyncWriteExt::shutdown(&mut bad).await.expect_err("data cut short");
+    assert!(cut_short.to_string().contains("corrupt snapshot"), "{cut_short}");
     assert!(member.install_snapshot(&built.meta, bad).await.is_err());
     member.flush_whole().unwrap();
     drop(member);
@@ -97,6 +100,7 @@ async fn snapshots_are_received_into_files_and_a_failed_install_keeps_the_previo
     good.write_all(&data[half..]).unwrap();
     good.seek(SeekFrom::Start(0)).unwrap();
     good.write_all(&data[..half]).unwrap();
+    tokio::io::AsyncWriteExt::shutdown(&mut good).await.unwrap();
     member.install_snapshot(&built.meta, good).await.unwrap();
     assert_eq!(received_files(), 0, "the received file became the snapshot's");
     assert_eq!(value_of(&member, "k10"), Some(vec![10; 1000]));
