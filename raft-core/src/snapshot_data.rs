@@ -231,7 +231,7 @@ mod tests {
         AsyncWriteExt::write_all(&mut d, b"5678").await.unwrap();
         AsyncSeekExt::seek(&mut d, SeekFrom::Start(0)).await.unwrap();
         AsyncWriteExt::write_all(&mut d, b"1234").await.unwrap();
-        d.shutdown().await.unwrap();
+        AsyncWriteExt::flush(&mut d).await.unwrap();
         assert_eq!(d.len().unwrap(), 8);
         let mut all = Vec::new();
         AsyncSeekExt::seek(&mut d, SeekFrom::Start(0)).await.unwrap();
@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(all, b"12345678");
         assert_eq!(d.read_chunk(3, 3).unwrap(), b"456");
         assert_eq!(d.read_chunk(6, 3).unwrap(), b"78");
-        assert!(d.into_received().is_ok());
+        // Shut down (its last chunk written), data that is no snapshot is refused.
+        let refused = d.shutdown().await.expect_err("not a snapshot");
+        assert!(refused.to_string().contains("corrupt snapshot"), "{refused}");
+        assert!(matches!(d.into_received(), Ok((_, false))));
     }
 
     #[test]
