@@ -163,12 +163,20 @@ impl<E: Engine> KvStore<E> {
         // Tests hold the import here to observe what waits for it.
         fail::fail_point!("snapshot-import");
         let engine = &*self.shared.engine;
-        let imported = load_snapshot(engine, &self.shared.index, meta, &file)
-            // The data holds exactly the versions at or below its revision, as compacted then, so
-            // it is the base of the next build and start, as a snapshot built here would be.
-            .and_then(|()| imported_base(engine))
-            .and_then(|base| self.persist_snapshot(meta, &file, Batch::default(), base, true))
-            .and_then(|()| load_meta(engine));
+        let import = || {
+            load_snapshot(engine, &self.shared.index, meta, &file)
+                // The data holds exactly the versions at or below its revision, as compacted
+                // then, so it is the base of the next build and start, as a snapshot built here
+                // would be.
+                .and_then(|()| imported_base(engine))
+                .and_then(|base| self.persist_snapshot(meta, &file, Batch::default(), base, true))
+                .and_then(|()| load_meta(engine))
+        };
+        // A panic part way must not release the gate onto a partial state as if it were whole.
+        let imported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(import)).unwrap_or_else(|_| {
+            let panicked = std::io::Error::other("the import panicked (see the panic above)");
+            Err(crate::typ::StorageError::write_snapshot(Some(meta.signature()), crate::typ::err_source(&panicked)))
+        });
         let mut fresh = match imported {
             Ok(fresh) => fresh,
             Err(e) => {
