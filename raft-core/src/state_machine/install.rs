@@ -105,25 +105,21 @@ impl<E: Engine> KvStore<E> {
     pub(super) async fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
         self.import_failure()?;
         // The simulation runs on one thread: there the import runs before this returns.
-        #[cfg(madsim)]
-        {
+        if cfg!(madsim) {
             let mut stored = None;
             self.install_stages(meta, data, |r| stored = Some(r));
             return stored.expect("install_stages reports whether the snapshot is stored");
         }
-        #[cfg(not(madsim))]
-        {
-            let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
-            let (store, meta) = (self.clone(), meta.clone());
-            std::thread::Builder::new()
-                .name("snapshot-import".into())
-                .spawn(move || store.install_stages(&meta, data, |r| drop(stored_tx.send(r))))
-                .map_err(|e| crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))?;
-            stored_rx.await.unwrap_or_else(|_| {
-                let gone = std::io::Error::other("the snapshot import thread ended before storing the snapshot");
-                Err(crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&gone)))
-            })
-        }
+        let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
+        let (store, meta) = (self.clone(), meta.clone());
+        std::thread::Builder::new()
+            .name("snapshot-import".into())
+            .spawn(move || store.install_stages(&meta, data, |r| drop(stored_tx.send(r))))
+            .map_err(|e| crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))?;
+        stored_rx.await.unwrap_or_else(|_| {
+            let gone = std::io::Error::other("the snapshot import thread ended before storing the snapshot");
+            Err(crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&gone)))
+        })
     }
 
     /// An earlier import that failed part way: the stored state is part of a snapshot, so
