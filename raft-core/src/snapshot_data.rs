@@ -93,8 +93,7 @@ impl SnapshotData {
     /// Once the last chunk of a received snapshot is written (the receiver shuts the data down
     /// before handing it to openraft's install): syncs the file and reads it through. Done here,
     /// in the network task, because the install holds up every later Raft command, votes
-    /// included (see `KvStore::install`); for a large snapshot this takes a good part of a
-    /// second.
+    /// included (see `KvStore::install`), and both take long for a large snapshot.
     fn finish_received(&mut self) -> std::io::Result<()> {
         if self.checked || !matches!(self.body, Body::Received(_)) {
             return self.flush();

@@ -50,11 +50,7 @@ impl<E: Engine> KvStore<E> {
                 let _history = self.shared.history.read();
                 let (meta, stored, small, base) = {
                     let meta = self.read_gate();
-                    if meta.apply_failed {
-                        let partial =
-                            "the stored state holds part of a failed apply or import: no snapshot is built from it";
-                        return Err(std::io::Error::other(partial));
-                    }
+                    super::serving(&meta).map_err(std::io::Error::other)?;
                     let stored = self.stored_snapshot_meta().map_err(std::io::Error::other)?;
                     let base = if with_base { stored_base(engine, &meta) } else { None };
                     let mut small = Vec::new();

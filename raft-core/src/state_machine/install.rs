@@ -27,6 +27,24 @@ pub(super) fn installed_file_name(meta: &SnapshotMeta) -> String {
 /// Bytes a snapshot's import writes between flushes of the engine.
 const FLUSH_EVERY: usize = 4 << 20;
 
+/// A read of snapshot `meta`'s data failed.
+fn read_err(meta: &SnapshotMeta, e: std::io::Error) -> StorageError {
+    crate::typ::StorageError::read_snapshot(Some(meta.signature()), crate::typ::err_source(&e))
+}
+
+/// The stored file `file` of snapshot `meta`, opened for reading.
+fn open_snapshot<E: Engine>(
+    engine: &E,
+    meta: &SnapshotMeta,
+    file: &str,
+) -> Result<Box<dyn crate::snapshot_data::ReadSeek>, StorageError> {
+    let missing = || {
+        let what = format!("the snapshot's file {file} is missing");
+        read_err(meta, std::io::Error::new(std::io::ErrorKind::NotFound, what))
+    };
+    engine.open_file(file).map_err(|e| read_err(meta, std::io::Error::other(e)))?.ok_or_else(missing)
+}
+
 /// Replaces the state machine's trees and the key index with the snapshot stored in `file`,
 /// streamed from the file in parts. The caller holds the torn mark: a crash part way is
 /// restored again.
@@ -36,14 +54,7 @@ pub(super) fn load_snapshot<E: Engine>(
     meta: &SnapshotMeta,
     file: &str,
 ) -> Result<(), StorageError> {
-    let read_err = |e: std::io::Error| {
-        StorageError::from(crate::typ::StorageError::read_snapshot(Some(meta.signature()), crate::typ::err_source(&e)))
-    };
-    let missing = || {
-        let what = format!("the snapshot's file {file} is missing");
-        read_err(std::io::Error::new(std::io::ErrorKind::NotFound, what))
-    };
-    let mut data = engine.open_file(file).map_err(|e| read_err(std::io::Error::other(e)))?.ok_or_else(missing)?;
+    let mut data = open_snapshot(engine, meta, file)?;
     clear_trees(engine, &SM_TREES)?;
     index.clear();
     // A failed write is the engine's error, not the snapshot's: keep it as it was.
@@ -72,7 +83,7 @@ pub(super) fn load_snapshot<E: Engine>(
     if let Some(e) = failed_write {
         return Err(sm_write_err(e));
     }
-    imported.map_err(read_err)?;
+    imported.map_err(|e| read_err(meta, e))?;
     index.derive_lease_keys().map_err(sm_read_err)
 }
 
@@ -81,14 +92,7 @@ pub(super) fn load_snapshot<E: Engine>(
 /// than found by the import after the new one became current (a start would then have
 /// nothing whole to restore).
 fn check_file<E: Engine>(engine: &E, meta: &SnapshotMeta, file: &str) -> Result<(), StorageError> {
-    let read_err = |e: std::io::Error| {
-        StorageError::from(crate::typ::StorageError::read_snapshot(Some(meta.signature()), crate::typ::err_source(&e)))
-    };
-    let mut data = engine
-        .open_file(file)
-        .map_err(|e| read_err(std::io::Error::other(e)))?
-        .ok_or_else(|| read_err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{file} is missing"))))?;
-    format::check(&mut data).map_err(read_err)
+    format::check(&mut open_snapshot(engine, meta, file)?).map_err(|e| read_err(meta, e))
 }
 
 impl<E: Engine> KvStore<E> {
@@ -103,7 +107,6 @@ impl<E: Engine> KvStore<E> {
     ///
     /// [`RaftStateMachine::install_snapshot`]: openraft::storage::RaftStateMachine::install_snapshot
     pub(super) async fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StorageError> {
-        self.import_failure()?;
         // The simulation runs on one thread: there the import runs before this returns.
         if cfg!(madsim) {
             let mut stored = None;
@@ -122,30 +125,21 @@ impl<E: Engine> KvStore<E> {
         })
     }
 
-    /// An earlier import that failed part way: the stored state is part of a snapshot, so
-    /// nothing may be applied to it or read from it until a restart restores the snapshot.
-    pub(super) fn import_failure(&self) -> Result<(), StorageError> {
-        match self.shared.import_failed.get() {
-            None => Ok(()),
-            Some(reason) => {
-                let e = std::io::Error::other(format!("importing a snapshot failed earlier: {reason}"));
-                Err(crate::typ::StorageError::write_snapshot(None, crate::typ::err_source(&e)))
-            }
-        }
-    }
-
     /// Installs a snapshot in two stages, holding the history lock and the gate throughout so
     /// nothing reads or applies in between: first stores the data as the snapshot's file and
     /// makes it the current snapshot under the torn mark, durably, and reports that to `stored`;
     /// then replaces the state with it, streamed from the file. A crash in the second stage
     /// restores the new snapshot at the next start, as for any torn state; a failure there
-    /// stops this store serving (see [`KvStore::import_failure`]).
+    /// stops this store: it refuses reads, applies, builds and installs (see
+    /// [`super::serving`]).
     fn install_stages(&self, meta: &SnapshotMeta, data: SnapshotData, stored: impl FnOnce(Result<(), StorageError>)) {
         let started = std::time::Instant::now();
         let _history = self.history_exclusive();
         let mut gate = self.write_gate();
         let file = installed_file_name(meta);
-        if let Err(e) = self.store_current(meta, data, &file, &mut gate) {
+        // After a failed import (or apply) the state is partial: nothing more goes onto it.
+        let current = super::serving(&gate).map_err(sm_write_err);
+        if let Err(e) = current.and_then(|()| self.store_current(meta, data, &file, &mut gate)) {
             self.shared.snapshot.send_modify(|s| s.install_failed = true);
             return stored(Err(e));
         }
@@ -156,10 +150,10 @@ impl<E: Engine> KvStore<E> {
             meta.last_log_id.map_or(0, |l| l.index),
             started.elapsed()
         );
-        // Tests hold the import here to observe what waits for it.
-        fail::fail_point!("snapshot-import");
         let engine = &*self.shared.engine;
         let import = || {
+            // Tests hold the import here to observe what waits for it, or make it fail.
+            fail::fail_point!("snapshot-import");
             load_snapshot(engine, &self.shared.index, meta, &file)
                 // The data holds exactly the versions at or below its revision, as compacted
                 // then, so it is the base of the next build and start, as a snapshot built here
@@ -179,7 +173,6 @@ impl<E: Engine> KvStore<E> {
                 // What is stored is part of a snapshot: only a restart's restore may clear the mark.
                 gate.apply_failed = true;
                 tracing::error!(snapshot = %file, "importing the snapshot from the leader failed, this member stops serving: {e}");
-                let _ = self.shared.import_failed.set(e.to_string());
                 self.shared.snapshot.send_modify(|s| s.install_failed = true);
                 return;
             }

@@ -80,9 +80,6 @@ struct Shared<E> {
     /// request (lease reads, lease renewals) never wait for the gate while an apply or a
     /// snapshot holds it.
     applied: parking_lot::Mutex<Option<LogId>>,
-    /// Why importing an installed snapshot failed part way, if it did: the store then neither
-    /// applies nor builds snapshots (see [`KvStore::install`]).
-    import_failed: std::sync::OnceLock<String>,
     /// Told of every grant and revoke once applied: the leader's lease clock.
     lease_hook: std::sync::OnceLock<LeaseHook>,
 }
@@ -149,7 +146,6 @@ impl<E: Engine> KvStore<E> {
                 installed: Default::default(),
                 lease_hook: Default::default(),
                 applied: parking_lot::Mutex::new(meta_applied),
-                import_failed: Default::default(),
                 snapshot,
             }),
         })
@@ -337,8 +333,9 @@ impl<E: Engine> KvStore<E> {
     }
 }
 
-/// A state holding part of a failed apply or import is not served: Raft stops this member at
-/// its next apply, and until then a read could see half of a write.
+/// A state holding part of a failed apply or import is not served, applied to, exported or
+/// replaced: Raft stops this member at its next apply, and until then a read could see half
+/// of a write.
 fn serving(meta: &SmMeta) -> Result<(), MvccError> {
     match meta.apply_failed {
         false => Ok(()),

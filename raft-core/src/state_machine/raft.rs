@@ -55,7 +55,6 @@ impl<E: Engine> RaftStateMachine<TypeConfig> for KvStore<E> {
 
     /// Stores the snapshot and replaces the whole state with it (see [`KvStore::install`]).
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
-        // Replacing the whole state takes long on a big store: off the runtime.
         Ok(self.install(meta, snapshot).await?)
     }
 

@@ -56,7 +56,7 @@ impl<E: Engine> KvStore<E> {
         // Waits for an install still replacing the state (see [`KvStore::install`]): apply reads
         // the state without the gate.
         let mut meta = self.meta();
-        self.import_failure()?;
+        super::serving(&meta).map_err(sm_write_err)?;
         let compacted_before = meta.compacted;
         let revision_before = meta.revision;
         let stored = self.stored();
