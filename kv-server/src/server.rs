@@ -45,6 +45,10 @@ pub enum ServerError {
     Io { context: String, source: std::io::Error },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Raft stopped on its own (a storage failure): the member exits so that a supervisor
+    /// restarts it, and the restart reads back what is really on disk.
+    #[error("stopped serving: {0} (restart the member once the cause is fixed; it recovers from what its disk holds)")]
+    Failed(String),
 }
 
 /// gRPC's receive limit sits above the request limit (etcd: + 512 KiB), so an oversized request
@@ -223,12 +227,14 @@ pub(crate) async fn start_member<E: Engine>(
     // it no longer drains) must not hold the member up for longer than that.
     let drain_bound = cfg.request_timeout + DRAIN_MARGIN;
     let mut draining = ctx.closing.clone();
+    let failed_node = node.clone();
     let task = tokio::spawn(async move {
         let serve = listeners.serve(router, async move {
             let _ = stopped.await;
             // Watch streams end now; the drain then waits only for requests in flight.
             let _ = closing_tx.send(true);
         });
+        let mut failure = None;
         let served = tokio::select! {
             served = serve => served,
             () = async {
@@ -238,15 +244,24 @@ pub(crate) async fn start_member<E: Engine>(
                 tracing::warn!("clients still connected {drain_bound:?} into the drain: closing their connections");
                 Ok(())
             }
+            reason = failed_node.failed() => {
+                tracing::error!("Raft stopped: {reason}; exiting");
+                failure = Some(reason);
+                Ok(())
+            }
         };
         tracing::info!("client listener closed, stopping");
         let _ = stop_publish.send(());
         let _ = publisher.await;
-        node.shutdown().await?;
+        let shutdown = node.shutdown().await;
         let _ = stop_peers.send(());
         if let Ok(Err(e)) = peer_task.await {
             tracing::warn!("peer listener: {e}");
         }
+        if let Some(reason) = failure {
+            return Err(ServerError::Failed(reason));
+        }
+        shutdown?;
         tracing::info!("stopped cleanly");
         served.map_err(ServerError::from)
     });

@@ -89,6 +89,8 @@ pub struct LogStore<E: Engine> {
     flusher: Arc<OnceLock<Flusher>>,
     #[cfg(feature = "planted-bugs")]
     ack_before_flush: bool,
+    #[cfg(feature = "planted-bugs")]
+    skip_log_fsync: bool,
     /// This member's id, when the planted bug `leader_counted_before_flush` is on.
     #[cfg(feature = "planted-bugs")]
     early_leader: Option<crate::typ::NodeId>,
@@ -103,6 +105,8 @@ impl<E: Engine> Clone for LogStore<E> {
             flusher: self.flusher.clone(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
+            #[cfg(feature = "planted-bugs")]
+            skip_log_fsync: self.skip_log_fsync,
             #[cfg(feature = "planted-bugs")]
             early_leader: self.early_leader,
         }
@@ -137,13 +141,21 @@ type FlushSender = mpsc::UnboundedSender<IOFlushed>;
 struct FlushState<E> {
     engine: std::sync::Weak<E>,
     failed: Option<String>,
+    /// The planted bug `skip_log_fsync` (always off in a build without planted bugs).
+    skip_sync: bool,
 }
 
 impl<E: Engine> FlushState<E> {
+    fn new(engine: &Arc<E>, skip_sync: bool) -> Self {
+        FlushState { engine: Arc::downgrade(engine), failed: None, skip_sync }
+    }
+
     /// Syncs once (unless an earlier sync failed) and reports every append of `waiting`.
     fn sync_and_report(&mut self, waiting: Vec<IOFlushed>) {
         if self.failed.is_none() {
             self.failed = match self.engine.upgrade() {
+                // Planted bug: the appends are reported durable from the page cache.
+                Some(_) if self.skip_sync => None,
                 Some(engine) => engine.log_sync().err().map(|e| e.to_string()),
                 None => Some("the log was closed".into()),
             };
@@ -159,8 +171,8 @@ impl<E: Engine> FlushState<E> {
 
 impl Flusher {
     #[cfg(not(madsim))]
-    fn start<E: Engine>(engine: &Arc<E>) -> io::Result<Flusher> {
-        let mut state = FlushState { engine: Arc::downgrade(engine), failed: None };
+    fn start<E: Engine>(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher> {
+        let mut state = FlushState::new(engine, skip_sync);
         let (tx, rx) = std::sync::mpsc::channel::<IOFlushed>();
         std::thread::Builder::new().name("raft-log-flusher".into()).spawn(move || {
             // Ends when every sender is gone: the log store was dropped.
@@ -174,8 +186,8 @@ impl Flusher {
     }
 
     #[cfg(madsim)]
-    fn start<E: Engine>(engine: &Arc<E>) -> io::Result<Flusher> {
-        let mut state = FlushState { engine: Arc::downgrade(engine), failed: None };
+    fn start<E: Engine>(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher> {
+        let mut state = FlushState::new(engine, skip_sync);
         let (tx, mut rx) = mpsc::unbounded_channel::<IOFlushed>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -200,6 +212,8 @@ impl<E: Engine> LogStore<E> {
             flusher: Arc::default(),
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
+            #[cfg(feature = "planted-bugs")]
+            skip_log_fsync: false,
             #[cfg(feature = "planted-bugs")]
             early_leader: None,
         }
@@ -242,6 +256,7 @@ impl<E: Engine> LogStore<E> {
     #[cfg(feature = "planted-bugs")]
     pub fn with_planted(mut self, bugs: crate::planted::PlantedBugs, me: crate::typ::NodeId) -> Self {
         self.ack_before_flush = bugs.ack_before_flush;
+        self.skip_log_fsync = bugs.skip_log_fsync;
         self.early_leader = bugs.leader_counted_before_flush.then_some(me);
         self
     }
@@ -404,7 +419,11 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         let flusher = match self.flusher.get() {
             Some(f) => f,
             None => {
-                let started = Flusher::start(&self.engine)?;
+                #[cfg(feature = "planted-bugs")]
+                let skip_sync = self.skip_log_fsync;
+                #[cfg(not(feature = "planted-bugs"))]
+                let skip_sync = false;
+                let started = Flusher::start(&self.engine, skip_sync)?;
                 self.flusher.get_or_init(|| started)
             }
         };

@@ -6,6 +6,8 @@
 //!   no ReadIndex round: a deposed leader or a lagging follower answers with stale data;
 //! - `ack_before_flush` tells openraft a log append is done before it is flushed, so a crash
 //!   can lose an entry a quorum counted as stored;
+//! - `skip_log_fsync` makes the log's flusher report appends durable without syncing them: a
+//!   kill -9 loses nothing (the page cache keeps the writes), only a power loss does;
 //! - `leader_counted_before_flush` has the leader report its own appends durable before the
 //!   sync (followers still sync): the leader counts itself towards a quorum early, so a crash
 //!   of the leader and one follower can lose an entry acknowledged to a client;
@@ -23,6 +25,7 @@ pub struct PlantedBugs {
     pub local_linearizable_reads: bool,
     pub ack_before_flush: bool,
     pub leader_counted_before_flush: bool,
+    pub skip_log_fsync: bool,
     pub watch_skip_at_switch: bool,
     pub lease_forget_renewals: bool,
     pub lock_grant_unchecked: bool,
@@ -40,6 +43,7 @@ impl std::str::FromStr for PlantedBugs {
                 "local_linearizable_reads" => &mut bugs.local_linearizable_reads,
                 "ack_before_flush" => &mut bugs.ack_before_flush,
                 "leader_counted_before_flush" => &mut bugs.leader_counted_before_flush,
+                "skip_log_fsync" => &mut bugs.skip_log_fsync,
                 "watch_skip_at_switch" => &mut bugs.watch_skip_at_switch,
                 "lease_forget_renewals" => &mut bugs.lease_forget_renewals,
                 "lock_grant_unchecked" => &mut bugs.lock_grant_unchecked,

@@ -7,14 +7,20 @@
 //! `fdatasync` of the bytes just written.
 //!
 //! Layout: `<dir>/<index of the first entry, 20 digits>.seg`, entries appended to the newest
-//! segment until it holds [`SEGMENT_BYTES`], each as a record
-//! `[payload length: u32][crc32 of index and payload: u32][index: u64][payload]` (little endian).
-//! Segments follow one another without gaps. A purge deletes whole segments; a truncation cuts
-//! one and deletes those after it.
+//! segment until it holds [`SEGMENT_BYTES`]. A segment starts with [`MAGIC`], then records
+//! `[payload length: u32][crc32: u32][index: u64][synced below: u64][payload]` (little endian;
+//! the checksum covers index, synced-below and payload). Segments follow one another without
+//! gaps. A purge deletes whole segments; a truncation cuts one and deletes those after it.
 //!
 //! A crash can leave a torn record only at the end of the newest segment (a segment is synced
 //! before the next one is started): opening cuts it off, since it was never acknowledged. A bad
-//! record anywhere else, or a gap between segments, is corruption, and opening fails.
+//! record anywhere else, or a gap between segments, is corruption, and opening fails. In the
+//! newest segment the two look alike at the bad record itself; what tells them apart is what
+//! follows it. Each record carries "synced below", the index below which every entry was durable
+//! when it was written: if any intact record further on says entry `i` was already durable, a
+//! bad record of entry `i` is damage to acknowledged data (opening fails, naming the file), not
+//! an append that a crash cut short. Segments written before this rule (no [`MAGIC`]) carry no
+//! such field and keep the old one: a bad record in the newest is cut off.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -31,8 +37,34 @@ use super::Result;
 /// Bytes after which the next append starts a new segment (etcd's WAL uses the same size).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Bytes of a record before its payload.
-const HEADER: usize = 16;
+/// The first bytes of every segment written in the current record format.
+const MAGIC: [u8; 8] = *b"rkvlog\x00\x02";
+
+/// How a segment's records are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// No [`MAGIC`], records without "synced below" (segments of older builds).
+    Legacy,
+    Current,
+}
+
+impl Format {
+    /// Bytes of a record before its payload.
+    fn header(self) -> usize {
+        match self {
+            Format::Legacy => 16,
+            Format::Current => 24,
+        }
+    }
+
+    /// Where the first record starts.
+    fn start(self) -> u64 {
+        match self {
+            Format::Legacy => 0,
+            Format::Current => MAGIC.len() as u64,
+        }
+    }
+}
 
 /// The newest segment is kept written with zeros up to this multiple of bytes past its records.
 /// An append that overwrites bytes already in the file changes no file metadata, so its
@@ -55,6 +87,7 @@ pub enum LogError {
 /// One segment file and where its records start.
 struct Segment {
     first: u64,
+    format: Format,
     path: PathBuf,
     file: Arc<File>,
     /// `offsets[i]` is where the record of entry `first + i` starts.
@@ -66,6 +99,21 @@ struct Segment {
 }
 
 impl Segment {
+    /// A segment of no records in the current format, before its header is written.
+    fn empty(first: u64, path: PathBuf, file: File) -> Segment {
+        Segment { first, format: Format::Current, path, file: Arc::new(file), offsets: Vec::new(), len: 0, filled: 0 }
+    }
+
+    /// Writes the header of an empty segment, durably.
+    fn write_magic(&mut self) -> Result<()> {
+        self.file.set_len(0)?;
+        self.file.write_all_at(&MAGIC, 0)?;
+        self.file.sync_all()?;
+        self.len = MAGIC.len() as u64;
+        self.filled = self.len;
+        Ok(())
+    }
+
     /// The index the next entry appended here would have.
     fn next(&self) -> u64 {
         self.first + self.offsets.len() as u64
@@ -84,6 +132,10 @@ struct State {
     segments: VecDeque<Segment>,
     /// Files written since their last sync.
     unsynced: Vec<Arc<File>>,
+    /// Every entry below this index is durable: what each new record says it was written after.
+    synced_below: u64,
+    /// Counts truncations, so that a sync that ran across one does not claim entries it cut.
+    cuts: u64,
 }
 
 impl State {
@@ -122,26 +174,74 @@ fn corrupt(path: &Path, what: String) -> LogError {
     LogError::Corrupt { file: path.display().to_string(), what }
 }
 
-fn checksum(index: u64, payload: &[u8]) -> u32 {
+/// One record as stored.
+struct Record<'a> {
+    index: u64,
+    payload: &'a [u8],
+    /// Bytes of the whole record.
+    len: usize,
+}
+
+fn checksum(index: u64, synced_below: Option<u64>, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&index.to_le_bytes());
+    if let Some(below) = synced_below {
+        h.update(&below.to_le_bytes());
+    }
     h.update(payload);
     h.finalize()
 }
 
-/// One record parsed from `buf`: `(index, payload, record length)`, or why it is not one.
-fn parse(buf: &[u8]) -> std::result::Result<(u64, &[u8], usize), &'static str> {
-    if buf.len() < HEADER {
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// One record parsed from the start of `buf`, or why it is not one.
+fn parse(buf: &[u8], format: Format) -> std::result::Result<Record<'_>, &'static str> {
+    let header = format.header();
+    if buf.len() < header {
         return Err("a record header is cut short");
     }
-    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-    let index = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-    let payload = buf.get(HEADER..HEADER + len).ok_or("a record is cut short")?;
-    if checksum(index, payload) != crc {
+    let len = u32_at(buf, 0) as usize;
+    let crc = u32_at(buf, 4);
+    let index = u64_at(buf, 8);
+    let synced_below = if format == Format::Current { Some(u64_at(buf, 16)) } else { None };
+    let payload = buf.get(header..header + len).ok_or("a record is cut short")?;
+    if checksum(index, synced_below, payload) != crc {
         return Err("a record's checksum does not match");
     }
-    Ok((index, payload, HEADER + len))
+    Ok(Record { index, payload, len: header + len })
+}
+
+/// Appends the record of `(index, payload)` in the current format to `buf`.
+fn encode(buf: &mut Vec<u8>, index: u64, synced_below: u64, payload: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("a log entry over 4 GiB"))?;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&checksum(index, Some(synced_below), payload).to_le_bytes());
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(&synced_below.to_le_bytes());
+    buf.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Whether an intact record somewhere in `rest` (the bytes after a bad record of entry `index`)
+/// says entry `index` was durable when it was written. Records after a bad one cannot be found
+/// by their lengths, so every offset is tried; the cheap field checks first keep zeros and
+/// garbage from costing a checksum.
+fn later_record_vouches_for(rest: &[u8], index: u64) -> bool {
+    let header = Format::Current.header();
+    (0..rest.len().saturating_sub(header)).any(|at| {
+        let buf = &rest[at..];
+        let (len, claimed, synced_below) = (u32_at(buf, 0) as usize, u64_at(buf, 8), u64_at(buf, 16));
+        synced_below > index
+            && claimed >= synced_below
+            && len <= buf.len() - header
+            && parse(buf, Format::Current).is_ok()
+    })
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -178,8 +278,14 @@ impl SegmentLog {
             }
             segments.push_back(segment);
         }
+        // What was read is what a record written from now on may call durable: a member that
+        // was killed (not powered off) finds its unsynced appends still in the page cache.
+        if let Some(newest) = segments.back() {
+            newest.file.sync_all()?;
+        }
         sync_dir(&dir)?;
-        let state = Mutex::new(State { segments, unsynced: Vec::new() });
+        let synced_below = segments.back().map_or(0, Segment::next);
+        let state = Mutex::new(State { segments, unsynced: Vec::new(), synced_below, cuts: 0 });
         Ok(SegmentLog {
             dir,
             segment_bytes,
@@ -190,26 +296,37 @@ impl SegmentLog {
         })
     }
 
-    /// Reads one segment's records; a bad record ends the newest segment there and is an
-    /// error in any other.
+    /// Reads one segment's records. A bad record is an error in any segment but the newest;
+    /// there it is a torn tail, cut off, unless a later record says it had been synced.
     fn load(dir: &Path, first: u64, newest: bool) -> Result<Segment> {
         let path = dir.join(segment_name(first));
         let file = File::options().read(true).write(true).open(&path)?;
         let data = std::fs::read(&path)?;
+        if newest && MAGIC.starts_with(&data) {
+            // Started, but its header never reached the disk: it holds nothing.
+            let mut segment = Segment::empty(first, path, file);
+            segment.write_magic()?;
+            return Ok(segment);
+        }
+        let format = if data.starts_with(&MAGIC) { Format::Current } else { Format::Legacy };
         let mut offsets = Vec::new();
-        let mut at = 0;
+        let mut at = format.start() as usize;
         while at < data.len() {
             let expected = first + offsets.len() as u64;
-            match parse(&data[at..]) {
-                Ok((index, _, n)) if index == expected => {
+            match parse(&data[at..], format) {
+                Ok(record) if record.index == expected => {
                     offsets.push(at as u64);
-                    at += n;
+                    at += record.len;
                 }
-                Ok((index, _, _)) => {
-                    let what = format!("entry {index} stored where entry {expected} belongs");
+                Ok(record) => {
+                    let what = format!("entry {} stored where entry {expected} belongs", record.index);
                     return Err(corrupt(&path, what).into());
                 }
                 Err(why) if newest => {
+                    if format == Format::Current && later_record_vouches_for(&data[at + 1..], expected) {
+                        let what = format!("{why} at byte {at}, where entry {expected} is stored and was synced (a later record says so)");
+                        return Err(corrupt(&path, what).into());
+                    }
                     // Zeros written ahead of the appends ([`FILL_BYTES`]), or an append that a
                     // crash cut short: never synced, so never acknowledged. Either way the file
                     // ends here, so that nothing after it (a later record of that cut append)
@@ -224,15 +341,18 @@ impl SegmentLog {
                 Err(why) => return Err(corrupt(&path, format!("{why} at byte {at}")).into()),
             }
         }
-        Ok(Segment { first, path, file: Arc::new(file), offsets, len: at as u64, filled: at as u64 })
+        let len = at as u64;
+        Ok(Segment { first, format, path, file: Arc::new(file), offsets, len, filled: len })
     }
 
-    /// Starts a segment whose first entry will be `first`; durable as a directory entry.
+    /// Starts a segment whose first entry will be `first`; durable, header and directory entry.
     fn start_segment(&self, first: u64) -> Result<Segment> {
         let path = self.dir.join(segment_name(first));
         let file = File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let mut segment = Segment::empty(first, path, file);
+        segment.write_magic()?;
         sync_dir(&self.dir)?;
-        Ok(Segment { first, path, file: Arc::new(file), offsets: Vec::new(), len: 0, filled: 0 })
+        Ok(segment)
     }
 
     /// Appends entries `(index, payload)` (see [`super::Engine::log_append`]).
@@ -252,9 +372,12 @@ impl SegmentLog {
             }
             let segment = self.start_segment(start)?;
             st.segments.push_back(segment);
-        } else if st.segments.back().is_some_and(|s| s.len >= self.segment_bytes) {
+            // Nothing of this log's new start has been synced.
+            st.synced_below = start;
+        } else if st.segments.back().is_some_and(|s| s.len >= self.segment_bytes || s.format == Format::Legacy) {
             // A full segment is cut to its records and synced before the next starts: only the
-            // newest can be torn or end in zeros.
+            // newest can be torn or end in zeros. (A segment of an older build gets no records
+            // in the current format: a new one starts.)
             let full = st.segments.back_mut().expect("checked");
             full.file.set_len(full.len)?;
             full.filled = full.len;
@@ -263,17 +386,14 @@ impl SegmentLog {
             let segment = self.start_segment(start)?;
             st.segments.push_back(segment);
         }
-        let size: usize = entries.iter().map(|(_, p)| HEADER + p.len()).sum();
+        let size: usize = entries.iter().map(|(_, p)| Format::Current.header() + p.len()).sum();
         let mut buf = Vec::with_capacity(size);
+        let synced_below = st.synced_below;
         let active = st.segments.back_mut().expect("a segment to append to");
         let mut offsets = Vec::with_capacity(entries.len());
         for (index, payload) in &entries {
-            let len = u32::try_from(payload.len()).map_err(|_| std::io::Error::other("a log entry over 4 GiB"))?;
             offsets.push(active.len + buf.len() as u64);
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&checksum(*index, payload).to_le_bytes());
-            buf.extend_from_slice(&index.to_le_bytes());
-            buf.extend_from_slice(payload);
+            encode(&mut buf, *index, synced_below, payload)?;
         }
         let records = buf.len() as u64;
         let end = active.len + records;
@@ -296,9 +416,16 @@ impl SegmentLog {
     pub fn sync(&self) -> Result<()> {
         let _one_at_a_time = self.syncing.lock();
         self.check_healthy()?;
-        let files = std::mem::take(&mut self.state.lock().unsynced);
+        let (files, below, cuts) = {
+            let mut st = self.state.lock();
+            (std::mem::take(&mut st.unsynced), st.next(), st.cuts)
+        };
         for f in files {
             self.synced(f.sync_data())?;
+        }
+        let mut st = self.state.lock();
+        if let Some(below) = below.filter(|b| st.cuts == cuts && *b > st.synced_below) {
+            st.synced_below = below;
         }
         Ok(())
     }
@@ -348,6 +475,8 @@ impl SegmentLog {
             let outcome = s.file.sync_all();
             self.synced(outcome)?;
         }
+        st.synced_below = st.synced_below.min(from);
+        st.cuts += 1;
         Ok(())
     }
 
@@ -386,28 +515,29 @@ impl SegmentLog {
                 let mut last = lo;
                 while last < hi {
                     let (start, end) = s.record(last);
-                    bytes += (end - start) as usize - HEADER;
+                    bytes += (end - start) as usize - s.format.header();
                     last += 1;
                     if bytes >= budget {
-                        plan.push((s.file.clone(), s.path.clone(), lo, last, s.record(lo).0, end));
+                        plan.push((s.file.clone(), s.path.clone(), s.format, lo, last, s.record(lo).0, end));
                         break 'segments;
                     }
                 }
-                plan.push((s.file.clone(), s.path.clone(), lo, hi, s.record(lo).0, s.record(hi - 1).1));
+                plan.push((s.file.clone(), s.path.clone(), s.format, lo, hi, s.record(lo).0, s.record(hi - 1).1));
             }
         }
         let mut out = Vec::new();
-        for (file, path, lo, hi, start, end) in plan {
+        for (file, path, format, lo, hi, start, end) in plan {
             let mut buf = vec![0; (end - start) as usize];
             file.read_exact_at(&mut buf, start)?;
             let mut at = 0;
             for expected in lo..hi {
-                let (index, payload, n) = parse(&buf[at..]).map_err(|why| corrupt(&path, why.to_string()))?;
-                if index != expected {
-                    return Err(corrupt(&path, format!("entry {index} read where entry {expected} belongs")).into());
+                let record = parse(&buf[at..], format).map_err(|why| corrupt(&path, why.to_string()))?;
+                if record.index != expected {
+                    let what = format!("entry {} read where entry {expected} belongs", record.index);
+                    return Err(corrupt(&path, what).into());
                 }
-                out.push(payload.to_vec());
-                at += n;
+                out.push(record.payload.to_vec());
+                at += record.len;
             }
         }
         Ok(out)
@@ -518,11 +648,7 @@ mod tests {
         drop(log);
         // A well-formed record of entry 5 past the zeros, as a cut append could leave it.
         let mut stray = Vec::new();
-        let payload = b"stray";
-        stray.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        stray.extend_from_slice(&checksum(5, payload).to_le_bytes());
-        stray.extend_from_slice(&5u64.to_le_bytes());
-        stray.extend_from_slice(payload);
+        encode(&mut stray, 5, 0, b"stray").unwrap();
         File::options().write(true).open(&path).unwrap().write_all_at(&stray, records + 100).unwrap();
 
         let log = SegmentLog::open(dir.path()).unwrap();
@@ -548,7 +674,7 @@ mod tests {
         // One byte of entry 1's payload flipped, in a segment that is not the newest.
         let path = dir.path().join(segment_name(1));
         let mut data = std::fs::read(&path).unwrap();
-        data[HEADER] ^= 1;
+        data[MAGIC.len() + Format::Current.header()] ^= 1;
         std::fs::write(&path, data).unwrap();
         let err = SegmentLog::open(dir.path()).err().expect("damage is refused").to_string();
         assert!(err.contains("checksum does not match"), "{err}");
@@ -559,6 +685,120 @@ mod tests {
         std::fs::write(dir.path().join(segment_name(1)), []).unwrap();
         let err = SegmentLog::open(dir.path()).err().expect("a gap is refused").to_string();
         assert!(err.contains("ends before entry 1"), "{err}");
+    }
+
+    /// Flips one byte of entry `index`'s payload in the (only) segment of `dir`.
+    fn damage(dir: &Path, index: u64) {
+        let path = dir.join(segment_name(1));
+        let mut data = std::fs::read(&path).unwrap();
+        let mut at = MAGIC.len();
+        for _ in 1..index {
+            at += parse(&data[at..], Format::Current).unwrap().len;
+        }
+        data[at + Format::Current.header()] ^= 1;
+        std::fs::write(&path, data).unwrap();
+    }
+
+    /// Entries 1-2 synced, 3 synced in a sync of its own, then 4-6 appended together and never
+    /// synced: what a member holds when power fails during an append.
+    fn synced_then_unsynced(dir: &Path) {
+        let log = SegmentLog::open(dir).unwrap();
+        log.append(entries(1..=2)).unwrap();
+        log.sync().unwrap();
+        log.append(entries(3..=3)).unwrap();
+        log.sync().unwrap();
+        log.append(entries(4..=6)).unwrap();
+    }
+
+    #[test]
+    fn a_bad_record_that_a_later_record_calls_synced_stops_the_start_naming_the_file() {
+        for bad in [1, 2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            synced_then_unsynced(dir.path());
+            damage(dir.path(), bad);
+            let err = SegmentLog::open(dir.path()).err().expect("damage to synced entries is refused").to_string();
+            assert!(err.contains(&segment_name(1)), "names the file: {err}");
+            assert!(err.contains(&format!("entry {bad} is stored and was synced")), "{err}");
+            assert_eq!(std::fs::metadata(dir.path().join(segment_name(1))).unwrap().len(), FILL_BYTES, "nothing cut");
+        }
+    }
+
+    #[test]
+    fn a_bad_record_no_later_record_calls_synced_is_a_torn_tail_and_is_cut() {
+        for bad in [4, 5, 6] {
+            let dir = tempfile::tempdir().unwrap();
+            synced_then_unsynced(dir.path());
+            damage(dir.path(), bad);
+            let log = SegmentLog::open(dir.path()).unwrap();
+            assert_eq!(indexes(&log, 0, 100), (1..bad).collect::<Vec<_>>(), "cut at the torn entry {bad}");
+            log.append(entries(bad..=7)).unwrap();
+            log.sync().unwrap();
+            drop(log);
+            let log = SegmentLog::open(dir.path()).unwrap();
+            assert_eq!(indexes(&log, 0, 100), (1..=7).collect::<Vec<_>>());
+        }
+    }
+
+    /// A log written by a build before "synced below": its newest segment keeps the old rule (a
+    /// bad record is cut off), and appends go on in a new segment of the current format.
+    #[test]
+    fn segments_of_the_older_format_are_read_and_appends_go_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Vec::new();
+        for i in 1..=3u64 {
+            let payload = format!("entry {i}").into_bytes();
+            old.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            old.extend_from_slice(&checksum(i, None, &payload).to_le_bytes());
+            old.extend_from_slice(&i.to_le_bytes());
+            old.extend_from_slice(&payload);
+        }
+        old.truncate(old.len() - 2); // entry 3 torn
+        std::fs::write(dir.path().join(segment_name(1)), old).unwrap();
+        let log = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log, 0, 100), vec![1, 2]);
+        log.append(entries(3..=4)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![segment_name(1), segment_name(3)]);
+        drop(log);
+        let log = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log, 0, 100), vec![1, 2, 3, 4]);
+        assert_eq!(log.read(1, 5, 8).unwrap().len(), 2, "the budget counts payloads of both formats");
+    }
+
+    /// A crash between creating a segment and syncing its header leaves it empty or with part of
+    /// the header: it holds no entry, and appends go on in it.
+    #[test]
+    fn a_segment_whose_header_was_cut_short_starts_again() {
+        for kept in [0, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = SegmentLog::open(dir.path()).unwrap();
+            log.append(entries(1..=2)).unwrap();
+            log.sync().unwrap();
+            drop(log);
+            std::fs::write(dir.path().join(segment_name(1)), &MAGIC[..kept]).unwrap();
+            let log = SegmentLog::open(dir.path()).unwrap();
+            assert_eq!(log.last().unwrap(), None);
+            log.append(entries(1..=1)).unwrap();
+            drop(log);
+            let log = SegmentLog::open(dir.path()).unwrap();
+            assert_eq!(indexes(&log, 0, 100), vec![1]);
+        }
+    }
+
+    /// Entries truncated away were synced; the entries appended in their place were not, and
+    /// must not be vouched for by what was said of the old ones.
+    #[test]
+    fn after_a_truncation_new_records_claim_only_what_was_synced_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path()).unwrap();
+        log.append(entries(1..=5)).unwrap();
+        log.sync().unwrap();
+        log.truncate(3).unwrap();
+        log.append(entries(3..=5)).unwrap();
+        drop(log);
+        damage(dir.path(), 3);
+        let log = SegmentLog::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log, 0, 100), vec![1, 2], "entry 3 anew was never synced: a torn tail");
     }
 
     #[test]

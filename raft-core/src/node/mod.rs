@@ -379,6 +379,20 @@ impl<E: Engine> Node<E> {
         self.read_index_rounds.load(Ordering::Relaxed)
     }
 
+    /// Resolves once Raft has stopped on its own, with the reason: a storage failure (a full
+    /// disk, an I/O error on a write, a sync or an apply) stops it for good, and a member in that
+    /// state would answer every request "server stopped" forever. Only a restart recovers it,
+    /// reading back what is really on disk, so the server exits on this (kv-server).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        // An error means the metrics went with Raft itself.
+        let _ = rx.wait_until(|m| m.running_state.is_err()).await;
+        match &self.raft.metrics().borrow_watched().running_state {
+            Err(fatal) => fatal.to_string(),
+            Ok(()) => "Raft stopped".into(),
+        }
+    }
+
     /// Stops Raft; pending requests fail with "server stopped". Flushes the engine.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
         self.raft.shutdown().await.map_err(fatal)?;
