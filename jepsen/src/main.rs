@@ -39,7 +39,8 @@ struct RunArgs {
     time: Duration,
     /// Faults to draw from, comma-separated (empty: none): kill, kill-leader, kill-majority,
     /// kill-all, pause, pause-leader, partition-leader, partition-halves, partition-bridge,
-    /// partition-one-way.
+    /// partition-one-way; with the members' data on lazyfs: power-loss, power-loss-majority,
+    /// power-loss-all, disk-full, disk-eio.
     #[arg(long, value_delimiter = ',', default_value = "kill,kill-leader,pause,partition-leader,partition-halves")]
     nemesis: Vec<Fault>,
     /// How long each fault lasts (up to half again as long), and the calm between two.
@@ -60,6 +61,10 @@ struct RunArgs {
     /// should then be invalid. Needs a kv-server built with `--features planted-bugs`.
     #[arg(long)]
     planted: Option<String>,
+    /// Put the members' data on lazyfs mounts even without disk faults (power-loss-*, disk-full
+    /// and disk-eio always do): a kill -9 run on the same footing as a power-loss run.
+    #[arg(long)]
+    lazyfs: bool,
     /// Where each run's directory is created.
     #[arg(long, default_value = "target/jepsen")]
     results: PathBuf,
@@ -121,6 +126,7 @@ fn run(args: RunArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         seed,
         kv_server,
         planted: args.planted,
+        lazyfs: args.lazyfs,
         results: args.results,
         prefix: args.prefix,
         subnet: args.subnet,

@@ -2,8 +2,8 @@
 //! schedule (which fault when) lives in [`crate::run`]; every fault applied becomes a
 //! [`Window`] of the run's timeline.
 //!
-//! File-system faults (power loss, a full or failing disk) will join these as another kind of
-//! fault once the members' data sits on the harness's own file system.
+//! The disk faults (power loss, a full disk, failing syncs) need the members' data on the
+//! harness's own file system (lazyfs, see [`crate::members`]): [`Fault::needs_lazyfs`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,9 +36,18 @@ pub enum Fault {
     PartitionBridge,
     /// The leader hears nobody but is heard by all: its messages arrive, the answers do not.
     PartitionOneWay,
+    /// Power cut to one member chosen at random: killed, and everything its disk had not synced
+    /// is lost (sometimes the last unsynced write torn); restarted at the heal.
+    PowerLoss,
+    PowerLossMajority,
+    PowerLossAll,
+    /// One member's disk full: writes fail with ENOSPC until the heal.
+    DiskFull,
+    /// One member's disk fails every fsync with EIO until the heal.
+    DiskEio,
 }
 
-pub const ALL: [Fault; 10] = [
+pub const ALL: [Fault; 15] = [
     Fault::Kill,
     Fault::KillLeader,
     Fault::KillMajority,
@@ -49,6 +58,11 @@ pub const ALL: [Fault; 10] = [
     Fault::PartitionHalves,
     Fault::PartitionBridge,
     Fault::PartitionOneWay,
+    Fault::PowerLoss,
+    Fault::PowerLossMajority,
+    Fault::PowerLossAll,
+    Fault::DiskFull,
+    Fault::DiskEio,
 ];
 
 impl Fault {
@@ -64,7 +78,20 @@ impl Fault {
             Fault::PartitionHalves => "partition-halves",
             Fault::PartitionBridge => "partition-bridge",
             Fault::PartitionOneWay => "partition-one-way",
+            Fault::PowerLoss => "power-loss",
+            Fault::PowerLossMajority => "power-loss-majority",
+            Fault::PowerLossAll => "power-loss-all",
+            Fault::DiskFull => "disk-full",
+            Fault::DiskEio => "disk-eio",
         }
+    }
+
+    /// Whether the fault acts on the members' disks, which must then be lazyfs mounts.
+    pub fn needs_lazyfs(self) -> bool {
+        matches!(
+            self,
+            Fault::PowerLoss | Fault::PowerLossMajority | Fault::PowerLossAll | Fault::DiskFull | Fault::DiskEio
+        )
     }
 
     /// Whether the fault needs to know the leader.
@@ -152,6 +179,32 @@ pub fn apply<R: Rng>(
                 net.drop_from(target, i)?;
             }
             format!("{} hears nobody, is heard by all", members.name(target))
+        }
+        Fault::PowerLoss | Fault::PowerLossMajority | Fault::PowerLossAll => {
+            let hit = match fault {
+                Fault::PowerLoss => &all[..1],
+                Fault::PowerLossMajority => &all[..majority],
+                _ => &all[..],
+            };
+            // All at once: every member is down before any disk is rolled back.
+            for i in hit {
+                members.kill(*i);
+            }
+            let mut lost = Vec::new();
+            for i in hit {
+                let tear = rng.gen_bool(0.5);
+                let loss = members.power_loss(*i, tear, rng)?;
+                lost.push(format!("{}: {loss}", members.name(*i)));
+            }
+            format!("power lost on {} ({})", names(hit, members), lost.join("; "))
+        }
+        Fault::DiskFull => {
+            members.disk_fault(target, lazyfs::Fault::DiskFull)?;
+            format!("{}'s disk full", members.name(target))
+        }
+        Fault::DiskEio => {
+            members.disk_fault(target, lazyfs::Fault::SyncEio)?;
+            format!("{}'s syncs fail (EIO)", members.name(target))
         }
     })
 }

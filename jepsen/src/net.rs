@@ -43,6 +43,8 @@ pub fn ensure_tools() -> Result<(), HarnessError> {
         return Err(HarnessError::Setup("the harness needs root (network namespaces, iptables)".into()));
     }
     run("ip", &["-V"])?;
+    // util-linux's, which starts the members in their network namespaces (crate::members).
+    run("nsenter", &["--version"])?;
     if run("iptables", &["--version"]).is_err() {
         eprintln!("jepsen: installing iptables with apt-get");
         let ok = Command::new("apt-get")

@@ -40,6 +40,9 @@ pub struct Plan {
     pub kv_server: PathBuf,
     /// Planted bugs the members run with (comma-separated names; teeth for the checks).
     pub planted: Option<String>,
+    /// The members' data on lazyfs mounts even without disk faults (they always are with
+    /// them): a kill -9 run to hold up against a power-loss run on the same footing.
+    pub lazyfs: bool,
     /// Where this run's directory is created.
     pub results: PathBuf,
     /// Names of the namespaces (`{prefix}-*`).
@@ -182,7 +185,8 @@ pub fn run(plan: &Plan) -> Result<Verdict, HarnessError> {
     let dir = dir.canonicalize().map_err(|e| HarnessError::Setup(format!("{}: {e}", dir.display())))?;
 
     let net = Net::create(&plan.prefix, plan.members, plan.subnet)?;
-    let members = Members::start(&plan.kv_server, plan.planted.clone(), &net, &dir)?;
+    let lazyfs = plan.lazyfs || plan.faults.iter().any(|f| f.needs_lazyfs());
+    let members = Members::start(&plan.kv_server, plan.planted.clone(), &net, &dir, lazyfs)?;
     // The runtime's threads are born in the clients' namespace: everything that speaks to the
     // members runs there. Members and network are torn down when this returns, whatever happens.
     let plan2 = plan.clone();
@@ -280,7 +284,7 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
         let pause = if faulted { plan.interval } else { plan.interval / 2 };
         tokio::select! {
             () = &mut ctrl_c => { interrupted = true; break; }
-            () = sleep(pause.min(plan.time.saturating_sub(start.elapsed()))) => {}
+            r = supervised(&mut members, pause.min(plan.time.saturating_sub(start.elapsed()))) => r?,
         }
         if start.elapsed() >= plan.time || plan.faults.is_empty() {
             continue;
@@ -293,7 +297,7 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
         let hold = plan.interval + Duration::from_millis(rng.gen_range(0..=plan.interval.as_millis() as u64 / 2));
         tokio::select! {
             () = &mut ctrl_c => { interrupted = true; }
-            () = sleep(hold) => {}
+            r = supervised(&mut members, hold) => r?,
         }
         nemesis::heal(&mut members, net)?;
         if let Some(w) = timeline.last_mut() {
@@ -305,7 +309,7 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
     if !interrupted {
         tokio::select! {
             () = &mut ctrl_c => { interrupted = true; }
-            () = sleep(plan.quiet) => {}
+            r = supervised(&mut members, plan.quiet) => r?,
         }
     }
     let _ = stop_tx.send(true);
@@ -341,6 +345,19 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
             format!("member {} exited on its own ({status}): see {}.log", members.name(*i), members.name(*i))
         })
         .collect();
+    let mut exits = exits;
+    for e in &members.fault_exits {
+        let name = members.name(e.member);
+        println!("jepsen: {name} exited after a disk fault ({}): {}", e.status, e.last_words);
+        // The answer to a failed disk: exit non-zero, saying why (a supervisor restarts it).
+        let said_why = e.last_words.starts_with("Error: ");
+        if e.status.success() || e.status.code().is_none() || !said_why {
+            exits.push(format!(
+                "member {name} exited after a disk fault without an error exit and its reason ({}): see {name}.log",
+                e.status
+            ));
+        }
+    }
     problems.extend(exits.iter().map(|e| format!("liveness: {e}")));
     let mut checkers = vec![checked("liveness", exits.first().cloned().map_or(Ok(()), Err))];
     let mut converged_after_ms = None;
@@ -511,6 +528,20 @@ fn checked(name: &str, result: Result<(), String>) -> Checked {
         Err(_) => Validity::Invalid,
     };
     Checked { checker: name.into(), validity, detail: result.err().unwrap_or_default() }
+}
+
+/// Waits `time`, restarting the members that exited on a disk fault once it is healed, as a
+/// supervisor would.
+async fn supervised(members: &mut Members, time: Duration) -> Result<(), HarnessError> {
+    let until = Instant::now() + time;
+    loop {
+        members.supervise()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        sleep(left.min(Duration::from_millis(250))).await;
+    }
 }
 
 /// Resolves once the run is interrupted.

@@ -11,8 +11,17 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    runtime().context("kv-server: starting the runtime")?.block_on(serve())
+/// An error ends the process with status 1 and one line, causes included: `Error: kv-server:
+/// stopped serving: ...` (a supervisor's log shows why at a glance).
+fn main() -> std::process::ExitCode {
+    let served = runtime().context("kv-server: starting the runtime").and_then(|rt| rt.block_on(serve()));
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// tokio's multi-threaded runtime, with the LIFO slot off where the build allows it (the
