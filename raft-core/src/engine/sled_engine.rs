@@ -6,7 +6,7 @@
 //! file `<dir>/db`, and of every file sled wrote under `<dir>/blobs/` (large pages go there,
 //! written with plain `write()` and never synced) plus the `blobs/` directory itself.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -60,10 +60,12 @@ impl SyncStats {
     }
 }
 
-/// Which blob files are already durable.
+/// Which blob files are already durable, and at what length: sled writes a blob in several
+/// writes after creating it, so a flush may sync one part-way, and must sync it again once it
+/// has grown.
 #[derive(Default)]
 struct BlobState {
-    synced: HashSet<PathBuf>,
+    synced: HashMap<PathBuf, u64>,
 }
 
 /// sled-backed [`Engine`].
@@ -93,6 +95,41 @@ const DERIVED_TREES: [&str; 2] = ["kv", "kv_history"];
 /// it holds is a multiple of this.)
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// Creates `dir` and whatever of its ancestors is missing, each new directory's entry synced in
+/// its parent: a power cut must not take a data dir away, with the votes and entries it
+/// acknowledged, and bring the member back blank.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Removes sled's `conf` if a power cut tore it while sled wrote it (at the data dir's first
+/// open, before anything else is written; the sync after the open closes that window): sled
+/// would refuse to open on it, and writes it anew when it is missing. Its last four bytes are
+/// the CRC-32 of the rest.
+fn repair_torn_conf(dir: &Path) -> std::io::Result<()> {
+    let path = dir.join("conf");
+    let conf = match std::fs::read(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // sled itself rewrites one of 8 bytes or fewer.
+    if conf.len() > 8 {
+        let (body, crc) = conf.split_at(conf.len() - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            tracing::warn!(file = %path.display(), "sled's conf was torn by a crash during the data dir's first start: writing it again");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens sled in `dir`, waiting a little for its lock on the data file. sled's I/O threads may
 /// still hold an engine that was just dropped in this process (a member restarted in place) for
 /// a moment, and with it the lock; another process holding the data dir fails after the wait.
@@ -117,9 +154,13 @@ impl SledEngine {
     /// Opens (or creates) the engine in `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        create_dir_durably(dir)?;
         std::fs::create_dir_all(dir.join("files"))?;
+        repair_torn_conf(dir)?;
         // Durability comes from our explicit flush; sled's timer flush would only add noise.
         let db = open_db(dir)?;
+        // sled writes its `conf` when it creates the data dir and never syncs it.
+        File::open(dir.join("conf"))?.sync_all()?;
         for name in DERIVED_TREES {
             db.drop_tree(name)?;
         }
@@ -181,26 +222,26 @@ impl SledEngine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let mut present = HashSet::new();
+        let mut present = HashMap::new();
         let mut synced_any = false;
         for entry in listing {
             let path = entry?.path();
-            if !st.synced.contains(&path) {
-                match File::open(&path) {
-                    Ok(f) => {
-                        f.sync_all()?;
-                        self.stats.blob_file_fsyncs.fetch_add(1, Ordering::SeqCst);
-                        synced_any = true;
-                    }
-                    // sled may garbage-collect a blob between listing and opening it.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e.into()),
-                }
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // sled may garbage-collect a blob between listing and opening it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let len = file.metadata()?.len();
+            if st.synced.get(&path) != Some(&len) {
+                file.sync_all()?;
+                self.stats.blob_file_fsyncs.fetch_add(1, Ordering::SeqCst);
+                synced_any = true;
             }
-            present.insert(path);
+            present.insert(path, len);
         }
         // Creations and removals are directory updates: make them durable too.
-        if synced_any || present.len() != st.synced.len() {
+        if synced_any || present.len() != st.synced.len() || present.keys().any(|p| !st.synced.contains_key(p)) {
             File::open(&self.blobs_dir)?.sync_all()?;
             self.stats.blob_dir_fsyncs.fetch_add(1, Ordering::SeqCst);
         }
@@ -407,12 +448,16 @@ impl RaftEngine for SledEngine {
 impl Engine for SledEngine {
     /// The log first: the trees may hold applied entries, and a state machine that is durably
     /// ahead of its own log would not match it after a crash.
+    ///
+    /// The blob files before the data file: once durable, the data file's pages point at them,
+    /// and a blob lost to a power cut would roll its page back silently (sled skips a missing
+    /// blob) or fail its checksum.
     fn flush(&self) -> Result<()> {
         self.log.sync()?;
         self.db.flush()?;
+        self.sync_blobs()?;
         self.data_file.sync_all()?;
         self.stats.db_fsyncs.fetch_add(1, Ordering::SeqCst);
-        self.sync_blobs()?;
         self.stats.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -590,6 +635,21 @@ impl SledEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A power cut during the first start can tear sled's `conf`, which sled then refuses to
+    /// open on; a `conf` that is whole is kept.
+    #[test]
+    fn a_torn_conf_is_written_again_and_a_whole_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a").join("member");
+        drop(SledEngine::open(&data).unwrap());
+        let conf = std::fs::read(data.join("conf")).unwrap();
+        std::fs::write(data.join("conf"), &conf[..conf.len() - 3]).unwrap();
+        drop(SledEngine::open(&data).expect("opens on a torn conf"));
+        assert_eq!(std::fs::read(data.join("conf")).unwrap(), conf, "written again whole");
+        drop(SledEngine::open(&data).unwrap());
+        assert_eq!(std::fs::read(data.join("conf")).unwrap(), conf);
+    }
 
     #[test]
     fn files_are_replaced_whole_on_disk_and_retained_by_name() {
