@@ -278,7 +278,12 @@ impl Members {
             return Err(HarnessError::Setup(format!("{}: power loss needs a lazyfs mount", m.name)));
         };
         let report = if tear { disk.power_loss(Some(rng)) } else { disk.power_loss::<R>(None) };
-        report.map(|r| r.to_string()).map_err(|e| HarnessError::Setup(format!("power loss of {}: {e}", m.name)))
+        let report = report.map_err(|e| HarnessError::Setup(format!("power loss of {}: {e}", m.name)))?;
+        // A disk rolled back only in part would hold more than was durable: no verdict on that.
+        if !report.undo_failures.is_empty() {
+            return Err(HarnessError::Setup(format!("power loss of {}: {report}", m.name)));
+        }
+        Ok(report.to_string())
     }
 
     /// The PIDs of the members that run.

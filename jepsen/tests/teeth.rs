@@ -130,3 +130,27 @@ fn locks_granted_unchecked_make_a_run_invalid() {
     );
     assert!(stderr.contains("lock: client "), "the grant is named: {stderr}");
 }
+
+/// Log appends reported durable without an fsync: a kill -9 loses nothing (the page cache keeps
+/// the writes), so a kill-all run on lazyfs stays valid; a power cut to every member at once
+/// loses what they acknowledged.
+#[test]
+fn a_log_that_skips_its_fsync_loses_writes_to_power_loss_only() {
+    let (verdict, stderr) = invalid_run(
+        "teeth-power-loss",
+        "register --time 20s --interval 3s --quiet 5s --seed 24 --nemesis power-loss-all \
+         --planted skip_log_fsync --prefix rkjt10 --subnet 87",
+    );
+    assert!(
+        stderr.contains("stored: acknowledged write") || stderr.contains("did not converge"),
+        "acknowledged writes lost, or members left disagreeing: {verdict}\n{stderr}"
+    );
+
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let args = "register --time 20s --interval 3s --quiet 5s --seed 24 --nemesis kill-all --lazyfs \
+                --planted skip_log_fsync --prefix rkjt10 --subnet 87";
+    let out = run_planted("teeth-kill-all", &args.split_whitespace().collect::<Vec<_>>());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kill -9 cannot show a missing fsync: {}", stdout.lines().last().unwrap_or_default());
+}

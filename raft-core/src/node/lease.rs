@@ -46,15 +46,11 @@ pub(crate) struct Lease {
 }
 
 /// What a member that was leader when it stopped must have applied before it serves reads in
-/// that term again. openraft restores such a member as leader of the same term at once, with
-/// its commit index only as recent as its durable record (saved without a flush), so it may
-/// restart below entries it acknowledged before it stopped. It appended (and flushed) each of
-/// those to its own log before replicating it, so its last log index at startup covers them.
-///
-/// That last step relies on `LogStore::append` reporting an append done only after its flush
-/// (openraft counts the leader's own copy towards the quorum once it hears that): an append
-/// acknowledged unflushed could be acknowledged to a client and then missing from the log at
-/// startup, below the floor.
+/// that term again. Since raftkv turned off openraft's leader restore (node/mod.rs), a
+/// restarted leader never leads its old term again, so the floor no longer comes into play; it
+/// stays as a guard. (The reasoning it was built on, that a leader's log at startup holds
+/// every entry it acknowledged, does not hold: openraft 0.10 replicates before the leader's own
+/// append is synced, and a power cut can take that tail.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RestartFloor {
     pub term: u64,

@@ -142,6 +142,13 @@ impl<E: Engine> Node<E> {
             // snapshot) asks first whether it could win, and starts no election that would
             // only raise the term and depose a working leader.
             enable_pre_vote: Some(true),
+            // A leader that restarts stands for election again rather than taking its old term
+            // back. It replicates entries before its own copy is synced, so a power cut can take
+            // from its log entries a quorum already holds; restored in its old term, it would
+            // propose new entries at those indexes under the same log ids, and the followers,
+            // which compare log ids only, would keep their own: the same index applied two ways
+            // (found by jepsen's power-loss-all). A new term cannot reuse a log id.
+            enable_leader_restore: Some(false),
             ..Config::default()
         }
         .validate()
