@@ -2,8 +2,8 @@
 //! --net` (which execs, so the child's PID is the server's own): kill -9, SIGSTOP/SIGCONT and
 //! restart on the same data directory. Not `ip netns exec`: it also gives each process a mount
 //! namespace of its own, holding a copy of every lazyfs mount there was at its start, and a
-//! copy keeps a member's file system served after the harness unmounted it for a power loss. Each member's output goes to `{name}.log` in the run's
-//! directory, appended across restarts.
+//! copy keeps a member's file system served after the harness unmounted it for a power loss.
+//! Each member's output goes to `{name}.log` in the run's directory, appended across restarts.
 //!
 //! With disk faults, each member's data directory is a lazyfs mount (`{name}/data`, backed by
 //! `{name}/disk`): a power loss kills the member and rolls its disk back to what it had synced;

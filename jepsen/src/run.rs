@@ -338,14 +338,13 @@ async fn drive(plan: &Plan, dir: &Path, net: &Net, mut members: Members) -> Resu
     write_json(&dir.join("timeline.json"), &timeline)?;
 
     members.reap();
-    let exits: Vec<String> = members
+    let mut exits: Vec<String> = members
         .exits
         .iter()
         .map(|(i, status)| {
             format!("member {} exited on its own ({status}): see {}.log", members.name(*i), members.name(*i))
         })
         .collect();
-    let mut exits = exits;
     for e in &members.fault_exits {
         let name = members.name(e.member);
         println!("jepsen: {name} exited after a disk fault ({}): {}", e.status, e.last_words);

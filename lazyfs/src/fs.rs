@@ -362,9 +362,11 @@ impl Filesystem for LazyFsOps {
             }
             self.check_space()?;
             let full = backing.join(&path);
-            let file = OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(&full);
-            let md = file.and_then(|f| f.metadata()).map_err(errno)?;
+            let file =
+                OpenOptions::new().write(true).create_new(true).mode(mode & 0o7777).open(&full).map_err(errno)?;
+            // Recorded as soon as it exists, so a power loss undoes it whatever fails next.
             st.journal.record_name(parent.0, NameOp::Created { path: path.clone() });
+            let md = file.metadata().map_err(errno)?;
             Ok(attr(st.inodes.lookup(&path), &md))
         });
         match result {

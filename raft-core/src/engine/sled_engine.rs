@@ -241,7 +241,8 @@ impl SledEngine {
             present.insert(path, len);
         }
         // Creations and removals are directory updates: make them durable too.
-        if synced_any || present.len() != st.synced.len() || present.keys().any(|p| !st.synced.contains_key(p)) {
+        // A new file was synced above (`synced_any`); a removal changes the count.
+        if synced_any || present.len() != st.synced.len() {
             File::open(&self.blobs_dir)?.sync_all()?;
             self.stats.blob_dir_fsyncs.fetch_add(1, Ordering::SeqCst);
         }
