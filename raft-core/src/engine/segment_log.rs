@@ -244,6 +244,25 @@ fn later_record_vouches_for(rest: &[u8], index: u64) -> bool {
     })
 }
 
+/// Opens a segment for reading and appending, created empty if `create`.
+///
+/// Reads of the log do not update the file's access time (`O_NOATIME`). On ext4 an inode whose
+/// times changed is written out by the next `fdatasync` of *any* file whose inode shares its
+/// inode-table block, before the cache flush: an atime bumped by the read that replicates each
+/// entry put one more synchronous write into most log syncs (of this member and of neighbours'
+/// files). `O_NOATIME` is refused to a process that does not own the file; the open then goes
+/// on without it.
+fn open_segment(path: &Path, create: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: i32| {
+        File::options().read(true).write(true).create(create).truncate(create).custom_flags(flags).open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -300,7 +319,7 @@ impl SegmentLog {
     /// there it is a torn tail, cut off, unless a later record says it had been synced.
     fn load(dir: &Path, first: u64, newest: bool) -> Result<Segment> {
         let path = dir.join(segment_name(first));
-        let file = File::options().read(true).write(true).open(&path)?;
+        let file = open_segment(&path, false)?;
         let data = std::fs::read(&path)?;
         if newest && MAGIC.starts_with(&data) {
             // Started, but its header never reached the disk: it holds nothing.
@@ -348,7 +367,7 @@ impl SegmentLog {
     /// Starts a segment whose first entry will be `first`; durable, header and directory entry.
     fn start_segment(&self, first: u64) -> Result<Segment> {
         let path = self.dir.join(segment_name(first));
-        let file = File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let file = open_segment(&path, true)?;
         let mut segment = Segment::empty(first, path, file);
         segment.write_magic()?;
         sync_dir(&self.dir)?;
