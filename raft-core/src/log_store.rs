@@ -14,10 +14,12 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use openraft::storage::{LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
+use parking_lot::Mutex;
 #[cfg(madsim)]
 use tokio::sync::mpsc;
 
@@ -86,7 +88,10 @@ pub struct LogStore<E: Engine> {
     /// ([`LogStore::with_snapshot_position`]).
     snapshot: Option<tokio::sync::watch::Receiver<StoredSnapshot>>,
     /// Syncs appended entries and reports them durable, started by the first append.
-    flusher: Arc<OnceLock<Flusher>>,
+    flusher: Arc<OnceLock<Flusher<E>>>,
+    /// This member's id ([`LogStore::with_member`]): entries another member proposed are
+    /// synced by the append itself ([`LogStore::append`]).
+    me: Option<crate::typ::NodeId>,
     #[cfg(feature = "planted-bugs")]
     ack_before_flush: bool,
     #[cfg(feature = "planted-bugs")]
@@ -103,6 +108,7 @@ impl<E: Engine> Clone for LogStore<E> {
             append_budget: self.append_budget,
             snapshot: self.snapshot.clone(),
             flusher: self.flusher.clone(),
+            me: self.me,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: self.ack_before_flush,
             #[cfg(feature = "planted-bugs")]
@@ -128,8 +134,12 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 ///
 /// It holds the engine weakly: the engine closes (and can be opened again) as soon as its
 /// stores are dropped, and an append still waiting then is reported failed, never durable.
-struct Flusher {
+struct Flusher<E> {
     tx: FlushSender,
+    /// Appends sent to the flusher and not yet reported: an append synced in place
+    /// ([`Flusher::sync_in_place`]) must not report before them.
+    queued: Arc<AtomicUsize>,
+    state: Arc<Mutex<FlushState<E>>>,
 }
 
 #[cfg(not(madsim))]
@@ -169,36 +179,60 @@ impl<E: Engine> FlushState<E> {
     }
 }
 
-impl Flusher {
+impl<E: Engine> Flusher<E> {
     #[cfg(not(madsim))]
-    fn start<E: Engine>(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher> {
-        let mut state = FlushState::new(engine, skip_sync);
+    fn start(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher<E>> {
+        let state = Arc::new(Mutex::new(FlushState::new(engine, skip_sync)));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = std::sync::mpsc::channel::<IOFlushed>();
+        let (thread_state, thread_queued) = (state.clone(), queued.clone());
         std::thread::Builder::new().name("raft-log-flusher".into()).spawn(move || {
             // Ends when every sender is gone: the log store was dropped.
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
-                state.sync_and_report(waiting);
+                let n = waiting.len();
+                thread_state.lock().sync_and_report(waiting);
+                thread_queued.fetch_sub(n, Ordering::SeqCst);
             }
         })?;
-        Ok(Flusher { tx })
+        Ok(Flusher { tx, queued, state })
+    }
+
+    /// Hands `callback` to the flusher, which reports it once the log is synced.
+    fn queue(&self, callback: IOFlushed) -> io::Result<()> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(callback).map_err(|_| io::Error::other("the Raft log's flusher has stopped"))
+    }
+
+    /// Syncs the log here and reports `callback`, unless appends queued earlier are still
+    /// unreported (they must report first): then it is queued behind them.
+    fn sync_in_place(&self, callback: IOFlushed) -> io::Result<()> {
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            return self.queue(callback);
+        }
+        self.state.lock().sync_and_report(vec![callback]);
+        Ok(())
     }
 
     #[cfg(madsim)]
-    fn start<E: Engine>(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher> {
-        let mut state = FlushState::new(engine, skip_sync);
+    fn start(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher<E>> {
+        let state = Arc::new(Mutex::new(FlushState::new(engine, skip_sync)));
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, mut rx) = mpsc::unbounded_channel::<IOFlushed>();
+        let (task_state, task_queued) = (state.clone(), queued.clone());
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                state.sync_and_report(waiting);
+                let n = waiting.len();
+                task_state.lock().sync_and_report(waiting);
+                task_queued.fetch_sub(n, Ordering::SeqCst);
             }
         });
-        Ok(Flusher { tx })
+        Ok(Flusher { tx, queued, state })
     }
 }
 
@@ -210,6 +244,7 @@ impl<E: Engine> LogStore<E> {
             append_budget: MAX_APPEND_BYTES,
             snapshot: None,
             flusher: Arc::default(),
+            me: None,
             #[cfg(feature = "planted-bugs")]
             ack_before_flush: false,
             #[cfg(feature = "planted-bugs")]
@@ -224,6 +259,13 @@ impl<E: Engine> LogStore<E> {
     /// simulation lowers to replicate in other shapes.
     pub fn with_append_budget(mut self, bytes: usize) -> Self {
         self.append_budget = bytes;
+        self
+    }
+
+    /// The store of member `me`, which syncs the entries it receives as a follower in the
+    /// append itself (see [`LogStore::append`]).
+    pub fn with_member(mut self, me: crate::typ::NodeId) -> Self {
+        self.me = Some(me);
         self
     }
 
@@ -390,24 +432,33 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         Ok(self.meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    /// Writes the entries (readable from now on) and returns; the [`Flusher`] reports them
-    /// durable once the log is synced. That report is what lets openraft count this member's
-    /// copy towards a quorum.
+    /// Writes the entries (readable from now on); they are reported durable once the log is
+    /// synced. That report is what lets openraft count this member's copy towards a quorum.
+    ///
+    /// Entries this member proposed as leader are synced by the [`Flusher`], so the leader sends
+    /// them to its followers while its own sync runs. Entries another member proposed (this
+    /// member follows) are synced here, before the append returns, as etcd's followers do: the
+    /// follower's answer waits for that sync anyway, and handing it to the flusher thread put a
+    /// thread wake-up in front of every one-client write's follower sync. openraft's core on
+    /// a follower has nothing to do meanwhile that the entries' answer does not wait for.
     async fn append<I>(&mut self, entries: I, callback: IOFlushed) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut stored = Vec::new();
+        let mut follows = self.me.is_some();
         #[cfg(feature = "planted-bugs")]
         let mut own = true;
         for e in entries {
+            follows &= Some(e.log_id.leader_id.node_id) != self.me;
             #[cfg(feature = "planted-bugs")]
             {
                 own &= Some(e.log_id.leader_id.node_id) == self.early_leader;
             }
             stored.push((e.log_id.index, bincode::serialize(&e).map_err(io_err)?));
         }
+        follows &= !stored.is_empty();
         self.engine.log_append(stored).map_err(io_err)?;
         #[cfg(feature = "planted-bugs")]
         if self.ack_before_flush || (own && self.early_leader.is_some()) {
@@ -427,7 +478,11 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
                 self.flusher.get_or_init(|| started)
             }
         };
-        flusher.tx.send(callback).map_err(|_| io::Error::other("the Raft log's flusher has stopped"))
+        if follows {
+            flusher.sync_in_place(callback)
+        } else {
+            flusher.queue(callback)
+        }
     }
 
     /// Drops every entry after `last` (all of them when `None`): conflict resolution.

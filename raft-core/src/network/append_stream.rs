@@ -51,29 +51,11 @@ pub(super) struct AppendConn {
     replies: parking_lot::Mutex<tonic::Streaming<PeerReply>>,
 }
 
-/// How long a request that only advances the follower's commit index is held back for the next
-/// request to carry it instead. Once a write commits, openraft tells each follower at once in
-/// an entry-less AppendEntries; a client that writes again soon makes the leader send the next
-/// entry a fraction of a millisecond later, with the same commit index on it. Held, the two are
-/// one message to write, read, decode and answer on both sides instead of two, and the
-/// follower applies the committed entry while it syncs the next. With no request in that
-/// time, it goes as it is: a follower learns of a commit at most this much later.
-const COMMIT_HOLD: Duration = Duration::from_millis(1);
-
 /// A request sent and not yet answered.
 struct Sent {
     at: Instant,
     term: u64,
     leading: bool,
-    /// Not sent: a commit-index request the next request took over (see [`COMMIT_HOLD`]); its
-    /// answer is derived from that request's (the same log position, agreed by the follower).
-    merged: Option<Option<crate::typ::LogId>>,
-}
-
-/// A commit-index request held back ([`COMMIT_HOLD`]).
-struct Held {
-    rpc: AppendEntriesRequest<TypeConfig>,
-    until: Instant,
 }
 
 type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
@@ -86,11 +68,6 @@ struct Session<'s, S> {
     timeout: Duration,
     /// The stream was closed by an answer or an error: the session yields nothing more.
     ended: bool,
-    held: Option<Held>,
-    /// The highest commit index this session has sent (or merged into a sent request).
-    commit_sent: Option<crate::typ::LogId>,
-    /// Answers computed and not yet returned (a merged request's comes with the next one's).
-    ready: VecDeque<Answer>,
 }
 
 impl PeerClientHandle {
@@ -109,16 +86,7 @@ impl PeerClientHandle {
             // its back-off after failures while producing a request, so a peer that is down is
             // retried at that pace. Opening here failed before any request was drawn, and the
             // next session came at once: thousands of connection attempts a second.
-            let session = Session {
-                handle: self,
-                input: Some(input),
-                sent: VecDeque::new(),
-                timeout,
-                ended: false,
-                held: None,
-                commit_sent: None,
-                ready: VecDeque::new(),
-            };
+            let session = Session { handle: self, input: Some(input), sent: VecDeque::new(), timeout, ended: false };
             let answers: BoxStream<'s, Answer> = Box::pin(futures::stream::unfold(session, |mut s| async move {
                 let answer = s.next_answer().await?;
                 Some((answer, s))
@@ -158,7 +126,7 @@ impl PeerClientHandle {
             echo_epoch: echo.map(|e| e.stamp.epoch),
             ..Default::default()
         };
-        (request, Sent { at: Instant::now(), term, leading, merged: None })
+        (request, Sent { at: Instant::now(), term, leading })
     }
 }
 
@@ -170,17 +138,13 @@ where
     /// answer, in order; None once every request is answered and the input is done.
     async fn next_answer(&mut self) -> Option<Answer> {
         loop {
-            if let Some(answer) = self.ready.pop_front() {
-                return Some(answer);
-            }
             if self.ended {
                 return None;
             }
             let target = self.handle.target;
             let can_send = self.sent.len() < IN_FLIGHT;
-            let oldest = self.sent.iter().find(|s| s.merged.is_none()).map(|s| s.at + self.timeout);
-            let done = self.input.is_none() && self.sent.is_empty() && self.held.is_none();
-            let release = self.held.as_ref().map(|h| h.until);
+            let oldest = self.sent.front().map(|s| s.at + self.timeout);
+            let done = self.input.is_none() && self.sent.is_empty();
             let input = &mut self.input;
             let conn = self.handle.append.as_mut();
             // Nothing awaits an answer without a stream: one is open while requests are in flight.
@@ -191,118 +155,50 @@ where
                     Step::Input(next)
                 }
                 reply = reply_by(conn, target, oldest, self.timeout), if awaiting => Step::Reply(reply),
-                () = tokio::time::sleep_until(release.unwrap_or_else(Instant::now)), if release.is_some() => Step::Release,
                 () = std::future::ready(()), if done => Step::Done,
             };
-            let sent = match step {
+            match step {
                 Step::Done => return None,
-                Step::Reply(reply) => {
-                    self.answer(reply);
-                    continue;
+                Step::Reply(reply) => return Some(self.answer(reply)),
+                Step::Input(None) => self.input = None,
+                Step::Input(Some(rpc)) => {
+                    if self.handle.append.is_none() {
+                        match self.handle.open_append(self.timeout).await {
+                            Ok(conn) => self.handle.append = Some(conn),
+                            Err(e) => {
+                                self.ended = true;
+                                return Some(Err(e));
+                            }
+                        }
+                    }
+                    let (request, sent) = self.handle.envelope(&rpc);
+                    let conn = self.handle.append.as_mut().expect("opened above");
+                    if conn.requests.unbounded_send(request).is_err() {
+                        let reason = "the AppendEntries stream closed".to_string();
+                        return Some(Err(self.fail(PeerError::Unreachable { target, reason })));
+                    }
+                    self.sent.push_back(sent);
                 }
-                Step::Release => self.release().await,
-                Step::Input(None) => {
-                    self.input = None;
-                    self.release().await
-                }
-                Step::Input(Some(rpc)) => self.take(rpc).await,
-            };
-            if let Err(e) = sent {
-                self.ready.push_back(Err(e));
-                self.ended = true;
             }
         }
     }
 
-    /// Takes a request from openraft: held if it only advances the commit index, sent
-    /// otherwise (after a held one, unless it carries the held one's commit on).
-    async fn take(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> Result<(), RPCError<TypeConfig>> {
-        let mut until = Instant::now() + COMMIT_HOLD;
-        if let Some(held) = self.held.take() {
-            if takes_over(&held.rpc, &rpc) {
-                // Never held longer than the first of them would have been alone.
-                until = until.min(held.until);
-                let merged = Some(held.rpc.prev_log_id);
-                self.sent.push_back(Sent { at: Instant::now(), term: 0, leading: false, merged });
-            } else {
-                self.send(held.rpc).await?;
-            }
-        }
-        // A session's first request (a probe, or the only one) is never held: openraft may be
-        // waiting for its answer before it produces another.
-        let commit_only = self.commit_sent.is_some()
-            && rpc.entries.is_empty()
-            && rpc.vote.is_committed()
-            && rpc.leader_commit > self.commit_sent;
-        if commit_only {
-            self.commit_sent = rpc.leader_commit;
-            self.held = Some(Held { rpc, until });
-            return Ok(());
-        }
-        self.send(rpc).await
-    }
-
-    /// Sends the held request, if any.
-    async fn release(&mut self) -> Result<(), RPCError<TypeConfig>> {
-        match self.held.take() {
-            Some(held) => self.send(held.rpc).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Writes `rpc` to the stream, opened first if there is none.
-    async fn send(&mut self, rpc: AppendEntriesRequest<TypeConfig>) -> Result<(), RPCError<TypeConfig>> {
-        let target = self.handle.target;
-        if self.handle.append.is_none() {
-            match self.handle.open_append(self.timeout).await {
-                Ok(conn) => self.handle.append = Some(conn),
-                Err(e) => return Err(e),
-            }
-        }
-        if rpc.leader_commit > self.commit_sent {
-            self.commit_sent = rpc.leader_commit;
-        }
-        let (request, sent) = self.handle.envelope(&rpc);
-        let conn = self.handle.append.as_mut().expect("checked above");
-        if conn.requests.unbounded_send(request).is_err() {
-            let reason = "the AppendEntries stream closed".to_string();
-            return Err(self.fail(PeerError::Unreachable { target, reason }));
-        }
-        self.sent.push_back(sent);
-        Ok(())
-    }
-
-    /// Queues the answer to the oldest sent request from `reply`, after the answers of the
-    /// merged requests before it, recording the peer's acknowledgement.
-    fn answer(&mut self, reply: Result<PeerReply, PeerError>) {
+    /// The answer to the oldest request from `reply`, recording the peer's acknowledgement.
+    fn answer(&mut self, reply: Result<PeerReply, PeerError>) -> Answer {
         let reply = match reply {
             Ok(r) => r,
-            Err(e) => {
-                let e = self.fail(e);
-                self.ready.push_back(Err(e));
-                return;
-            }
+            Err(e) => return Err(self.fail(e)),
         };
-        let mut merged = Vec::new();
-        while let Some(Sent { merged: Some(prev), .. }) = self.sent.front() {
-            merged.push(*prev);
-            self.sent.pop_front();
-        }
         let sent = self.sent.pop_front().expect("an answer is awaited only for a request sent");
         let target = self.handle.target;
         let decoded: Result<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>, _> =
             crate::codec::decode(&reply.payload);
         let result = match decoded {
-            Err(e) => {
-                let e = self.fail(PeerError::Failed { target, reason: format!("undecodable reply: {e}") });
-                self.ready.push_back(Err(e));
-                return;
-            }
+            Err(e) => return Err(self.fail(PeerError::Failed { target, reason: format!("undecodable reply: {e}") })),
             // The peer's Raft stopped: a network failure to openraft, which retries later.
             Ok(Err(fatal)) => {
                 self.close();
-                self.ready.push_back(Err(RPCError::Network(NetworkError::new(&fatal))));
-                return;
+                return Err(RPCError::Network(NetworkError::new(&fatal)));
             }
             Ok(Ok(result)) => result,
         };
@@ -311,19 +207,11 @@ where
             let receipt = reply.receipt_us.zip(reply.receipt_epoch).map(|(us, epoch)| Stamp { epoch, us });
             self.handle.peers.record_ack(target, sent.term, sent.at, receipt);
         }
-        // A merged request had the same previous entry as the one that carried it: accepted,
-        // the follower holds that entry; refused, for the same reason.
-        for prev in merged {
-            self.ready.push_back(Ok(match &result {
-                Ok(_) => Ok(prev),
-                Err(e) => Err(e.clone()),
-            }));
-        }
         // The follower ends its side after a refusal.
         if result.is_err() {
             self.close();
         }
-        self.ready.push_back(Ok(result));
+        Ok(result)
     }
 
     /// Closes the stream after `e` and returns openraft's error for it.
@@ -335,7 +223,6 @@ where
     fn close(&mut self) {
         self.handle.append = None;
         self.sent.clear();
-        self.held = None;
         self.ended = true;
     }
 }
@@ -354,14 +241,7 @@ impl<S> Drop for Session<'_, S> {
 enum Step {
     Input(Option<AppendEntriesRequest<TypeConfig>>),
     Reply(Result<PeerReply, PeerError>),
-    Release,
     Done,
-}
-
-/// Whether `next` carries what the held commit-index request `held` says: the same leader, the
-/// same previous entry, and a commit index at least as high.
-fn takes_over(held: &AppendEntriesRequest<TypeConfig>, next: &AppendEntriesRequest<TypeConfig>) -> bool {
-    held.vote == next.vote && held.prev_log_id == next.prev_log_id && next.leader_commit >= held.leader_commit
 }
 
 /// The next reply on `conn` to `target`, waiting no later than `deadline` (a request sent

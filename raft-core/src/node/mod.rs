@@ -157,6 +157,7 @@ impl<E: Engine> Node<E> {
         let store = KvStore::open(engine.clone()).map_err(fatal)?;
         let cluster_id = store.init_cluster_id(config.cluster_id).map_err(fatal)?;
         let mut log = LogStore::new(engine)
+            .with_member(config.id)
             .with_append_budget(config.max_append_bytes)
             .with_snapshot_position(store.stored_snapshot());
         log.check_recoverable(store.last_applied()).await.map_err(fatal)?;
