@@ -136,10 +136,28 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// stores are dropped, and an append still waiting then is reported failed, never durable.
 struct Flusher<E> {
     tx: FlushSender,
+    shared: Arc<FlushShared<E>>,
+}
+
+/// What the flusher's thread (or task) and appends that sync in place share.
+struct FlushShared<E> {
     /// Appends sent to the flusher and not yet reported: an append synced in place
     /// ([`Flusher::sync_in_place`]) must not report before them.
-    queued: Arc<AtomicUsize>,
-    state: Arc<Mutex<FlushState<E>>>,
+    queued: AtomicUsize,
+    state: Mutex<FlushState<E>>,
+}
+
+impl<E: Engine> FlushShared<E> {
+    fn new(engine: &Arc<E>, skip_sync: bool) -> Arc<Self> {
+        Arc::new(FlushShared { queued: AtomicUsize::new(0), state: Mutex::new(FlushState::new(engine, skip_sync)) })
+    }
+
+    /// Syncs for and reports `waiting`, appends the flusher took from its queue.
+    fn flush_queued(&self, waiting: Vec<IOFlushed>) {
+        let n = waiting.len();
+        self.state.lock().sync_and_report(waiting);
+        self.queued.fetch_sub(n, Ordering::SeqCst);
+    }
 }
 
 #[cfg(not(madsim))]
@@ -182,57 +200,51 @@ impl<E: Engine> FlushState<E> {
 impl<E: Engine> Flusher<E> {
     #[cfg(not(madsim))]
     fn start(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher<E>> {
-        let state = Arc::new(Mutex::new(FlushState::new(engine, skip_sync)));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = FlushShared::new(engine, skip_sync);
         let (tx, rx) = std::sync::mpsc::channel::<IOFlushed>();
-        let (thread_state, thread_queued) = (state.clone(), queued.clone());
+        let flusher = shared.clone();
         std::thread::Builder::new().name("raft-log-flusher".into()).spawn(move || {
             // Ends when every sender is gone: the log store was dropped.
             while let Ok(first) = rx.recv() {
                 let mut waiting = vec![first];
                 waiting.extend(rx.try_iter());
-                let n = waiting.len();
-                thread_state.lock().sync_and_report(waiting);
-                thread_queued.fetch_sub(n, Ordering::SeqCst);
+                flusher.flush_queued(waiting);
             }
         })?;
-        Ok(Flusher { tx, queued, state })
+        Ok(Flusher { tx, shared })
     }
 
     /// Hands `callback` to the flusher, which reports it once the log is synced.
     fn queue(&self, callback: IOFlushed) -> io::Result<()> {
-        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
         self.tx.send(callback).map_err(|_| io::Error::other("the Raft log's flusher has stopped"))
     }
 
     /// Syncs the log here and reports `callback`, unless appends queued earlier are still
     /// unreported (they must report first): then it is queued behind them.
     fn sync_in_place(&self, callback: IOFlushed) -> io::Result<()> {
-        if self.queued.load(Ordering::SeqCst) > 0 {
+        if self.shared.queued.load(Ordering::SeqCst) > 0 {
             return self.queue(callback);
         }
-        self.state.lock().sync_and_report(vec![callback]);
+        self.shared.state.lock().sync_and_report(vec![callback]);
         Ok(())
     }
 
     #[cfg(madsim)]
     fn start(engine: &Arc<E>, skip_sync: bool) -> io::Result<Flusher<E>> {
-        let state = Arc::new(Mutex::new(FlushState::new(engine, skip_sync)));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = FlushShared::new(engine, skip_sync);
         let (tx, mut rx) = mpsc::unbounded_channel::<IOFlushed>();
-        let (task_state, task_queued) = (state.clone(), queued.clone());
+        let flusher = shared.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiting = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     waiting.push(more);
                 }
-                let n = waiting.len();
-                task_state.lock().sync_and_report(waiting);
-                task_queued.fetch_sub(n, Ordering::SeqCst);
+                flusher.flush_queued(waiting);
             }
         });
-        Ok(Flusher { tx, queued, state })
+        Ok(Flusher { tx, shared })
     }
 }
 
