@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use openraft::storage::RaftLogStorageExt;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use raft_core::engine::{Batch, Engine, KvEngine, RaftEngine, SledEngine, Tree};
 use raft_core::log_store::LogStore;
 
@@ -60,4 +60,21 @@ async fn a_client_write_is_acknowledged_only_after_a_log_sync() {
     let after = engine.sync_stats().log_syncs.load(Ordering::SeqCst);
     assert!(after > before, "the put's log append synced the log before the put returned");
     node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_follower_syncs_entries_from_the_leader_before_its_append_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(SledEngine::open(dir.path()).unwrap());
+    // Member 2 receiving entries proposed by member 1 (the leader of `put_entry`'s log ids).
+    let mut log = LogStore::new(engine.clone()).with_member(2);
+    let syncs = engine.sync_stats().log_syncs.load(Ordering::SeqCst);
+    let (tx, mut rx) = <openraft_rt_tokio::TokioOneshot as openraft::async_runtime::Oneshot>::channel();
+    log.append([put_entry(1, "k", b"v".to_vec())], openraft::storage::IOFlushed::signal(tx)).await.unwrap();
+    assert_eq!(engine.sync_stats().log_syncs.load(Ordering::SeqCst) - syncs, 1, "synced in the append");
+    assert!(matches!(rx.try_recv(), Ok(Ok(()))), "reported durable before the append returned");
+    drop(log);
+    drop(engine);
+    let engine = Arc::new(SledEngine::open(dir.path()).unwrap());
+    assert_eq!(engine.log_last().unwrap().map(|(i, _)| i), Some(1));
 }
