@@ -9,10 +9,7 @@ use kv_server::{Running, ServerConfig};
 
 /// A 3-member cluster in this process; the members and their data dirs.
 async fn cluster() -> (Vec<Running>, Vec<tempfile::TempDir>) {
-    let held: Vec<std::net::TcpListener> =
-        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
-    drop(held);
+    let ports = kv_server::net::unused_loopback_ports(3).expect("three unused loopback ports");
     let initial = (0..3).map(|i| format!("m{i}=http://127.0.0.1:{}", ports[i])).collect::<Vec<_>>().join(",");
     let mut starts = Vec::new();
     let mut dirs = Vec::new();

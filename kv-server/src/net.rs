@@ -26,6 +26,42 @@ pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
 }
 
+/// `n` loopback ports that nothing listens on now, for a cluster started on one machine whose
+/// peer URLs must be known before any member binds (tests, `kvctl` examples, local setups).
+///
+/// The ports come from below the kernel's ephemeral range: a port the OS hands out for port 0
+/// lies inside it, where a member dialing a peer that is not up yet can take it as the local end
+/// of its connection between this check and the peer's bind ("Address already in use"). Each
+/// process starts probing at a different place, so two processes doing this at once rarely meet.
+#[cfg(not(madsim))]
+pub fn unused_loopback_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// Probes continue where the last call stopped, so one process never returns a port twice
+    /// before the whole range is used.
+    static PROBED: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u32::from(ephemeral_start.saturating_sub(LOWEST));
+    let start = std::process::id().wrapping_mul(7_919) % span.max(1);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        let port = LOWEST + ((start + PROBED.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+            if ports.len() == n {
+                return Ok(ports);
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("fewer than {n} unused loopback ports between {LOWEST} and the ephemeral range at {ephemeral_start}"),
+    ))
+}
+
 /// Bound client listeners, ready to serve.
 pub struct Listeners {
     #[cfg(not(madsim))]
@@ -79,6 +115,28 @@ impl Listeners {
         {
             let addr = self.inner[0];
             router.serve_with_shutdown(addr, shutdown).await
+        }
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::unused_loopback_ports;
+
+    #[test]
+    fn unused_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let ephemeral_start: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let first = unused_loopback_ports(3).unwrap();
+        // A later call hands out other ports, even while the first ones are still free.
+        let second = unused_loopback_ports(3).unwrap();
+        let mut all = [first.clone(), second.clone()].concat();
+        assert!(all.iter().all(|p| (10_000..ephemeral_start).contains(p)), "{all:?} vs {ephemeral_start}");
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 6, "{first:?} then {second:?}");
+        for p in second {
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
         }
     }
 }

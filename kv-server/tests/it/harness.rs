@@ -1,8 +1,8 @@
 //! Starts and stops real `kv-server` processes, alone or as a 3-member cluster. Each server gets
 //! its own temp data dir and a client port picked by the OS (port 0); the harness learns the
 //! port from the server's ready line. Peer ports of a cluster must be known before any member
-//! starts, so they are taken from the OS and released just before. Waits are condition-based
-//! with a generous hang guard, never fixed sleeps.
+//! starts, so they are picked below the ephemeral range, where no outgoing connection takes
+//! them. Waits are condition-based with a generous hang guard, never fixed sleeps.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -187,18 +187,11 @@ pub struct Cluster {
     _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// Free loopback ports, taken from the OS and released for the servers to bind.
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0")).collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
 impl Cluster {
     /// Starts members m1, m2, m3 with `extra` flags and waits until all serve linearizable reads.
     pub async fn start(extra: &[&str]) -> Cluster {
         let exclusive = CLUSTER_LOCK.lock().await;
-        let ports = free_ports(3);
+        let ports = kv_server::net::unused_loopback_ports(3).expect("three unused loopback ports");
         let names = ["m1", "m2", "m3"];
         let initial: Vec<String> = names.iter().zip(&ports).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
         let initial = initial.join(",");
