@@ -185,6 +185,16 @@ impl LocalCluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
+    /// Client URLs of every member starting with the leader's (waiting for one as
+    /// [`LocalCluster::wait_ready`] does). A load's connections go to the endpoints in turn, so a
+    /// one-connection run talks to the leader on either system, never to whichever member is
+    /// listed first: a follower forwards each write, which would measure the election's
+    /// outcome, not the system.
+    pub async fn endpoints_leader_first(&self, timeout: Duration) -> Result<Vec<String>, BenchError> {
+        let leader = self.wait_ready(timeout).await?;
+        Ok(leader_first(self.endpoints(), leader))
+    }
+
     /// Waits until every running member answers Status and names the same leader, and
     /// returns the leader's index.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<usize, BenchError> {
@@ -249,6 +259,14 @@ async fn status(url: &str) -> Option<(u64, u64)> {
     let mut m = MaintenanceClient::new(ch);
     let r = tokio::time::timeout(Duration::from_millis(500), m.status(StatusRequest {})).await.ok()?.ok()?.into_inner();
     Some((r.header?.member_id, r.leader))
+}
+
+/// `endpoints` rotated so that member `leader`'s comes first, the others in their order after it.
+fn leader_first(mut endpoints: Vec<String>, leader: usize) -> Vec<String> {
+    if leader < endpoints.len() {
+        endpoints.rotate_left(leader);
+    }
+    endpoints
 }
 
 /// Samples the resident memory of processes until stopped, keeping each one's peak (0 for a
@@ -336,4 +354,17 @@ pub fn device_written_bytes(path: &Path) -> Option<u64> {
     let (major, minor) = ((dev >> 8) & 0xfff | (dev >> 32) & !0xfff, dev & 0xff | (dev >> 12) & !0xff);
     let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
     stat.split_whitespace().nth(6)?.parse::<u64>().ok().map(|sectors| sectors * 512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leader_first;
+
+    #[test]
+    fn the_leader_comes_first_and_the_others_keep_their_order() {
+        let e = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(leader_first(e(&["a", "b", "c"]), 0), e(&["a", "b", "c"]));
+        assert_eq!(leader_first(e(&["a", "b", "c"]), 1), e(&["b", "c", "a"]));
+        assert_eq!(leader_first(e(&["a", "b", "c"]), 2), e(&["c", "a", "b"]));
+    }
 }

@@ -8,7 +8,9 @@
 //!    after (disk bytes per key);
 //! 3. for each round, workload and client count, run raftkv and etcd back to back (the first
 //!    system alternates), sampling every member's RSS during the 64-client runs; raftkv's own
-//!    read levels (lease, session, bounded) run on raftkv only, as etcd has no equivalent;
+//!    read levels (lease, session, bounded) run on raftkv only, as etcd has no equivalent. The
+//!    connections go to the members in turn starting at the leader, so a one-client run talks
+//!    to the leader on both systems;
 //! 4. for each round and watcher count, the watch workload on both systems (`watch`);
 //! 5. kill -9 the leader of each system under write load, once per round (`failover`);
 //! 6. for each round, the lease workloads on both systems (`lease`): N leases kept alive, then
@@ -266,7 +268,7 @@ pub async fn compare(spec: CompareSpec) -> Result<Comparison, BenchError> {
     for step in &plan {
         let c = &clusters[&step.system];
         let run_spec = Spec {
-            endpoints: c.endpoints(),
+            endpoints: c.endpoints_leader_first(Duration::from_secs(30)).await?,
             workload: step.workload,
             clients: step.clients,
             connections: step.clients.min(spec.max_connections.max(1)),

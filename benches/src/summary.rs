@@ -44,7 +44,7 @@ pub fn markdown(c: &Comparison) -> String {
         "Machine: {}, {} cores, {:.0} GiB, Linux {}. Both systems: 3 members on loopback, default \
          settings (fsync before acknowledging). Load: {}-byte keys, {}-byte values over {} keys \
          (each written once before the runs), closed loop, min(clients, {}) connections spread over \
-         the members. Each figure is the median of {} rounds of {} s; within a round the two \
+         the members starting at the leader (a one-client run talks to the leader). Each figure is the median of {} rounds of {} s; within a round the two \
          systems run back to back, alternating which goes first.\n",
         m.cpu,
         m.cores,
