@@ -96,9 +96,10 @@ pub struct LogStore<E: Engine> {
     ack_before_flush: bool,
     #[cfg(feature = "planted-bugs")]
     skip_log_fsync: bool,
-    /// This member's id, when the planted bug `leader_counted_before_flush` is on.
+    /// The planted bug `leader_counted_before_flush`: entries this member (`me`)
+    /// proposed are reported durable before they are synced.
     #[cfg(feature = "planted-bugs")]
-    early_leader: Option<crate::typ::NodeId>,
+    leader_counted_before_flush: bool,
 }
 
 impl<E: Engine> Clone for LogStore<E> {
@@ -114,7 +115,7 @@ impl<E: Engine> Clone for LogStore<E> {
             #[cfg(feature = "planted-bugs")]
             skip_log_fsync: self.skip_log_fsync,
             #[cfg(feature = "planted-bugs")]
-            early_leader: self.early_leader,
+            leader_counted_before_flush: self.leader_counted_before_flush,
         }
     }
 }
@@ -262,7 +263,7 @@ impl<E: Engine> LogStore<E> {
             #[cfg(feature = "planted-bugs")]
             skip_log_fsync: false,
             #[cfg(feature = "planted-bugs")]
-            early_leader: None,
+            leader_counted_before_flush: false,
         }
     }
 
@@ -306,12 +307,13 @@ impl<E: Engine> LogStore<E> {
         Ok(())
     }
 
-    /// The store of member `me` with the planted bugs it should run with.
+    /// The store with the planted bugs it should run with (`leader_counted_before_flush` acts
+    /// on the entries of the member set by [`LogStore::with_member`]).
     #[cfg(feature = "planted-bugs")]
-    pub fn with_planted(mut self, bugs: crate::planted::PlantedBugs, me: crate::typ::NodeId) -> Self {
+    pub fn with_planted(mut self, bugs: crate::planted::PlantedBugs) -> Self {
         self.ack_before_flush = bugs.ack_before_flush;
         self.skip_log_fsync = bugs.skip_log_fsync;
-        self.early_leader = bugs.leader_counted_before_flush.then_some(me);
+        self.leader_counted_before_flush = bugs.leader_counted_before_flush;
         self
     }
 
@@ -461,19 +463,20 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         let mut stored = Vec::new();
         let mut follows = self.me.is_some();
         #[cfg(feature = "planted-bugs")]
-        let mut own = true;
+        let mut own = self.me.is_some();
         for e in entries {
-            follows &= Some(e.log_id.leader_id.node_id) != self.me;
+            let proposer = Some(e.log_id.leader_id.node_id);
+            follows &= proposer != self.me;
             #[cfg(feature = "planted-bugs")]
             {
-                own &= Some(e.log_id.leader_id.node_id) == self.early_leader;
+                own &= proposer == self.me;
             }
             stored.push((e.log_id.index, bincode::serialize(&e).map_err(io_err)?));
         }
         follows &= !stored.is_empty();
         self.engine.log_append(stored).map_err(io_err)?;
         #[cfg(feature = "planted-bugs")]
-        if self.ack_before_flush || (own && self.early_leader.is_some()) {
+        if self.ack_before_flush || (own && self.leader_counted_before_flush) {
             // Planted bug: the entry only sits in unsynced writes until something else syncs
             // (with `leader_counted_before_flush`, only entries this member proposed as leader).
             callback.io_completed(Ok(()));

@@ -163,7 +163,7 @@ impl<E: Engine> Node<E> {
         log.check_recoverable(store.last_applied()).await.map_err(fatal)?;
         let peers = Peers::new(config.id, cluster_id, restart_floor(&mut log, config.id).await?);
         #[cfg(feature = "planted-bugs")]
-        let log = log.with_planted(config.planted, config.id);
+        let log = log.with_planted(config.planted);
         let network = PeerNetwork { peers: peers.clone() };
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, store.clone()).await.map_err(fatal)?;
         let sm = store.clone();
