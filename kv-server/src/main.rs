@@ -14,6 +14,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// An error ends the process with status 1 and one line, causes included: `Error: kv-server:
 /// stopped serving: ...` (a supervisor's log shows why at a glance).
 fn main() -> std::process::ExitCode {
+    // Test builds only: the failpoints named in FAILPOINTS, until the process ends.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let served = runtime().context("kv-server: starting the runtime").and_then(|rt| rt.block_on(serve()));
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,

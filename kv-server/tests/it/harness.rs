@@ -55,7 +55,12 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kv-server"));
+        cmd.envs(env.iter().copied());
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -149,8 +154,13 @@ impl Server {
 
     /// Starts the server again on the same data dir with the same flags.
     pub fn restart(&mut self) {
+        self.restart_with_env(&[]);
+    }
+
+    /// [`Server::restart`] with extra environment variables (`FAILPOINTS`, say) for this start.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "stop the server first");
-        self.spawn();
+        self.spawn_with_env(env);
     }
 }
 

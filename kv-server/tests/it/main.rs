@@ -12,6 +12,7 @@ mod t60_cluster;
 mod t70_failover;
 mod t80_snapshot;
 mod t85_catch_up;
+mod t86_import_failover;
 mod t90_consistency;
 mod t93_lease;
 mod t94_lock;

@@ -1,6 +1,7 @@
 //! The node handle: one Raft member with its stores. This file owns starting and stopping it
 //! and what it shares; each path through it has its own file:
 //! - [`config`]: the node's settings;
+//! - [`candidacy`]: a member importing a snapshot from the leader does not stand for election;
 //! - [`error`]: how its operations fail;
 //! - [`write`]: the write path, the batcher that gathers requests into one Raft entry, and
 //!   proposals;
@@ -17,6 +18,7 @@
 //! fsyncs each `client_write` on its own. Reads settle their consistency level here (a follower
 //! asks the leader for a read index) and then read the local state machine.
 
+mod candidacy;
 mod config;
 mod error;
 mod forward;
@@ -105,7 +107,7 @@ pub struct Inner<E: Engine> {
     /// Snapshot RPCs from the leader being served now (Status reports a member catching up).
     receiving: Arc<std::sync::atomic::AtomicUsize>,
     /// When an AppendEntries of an established leader was last accepted.
-    heard_leader_at: parking_lot::Mutex<Option<Instant>>,
+    heard_leader_at: Arc<parking_lot::Mutex<Option<Instant>>>,
     /// The leader's lease clock (empty while this member follows).
     lessor: Arc<parking_lot::Mutex<lessor::Lessor>>,
     /// The next lease id this member picks for a grant that names none.
@@ -119,6 +121,9 @@ pub struct Inner<E: Engine> {
     #[cfg(feature = "planted-bugs")]
     planted: crate::planted::PlantedBugs,
 }
+
+/// Room in openraft's queue of commands to the state machine (see [`Node::start`]).
+const SM_QUEUE: u64 = 1 << 20;
 
 impl<E: Engine> Node<E> {
     /// Opens the stores in `engine` and starts the Raft member. It serves once it has a leader
@@ -149,6 +154,14 @@ impl<E: Engine> Node<E> {
             // which compare log ids only, would keep their own: the same index applied two ways
             // (found by jepsen's power-loss-all). A new term cannot reuse a log id.
             enable_leader_restore: Some(false),
+            // openraft's core hands each commit to the state machine through this queue and
+            // stops, appends and votes included, while it is full. A snapshot import holds
+            // apply for its whole length (seconds), and a follower receives about one commit
+            // per AppendEntries: openraft's 1,024 filled in about two seconds of writes, and
+            // then the importing member answered the leader nothing until the import ended
+            // (docs/benchmarks.md). A queued command is small and the queue holds only what
+            // apply has not taken yet, so room for minutes of commits costs nothing otherwise.
+            state_machine_channel_size: Some(SM_QUEUE),
             ..Config::default()
         }
         .validate()
@@ -191,6 +204,16 @@ impl<E: Engine> Node<E> {
             planted: config.planted,
         };
         tokio::spawn(clock.run());
+        let heard_leader_at = Arc::new(parking_lot::Mutex::new(None));
+        let candidacy = candidacy::Candidacy {
+            raft: raft.clone(),
+            id: config.id,
+            importing: store.importing(),
+            heard_leader_at: heard_leader_at.clone(),
+            tick: config.heartbeat_interval,
+            leaderless: 3 * config.election_timeout,
+        };
+        tokio::spawn(candidacy.run());
         let (forwards, forwards_rx) = mpsc::channel(4096);
         tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, raft.metrics()));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
@@ -232,7 +255,7 @@ impl<E: Engine> Node<E> {
                 election_timeout: config.election_timeout,
                 request_timeout: config.request_timeout,
                 receiving: Arc::default(),
-                heard_leader_at: parking_lot::Mutex::new(None),
+                heard_leader_at,
                 lessor,
                 lease_clock,
                 renewals,

@@ -95,6 +95,23 @@ fn check_file<E: Engine>(engine: &E, meta: &SnapshotMeta, file: &str) -> Result<
     format::check(&mut open_snapshot(engine, meta, file)?).map_err(|e| read_err(meta, e))
 }
 
+/// Marks an import under way ([`KvStore::importing`]) for as long as it lives, so that every
+/// way out of the import, a failure or a panic included, ends the mark.
+struct Importing<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl<'a> Importing<'a> {
+    fn start(mark: &'a tokio::sync::watch::Sender<bool>) -> Self {
+        mark.send_replace(true);
+        Importing(mark)
+    }
+}
+
+impl Drop for Importing<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 impl<E: Engine> KvStore<E> {
     /// [`RaftStateMachine::install_snapshot`]'s work. Returns once the snapshot is stored and
     /// current, durably; the state is then replaced from it while the gate is held (see
@@ -144,6 +161,7 @@ impl<E: Engine> KvStore<E> {
             return stored(Err(e));
         }
         stored(Ok(()));
+        let _importing = Importing::start(&self.shared.importing);
         tracing::info!(
             snapshot = %file,
             "stored the snapshot up to log {} from the leader in {:?}; importing it",

@@ -82,6 +82,8 @@ struct Shared<E> {
     applied: parking_lot::Mutex<Option<LogId>>,
     /// Told of every grant and revoke once applied: the leader's lease clock.
     lease_hook: std::sync::OnceLock<LeaseHook>,
+    /// True while a snapshot from the leader replaces the state ([`KvStore::importing`]).
+    importing: tokio::sync::watch::Sender<bool>,
 }
 
 /// A lease change an apply made.
@@ -147,6 +149,7 @@ impl<E: Engine> KvStore<E> {
                 lease_hook: Default::default(),
                 applied: parking_lot::Mutex::new(meta_applied),
                 snapshot,
+                importing: tokio::sync::watch::channel(false).0,
             }),
         })
     }
@@ -157,6 +160,13 @@ impl<E: Engine> KvStore<E> {
     /// to a snapshot received from the leader while the state machine is still installing it.
     pub fn stored_snapshot(&self) -> tokio::sync::watch::Receiver<StoredSnapshot> {
         self.shared.snapshot.subscribe()
+    }
+
+    /// Whether a snapshot from the leader is replacing the state now: from when it is stored
+    /// until the import ends, which holds the state machine (no apply, no read) and can take
+    /// seconds. The node keeps such a member from leading (`node::candidacy`).
+    pub fn importing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.importing.subscribe()
     }
 
     /// The gate, shared. It is taken without waiting when it is free; otherwise (an apply is
