@@ -32,6 +32,10 @@ const LAST_PURGED: &[u8] = b"last_purged";
 const COMMITTED: &[u8] = b"committed";
 const FORMAT: &[u8] = b"format";
 
+/// A durable write of the vote or purge point slower than this is logged: openraft's core
+/// waits for it, and an election or AppendEntries with it.
+const SLOW_DURABLE_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The on-disk format this build reads and writes, recorded in every data dir it creates.
 /// Raise it whenever a stored encoding changes (log entries, vote, state-machine keys): a build
 /// must refuse a data dir it would misread rather than apply garbage. Format 2: log entries
@@ -336,7 +340,7 @@ impl<E: Engine> LogStore<E> {
         }
         let mut batch = Batch::default();
         batch.put(Tree::RaftMeta, FORMAT, bincode::serialize(&DATA_FORMAT).expect("a u32 encodes"));
-        self.write_durably(batch).map_err(|e| storage(&e))
+        self.write_durably(batch, "data format").map_err(|e| storage(&e))
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -346,10 +350,18 @@ impl<E: Engine> LogStore<E> {
         }
     }
 
-    /// Writes a batch and makes it durable.
-    fn write_durably(&self, batch: Batch) -> io::Result<()> {
+    /// Writes a batch and makes it durable. `what` names it in the warning a slow one logs: the
+    /// vote and the purge point live in the engine's trees, so this flush also writes out what
+    /// the state machine wrote since the last one, and openraft's core waits for it.
+    fn write_durably(&self, batch: Batch, what: &str) -> io::Result<()> {
+        let started = std::time::Instant::now();
         self.engine.write(batch).map_err(io_err)?;
-        self.engine.flush().map_err(io_err)
+        self.engine.flush().map_err(io_err)?;
+        let took = started.elapsed();
+        if took > SLOW_DURABLE_WRITE {
+            tracing::warn!(took_ms = took.as_millis() as u64, "saving the {what} took long");
+        }
+        Ok(())
     }
 }
 
@@ -431,7 +443,7 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let mut b = Batch::default();
         b.put(Tree::RaftMeta, VOTE, bincode::serialize(vote).map_err(io_err)?);
-        self.write_durably(b)
+        self.write_durably(b, "vote")
     }
 
     /// Recorded so a restart re-applies committed entries the state machine had not yet made
@@ -521,7 +533,7 @@ impl<E: Engine> RaftLogStorage<TypeConfig> for LogStore<E> {
         }
         let mut b = Batch::default();
         b.put(Tree::RaftMeta, LAST_PURGED, bincode::serialize(&log_id).map_err(io_err)?);
-        self.write_durably(b)?;
+        self.write_durably(b, "log's purge point")?;
         self.engine.log_purge(log_id.index).map_err(io_err)
     }
 }

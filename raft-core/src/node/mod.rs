@@ -211,7 +211,7 @@ impl<E: Engine> Node<E> {
             importing: store.importing(),
             heard_leader_at: heard_leader_at.clone(),
             tick: config.heartbeat_interval,
-            leaderless: 3 * config.election_timeout,
+            leaderless: 6 * config.election_timeout,
         };
         tokio::spawn(candidacy.run());
         let (forwards, forwards_rx) = mpsc::channel(4096);
