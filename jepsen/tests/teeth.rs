@@ -16,7 +16,7 @@ fn planted_kv_server() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     let target = root.join("target").join("planted");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--bin", "kv-server", "--features", "kv-server/planted-bugs", "--target-dir"])
+        .args(["build", "-p", "kv-server", "--bin", "kv-server", "--features", "planted-bugs", "--target-dir"])
         .arg(&target)
         .current_dir(root)
         .status()
