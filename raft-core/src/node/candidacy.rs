@@ -4,8 +4,8 @@
 //! a store of a few hundred megabytes), and a leader answers a write only once it has applied
 //! it. A member that won an election during its import therefore answered no write until the
 //! import ended, although the other surviving member could have led at once: after a leader
-//! kill, writes stopped for up to 5.6 s (docs/benchmarks.md). TiKV keeps a peer that is applying
-//! a snapshot from campaigning for the same reason.
+//! kill, writes stopped for up to 5.6 s (docs/benchmarks.md). TiKV, likewise, does not tick a
+//! peer's Raft (so it starts no election) while the peer applies a snapshot.
 //!
 //! So while it imports, a member starts no election of its own (it still votes), unless the
 //! cluster has had no leader it heard from for [`Candidacy::leaderless`]: its log may be the
