@@ -18,6 +18,7 @@
 //! fsyncs each `client_write` on its own. Reads settle their consistency level here (a follower
 //! asks the leader for a read index) and then read the local state machine.
 
+#[cfg(not(madsim))]
 mod candidacy;
 mod config;
 mod error;
@@ -205,15 +206,20 @@ impl<E: Engine> Node<E> {
         };
         tokio::spawn(clock.run());
         let heard_leader_at = Arc::new(parking_lot::Mutex::new(None));
-        let candidacy = candidacy::Candidacy {
-            raft: raft.clone(),
-            id: config.id,
-            importing: store.importing(),
-            heard_leader_at: heard_leader_at.clone(),
-            tick: config.heartbeat_interval,
-            leaderless: 6 * config.election_timeout,
-        };
-        tokio::spawn(candidacy.run());
+        // The simulation imports a snapshot inside the install (no import is ever under way
+        // across an await), so it has no use for the task.
+        #[cfg(not(madsim))]
+        tokio::spawn(
+            candidacy::Candidacy {
+                raft: raft.clone(),
+                id: config.id,
+                importing: store.importing(),
+                heard_leader_at: heard_leader_at.clone(),
+                tick: config.heartbeat_interval,
+                leaderless: 6 * config.election_timeout,
+            }
+            .run(),
+        );
         let (forwards, forwards_rx) = mpsc::channel(4096);
         tokio::spawn(forwarder(peers.clone(), forwards_rx, config.batch, raft.metrics()));
         let read_index_rounds = Arc::new(AtomicU64::new(0));
