@@ -16,7 +16,7 @@ use kv_api::v3lockpb::lock_server::LockServer;
 use raft_core::engine::Engine;
 use raft_core::mvcc::validate::Limits;
 use raft_core::network::service::PeerService;
-use raft_core::network::MAX_PEER_MESSAGE;
+use raft_core::network::{MAX_PEER_MESSAGE, PEER_KEEPALIVE_INTERVAL, PEER_KEEPALIVE_TIMEOUT};
 use raft_core::{ids, BatchConfig, MemberAttrs, Node, NodeConfig, NodeError, WriteRequest};
 use tokio::sync::oneshot;
 
@@ -169,11 +169,14 @@ pub(crate) async fn start_member<E: Engine>(
     let peer_listeners = Listeners::bind(&peer_addrs)
         .await
         .map_err(|source| ServerError::Io { context: format!("cannot listen for peers on {peer_addrs:?}"), source })?;
-    let peer_router = crate::net::server().add_service(
-        PeerServer::new(PeerService::new(node.clone()))
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE),
-    );
+    let peer_router = crate::net::server()
+        .http2_keepalive_interval(Some(PEER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(PEER_KEEPALIVE_TIMEOUT))
+        .add_service(
+            PeerServer::new(PeerService::new(node.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        );
     let (stop_peers, peers_stopped) = oneshot::channel::<()>();
     let peer_task = tokio::spawn(peer_listeners.serve(peer_router, async {
         let _ = peers_stopped.await;

@@ -47,6 +47,23 @@ use tokio::time::Instant;
 /// `max_append_bytes` of stored entries (one batch at least).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
 
+/// How often each end of a peer connection pings the other (an HTTP/2 PING), and how long it
+/// waits for the answer before closing the connection; both ends, so that neither keeps a dead
+/// one.
+///
+/// A partition that drops packets resets nothing: without pings the connection stays open until
+/// TCP gives up, many minutes later. Every stream and call reopened meanwhile goes onto it, and
+/// after the heal nothing moves until TCP's next retransmission, whose wait doubles with each
+/// try, so a member cut off for long stays cut off for a while after the network is back; and
+/// what was queued on the connection, writes a follower forwarded included, arrives then and
+/// is carried out long after its client gave up. A closed connection is dialled afresh, which
+/// succeeds as soon as the network is back (`connect_timeout` bounds each try).
+///
+/// A member that cannot answer a ping within the timeout has long missed its election timeout.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`PEER_KEEPALIVE_INTERVAL`].
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a replication stream waits before retrying a peer it could not reach. openraft's
 /// default (500 ms) would delay a restarted member's catch-up for no benefit on a LAN.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
@@ -278,6 +295,9 @@ impl Peers {
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| PeerError::Failed { target, reason: format!("bad peer URL {url:?}: {e}") })?
             .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let ch = endpoint.connect_lazy();
         map.insert(target, (node.peer_urls.clone(), ch.clone()));
